@@ -1,0 +1,514 @@
+//! Session actor: one per WebSocket connection.
+//!
+//! Owns the inbound side of the socket (actix-ws frames fed in with `ctx.add_stream`), the
+//! session's limits (frame size, rate, room count) and the sending half of its bounded
+//! outbound queue; a separate writer task drains that queue into the socket. Room traffic
+//! goes straight to the Room actors whose addresses the session keeps; application types go
+//! through the Router's route table snapshot. The session never blocks on anyone: handler
+//! calls run as spawned futures, and everything it sends is a non-blocking queue push.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_ws::{Message as WsMessage, MessageStream, ProtocolError};
+use bytestring::ByteString;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::registry::{JoinRoom, Register, Unregister};
+use super::room::{Join, Leave, Publish, Room};
+use super::router::HandlerRequest;
+use super::ConnectionId;
+use crate::auth::Identity;
+use crate::broker::BrokerState;
+use crate::protocol::frame::{self, Inbound, ReplyTo};
+use crate::protocol::{close, types, ErrorCode};
+use crate::transport::outbound::WriterExit;
+use crate::transport::{Assembler, InboundEvent, Outbound};
+
+/// How long a session waits for the peer's close frame after sending its own.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A WebSocket session.
+pub struct Session {
+    id: ConnectionId,
+    identity: Arc<Identity>,
+    state: Arc<BrokerState>,
+    out: Outbound,
+    rooms: HashMap<String, Addr<Room>>,
+    pending_joins: HashSet<String>,
+    limiter: DefaultDirectRateLimiter,
+    violations: u32,
+    violation_window: Instant,
+    last_inbound: Instant,
+    assembler: Assembler,
+    closing: bool,
+}
+
+impl Session {
+    /// Starts a session on the current arbiter, with its writer task.
+    pub fn start(
+        state: Arc<BrokerState>,
+        identity: Identity,
+        connection_id: ConnectionId,
+        ws: actix_ws::Session,
+        stream: MessageStream,
+    ) -> Addr<Session> {
+        let limits = &state.config.limits;
+        let (out, rx) =
+            Outbound::bounded(limits.outbound_queue_messages, limits.outbound_queue_bytes);
+        let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+        let max_frame = limits.max_frame_bytes;
+        Session::create(move |ctx| {
+            ctx.add_stream(stream.max_frame_size(max_frame));
+            let addr = ctx.address();
+            actix_rt::spawn(async move {
+                let exit = rx.run(ws).await;
+                addr.do_send(WriterExited(exit));
+            });
+            Session {
+                id: connection_id,
+                identity: Arc::new(identity),
+                out,
+                rooms: HashMap::new(),
+                pending_joins: HashSet::new(),
+                limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+                violations: 0,
+                violation_window: Instant::now(),
+                last_inbound: Instant::now(),
+                assembler: Assembler::new(max_frame),
+                closing: false,
+                state,
+            }
+        })
+    }
+
+    fn send(&self, frame: ByteString) {
+        // Overflow closes the session from inside the queue; nothing more to do here.
+        let _ = self.out.send(frame);
+    }
+
+    fn send_error(&self, reply_to: &ReplyTo, code: ErrorCode, message: &str) {
+        if *reply_to != ReplyTo::JsonRpcNotification {
+            self.send(frame::error(reply_to, code, message));
+        }
+    }
+
+    /// Starts the closing handshake with `code`; the actor stops once the peer answers.
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        log::info!("conn={} closing with {code}: {reason}", self.id);
+        self.out.close(code, reason);
+        ctx.run_later(CLOSE_LINGER * 4, |_, ctx| ctx.stop());
+    }
+
+    fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
+        let inbound = match frame::parse(&text) {
+            Ok(inbound) => inbound,
+            Err(err) => {
+                if !self.allow_frame(&err.reply_to, ctx) {
+                    return;
+                }
+                self.send(frame::error_with_rpc_code(
+                    &err.reply_to,
+                    err.code,
+                    err.jsonrpc_code,
+                    &err.message,
+                ));
+                return;
+            }
+        };
+        if !self.allow_frame(&inbound.reply_to, ctx) {
+            return;
+        }
+        match inbound.msg_type.as_str() {
+            types::ROOM_JOIN => self.join(inbound, ctx),
+            types::ROOM_LEAVE => self.leave(inbound),
+            types::ROOM_PUBLISH => self.publish(inbound),
+            types::SYSTEM_PING => {
+                if let Some(pong) = frame::reply(
+                    &inbound.reply_to,
+                    types::SYSTEM_PONG,
+                    None,
+                    None,
+                    None::<()>,
+                    |_| json!({}),
+                ) {
+                    self.send(pong);
+                }
+            }
+            types::SYSTEM_PONG => {}
+            other if types::is_broker_type(other) => self.send_error(
+                &inbound.reply_to,
+                ErrorCode::UnknownType,
+                &format!("unknown message type `{other}`"),
+            ),
+            _ => self.request(inbound, ctx),
+        }
+    }
+
+    /// Applies the inbound rate limit; false when the frame must be dropped.
+    fn allow_frame(&mut self, reply_to: &ReplyTo, ctx: &mut Context<Self>) -> bool {
+        if self.limiter.check().is_ok() {
+            return true;
+        }
+        let limits = &self.state.config.limits;
+        if self.violation_window.elapsed() > limits.abuse_window {
+            self.violation_window = Instant::now();
+            self.violations = 0;
+        }
+        self.violations += 1;
+        if self.violations >= limits.abuse_threshold {
+            self.close(
+                ctx,
+                close::RATE_LIMIT_ABUSE,
+                "rate limit exceeded repeatedly",
+            );
+        } else {
+            self.send_error(
+                reply_to,
+                ErrorCode::RateLimited,
+                "too many frames; slow down",
+            );
+        }
+        false
+    }
+
+    fn room_name(&self, inbound: &Inbound) -> Result<String, String> {
+        match &inbound.room {
+            None => Err(format!("`{}` needs a `room`", inbound.msg_type)),
+            Some(room) if !frame::valid_room_name(room) => Err(format!(
+                "invalid room name `{}`: use 1-128 of A-Z a-z 0-9 _ . : @ -",
+                truncate(room, 64)
+            )),
+            Some(room) => Ok(room.clone()),
+        }
+    }
+
+    fn join(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
+        let room = match self.room_name(&inbound) {
+            Ok(room) => room,
+            Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
+        };
+        if !self.identity.may_join(&room) {
+            return self.send_error(
+                &inbound.reply_to,
+                ErrorCode::Forbidden,
+                &format!("not allowed to join `{room}`"),
+            );
+        }
+        #[derive(Deserialize)]
+        struct JoinPayload {
+            since_seq: Option<u64>,
+        }
+        let since_seq = match inbound
+            .payload
+            .as_deref()
+            .map(|p| serde_json::from_str::<JoinPayload>(p.get()))
+        {
+            None => None,
+            Some(Ok(p)) => p.since_seq,
+            Some(Err(e)) => {
+                return self.send_error(
+                    &inbound.reply_to,
+                    ErrorCode::BadRequest,
+                    &format!("invalid room.join payload: {e}"),
+                )
+            }
+        };
+        let known = self.rooms.contains_key(&room) || self.pending_joins.contains(&room);
+        let max = self.state.config.limits.max_rooms_per_session;
+        if !known && self.rooms.len() + self.pending_joins.len() >= max {
+            return self.send_error(
+                &inbound.reply_to,
+                ErrorCode::BadRequest,
+                &format!("room limit reached: a session may be in {max} rooms"),
+            );
+        }
+        self.join_room(room, Some(inbound.reply_to), since_seq, ctx);
+    }
+
+    fn join_room(
+        &mut self,
+        room: String,
+        reply_to: Option<ReplyTo>,
+        since_seq: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.pending_joins.insert(room.clone());
+        let join = Join {
+            connection_id: self.id.clone(),
+            out: self.out.clone(),
+            reply_to,
+            since_seq,
+        };
+        self.state
+            .registry
+            .send(JoinRoom {
+                room: room.clone(),
+                join,
+            })
+            .into_actor(self)
+            .map(move |result, act, _| {
+                act.pending_joins.remove(&room);
+                match result {
+                    Ok(addr) => {
+                        act.rooms.insert(room, addr);
+                    }
+                    Err(e) => log::error!("conn={} join {room}: registry unavailable: {e}", act.id),
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn leave(&mut self, inbound: Inbound) {
+        let room = match self.room_name(&inbound) {
+            Ok(room) => room,
+            Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
+        };
+        match self.rooms.remove(&room) {
+            Some(addr) => addr.do_send(Leave {
+                connection_id: self.id.clone(),
+                reply_to: Some(inbound.reply_to),
+            }),
+            None => self.send_error(
+                &inbound.reply_to,
+                ErrorCode::NotFound,
+                &format!("not a member of room `{room}`"),
+            ),
+        }
+    }
+
+    fn publish(&mut self, inbound: Inbound) {
+        let room = match self.room_name(&inbound) {
+            Ok(room) => room,
+            Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
+        };
+        if !self.identity.may_publish(&room) {
+            return self.send_error(
+                &inbound.reply_to,
+                ErrorCode::Forbidden,
+                &format!("not allowed to publish to `{room}`"),
+            );
+        }
+        let Some(addr) = self.rooms.get(&room) else {
+            return self.send_error(
+                &inbound.reply_to,
+                ErrorCode::BadRequest,
+                &format!("not a member of room `{room}`: join it before publishing"),
+            );
+        };
+        addr.do_send(Publish {
+            connection_id: self.id.clone(),
+            id: inbound.id,
+            payload: inbound.payload,
+            reply_to: inbound.reply_to,
+        });
+    }
+
+    fn request(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
+        let payload = inbound
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or(Value::Null);
+        let req = HandlerRequest {
+            connection_id: self.id.clone(),
+            user: self.identity.user.clone(),
+            anonymous: self.identity.anonymous,
+            msg_type: inbound.msg_type,
+            id: inbound.id,
+            room: inbound.room,
+            payload,
+        };
+        let routes = self.state.routes.load_full();
+        let timeout = self.state.config.router.handler_timeout;
+        let reply_to = inbound.reply_to;
+        let out = self.out.clone();
+        ctx.spawn(
+            async move {
+                let room = req.room.clone();
+                let frame = match routes.call(req, timeout).await {
+                    Ok(reply) => frame::reply(
+                        &reply_to,
+                        &reply.msg_type,
+                        room.as_deref(),
+                        None,
+                        Some(reply.payload),
+                        |p| p.unwrap_or(Value::Null),
+                    ),
+                    Err(err) if reply_to != ReplyTo::JsonRpcNotification => {
+                        Some(frame::error(&reply_to, err.code, &err.message))
+                    }
+                    Err(_) => None,
+                };
+                if let Some(frame) = frame {
+                    let _ = out.send(frame);
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.state.registry.do_send(Register {
+            connection_id: self.id.clone(),
+            user: self.identity.user.clone(),
+            addr: ctx.address(),
+        });
+        let config = &self.state.config;
+        self.send(frame::push(
+            types::SYSTEM_CONNECTION_ESTABLISHED,
+            None,
+            Some(json!({
+                "connection_id": &*self.id,
+                "user": &*self.identity.user,
+                "heartbeat_interval_ms": config.heartbeat.interval.as_millis() as u64,
+                "resume_ttl_ms": config.resume.ttl.as_millis() as u64,
+            })),
+        ));
+        if let Some(personal) = self.identity.personal_room() {
+            self.join_room(personal, None, None, ctx);
+        }
+        log::debug!("conn={} user={} connected", self.id, self.identity.user);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for (_, room) in self.rooms.drain() {
+            room.do_send(Leave {
+                connection_id: self.id.clone(),
+                reply_to: None,
+            });
+        }
+        self.state.registry.do_send(Unregister {
+            connection_id: self.id.clone(),
+        });
+        if !self.out.is_closed() {
+            self.out.abort(close::NORMAL, "");
+        }
+        log::debug!("conn={} disconnected", self.id);
+    }
+}
+
+impl StreamHandler<Result<WsMessage, ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<WsMessage, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_inbound = Instant::now();
+        match self.assembler.push(item) {
+            Ok(None) => {}
+            Ok(Some(InboundEvent::Text(text))) if !self.closing => self.on_text(text, ctx),
+            Ok(Some(InboundEvent::Binary(_))) if !self.closing => {
+                if self.allow_frame(
+                    &ReplyTo::Native {
+                        correlation_id: None,
+                    },
+                    ctx,
+                ) {
+                    self.send_error(
+                        &ReplyTo::Native {
+                            correlation_id: None,
+                        },
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported; send JSON text frames",
+                    );
+                }
+            }
+            Ok(Some(InboundEvent::Ping(bytes))) => self.out.pong(bytes),
+            Ok(Some(InboundEvent::Close(reason))) => {
+                // The peer started (or answered) the closing handshake: answer and go.
+                let code = reason.map_or(close::NORMAL, |r| u16::from(r.code));
+                self.closing = true;
+                self.out.close(code, "");
+                ctx.stop();
+            }
+            Ok(Some(_)) => {}
+            Err(err) => match err.close_code() {
+                Some(code) => {
+                    let reason = err.to_string();
+                    self.close(ctx, code, &reason);
+                }
+                None => ctx.stop(),
+            },
+        }
+    }
+}
+
+/// The writer task ended (close sent, or the socket went away).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriterExited(WriterExit);
+
+impl Handler<WriterExited> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriterExited, ctx: &mut Self::Context) {
+        self.closing = true;
+        match msg.0 {
+            // Give the peer a moment to answer our close frame, then drop the connection.
+            WriterExit::Closed(_) => {
+                ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
+            }
+            WriterExit::Disconnected => ctx.stop(),
+        }
+    }
+}
+
+/// Supervisor tick: send `system.ping`, or close with 4010 if the peer went quiet.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat;
+
+impl Handler<Heartbeat> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Heartbeat, ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
+        let timeout = self.state.config.heartbeat.timeout;
+        if self.last_inbound.elapsed() >= timeout {
+            self.close(ctx, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+            return;
+        }
+        self.send(frame::push(types::SYSTEM_PING, None, None::<()>));
+    }
+}
+
+/// Graceful shutdown: `system.connection.close {reason}` then close 1012.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServerShutdown;
+
+impl Handler<ServerShutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: ServerShutdown, ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
+        self.send(frame::push(
+            types::SYSTEM_CONNECTION_CLOSE,
+            None,
+            Some(json!({ "reason": types::REASON_SERVER_SHUTDOWN })),
+        ));
+        self.close(ctx, close::SERVICE_RESTART, types::REASON_SERVER_SHUTDOWN);
+    }
+}

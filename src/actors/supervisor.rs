@@ -1,0 +1,115 @@
+//! Supervisor actor: the broker's clock and its exit.
+//!
+//! Every `heartbeat.interval` it asks the Registry for the live sessions and sends each a
+//! [`Heartbeat`]: the session pings its peer or, if nothing came in for `heartbeat.timeout`,
+//! closes with 4010. On shutdown it stops accepting, tells every session to close with 1012,
+//! waits for them (bounded by `server.shutdown_timeout`) and only then stops the HTTP server:
+//! open WebSockets would otherwise hold actix-web's own graceful stop until its timeout
+//! (actix-web issue 3169).
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::ServerHandle;
+
+use super::registry::{ListSessions, Registry, WaitUntilEmpty};
+use super::session::{Heartbeat, ServerShutdown};
+
+/// The Supervisor actor.
+pub struct Supervisor {
+    registry: Addr<Registry>,
+    heartbeat_interval: Duration,
+    shutdown_timeout: Duration,
+    shutting_down: bool,
+}
+
+impl Supervisor {
+    /// A supervisor ticking every `heartbeat_interval`.
+    pub fn new(
+        registry: Addr<Registry>,
+        heartbeat_interval: Duration,
+        shutdown_timeout: Duration,
+    ) -> Supervisor {
+        Supervisor {
+            registry,
+            heartbeat_interval,
+            shutdown_timeout,
+            shutting_down: false,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        self.registry
+            .send(ListSessions)
+            .into_actor(self)
+            .map(|sessions, _, _| {
+                for session in sessions.unwrap_or_default() {
+                    session.do_send(Heartbeat);
+                }
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.heartbeat_interval, |act, ctx| act.tick(ctx));
+    }
+}
+
+/// Graceful shutdown. Resolves when every session closed or the deadline passed, and the
+/// HTTP server (when given) has stopped.
+#[derive(Message)]
+#[rtype(result = "ShutdownReport")]
+pub struct Shutdown {
+    /// The HTTP server to pause first and stop last.
+    pub server: Option<ServerHandle>,
+}
+
+/// What a shutdown saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sessions told to close.
+    pub sessions: usize,
+    /// Whether all of them closed before the deadline.
+    pub drained: bool,
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<ShutdownReport>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let registry = self.registry.clone();
+        let deadline = self.shutdown_timeout;
+        Box::pin(async move {
+            if let Some(server) = &msg.server {
+                server.pause().await;
+            }
+            let sessions = registry.send(ListSessions).await.unwrap_or_default();
+            log::info!("shutdown: closing {} sessions with 1012", sessions.len());
+            for session in &sessions {
+                session.do_send(ServerShutdown);
+            }
+            let drained = match registry.send(WaitUntilEmpty).await {
+                Ok(empty) => tokio::time::timeout(deadline, empty).await.is_ok(),
+                Err(_) => true,
+            };
+            if !drained {
+                log::warn!("shutdown: deadline of {deadline:?} passed with sessions still open");
+            }
+            if let Some(server) = msg.server {
+                server.stop(true).await;
+            }
+            ShutdownReport {
+                sessions: sessions.len(),
+                drained,
+            }
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! The broker as a value: starts the actors and mounts the HTTP/WebSocket routes.
+//!
+//! This is the embedding API. Inside a running actix system, [`Broker::start`] starts the
+//! Registry, Router, Supervisor and the room arbiters; [`Broker::configure`] mounts the
+//! broker's routes on any actix-web `App`; [`Broker::register_handler`] plugs an
+//! application actor in for a message type.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::dev::ServerHandle;
+use actix_web::web;
+use arc_swap::ArcSwap;
+
+use crate::actors::registry::{Counts, GetCounts, Registry};
+use crate::actors::router::{
+    AddMiddleware, HandlerError, HandlerRequest, RegisterHandler, Router, Routes,
+};
+use crate::actors::supervisor::{Shutdown, ShutdownReport, Supervisor};
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::engine::MemoryEngine;
+use crate::http;
+use crate::middleware::{self, Middleware};
+
+/// What every session and route shares: read-only after start.
+pub struct BrokerState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The Registry actor.
+    pub registry: Addr<Registry>,
+    /// The route table snapshot published by the Router.
+    pub routes: Routes,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+}
+
+/// A running broker: cheap to clone, shared by every worker.
+#[derive(Clone)]
+pub struct Broker {
+    state: Arc<BrokerState>,
+    router: Addr<Router>,
+    supervisor: Addr<Supervisor>,
+    room_arbiters: Arc<Vec<ArbiterHandle>>,
+}
+
+impl Broker {
+    /// Starts the broker's actors. Must be called inside a running actix system.
+    pub fn start(config: Config) -> Result<Broker, ConfigError> {
+        config.validate()?;
+        let auth = Arc::new(Authenticator::from_config(&config.auth)?);
+        let config = Arc::new(config);
+        let shard_count = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let room_arbiters: Vec<ArbiterHandle> =
+            (0..shard_count).map(|_| Arbiter::new().handle()).collect();
+        let engine = Arc::new(MemoryEngine::new(config.history.size, config.history.ttl));
+        let registry = Registry::new(room_arbiters.clone(), engine).start();
+        let routes: Routes = Arc::new(ArcSwap::from_pointee(Default::default()));
+        let router = Router::new(routes.clone(), middleware::default_chain(&config.router)).start();
+        let supervisor = Supervisor::new(
+            registry.clone(),
+            config.heartbeat.interval,
+            config.server.shutdown_timeout,
+        )
+        .start();
+        Ok(Broker {
+            state: Arc::new(BrokerState {
+                config,
+                registry,
+                routes,
+                auth,
+            }),
+            router,
+            supervisor,
+            room_arbiters: Arc::new(room_arbiters),
+        })
+    }
+
+    /// The configuration the broker runs with.
+    pub fn config(&self) -> &Config {
+        &self.state.config
+    }
+
+    /// Shared state, for the routes in [`crate::http`].
+    pub(crate) fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    /// Mounts the broker: the main WebSocket endpoint (`server.ws_path`), `/healthz`, and
+    /// the conformance echo route when configured. Use with `App::configure`.
+    pub fn configure(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + 'static {
+        let broker = self.clone();
+        move |cfg: &mut web::ServiceConfig| {
+            let config = broker.config();
+            cfg.app_data(web::Data::new(broker.clone()))
+                .route(&config.server.ws_path, web::get().to(http::ws::connect))
+                .route("/healthz", web::get().to(http::health::healthz));
+            if !config.conformance.echo_path.is_empty() {
+                cfg.route(
+                    &config.conformance.echo_path,
+                    web::get().to(http::echo::echo),
+                );
+            }
+        }
+    }
+
+    /// Mounts one more WebSocket endpoint that speaks protocol v1 at `path`
+    /// (e.g. `/asap/ws`). Use with `App::configure` next to [`Broker::configure`].
+    pub fn websocket_route(
+        &self,
+        path: &str,
+    ) -> impl Fn(&mut web::ServiceConfig) + Clone + 'static {
+        let broker = self.clone();
+        let path = path.to_owned();
+        move |cfg: &mut web::ServiceConfig| {
+            cfg.service(
+                web::resource(path.as_str())
+                    .app_data(web::Data::new(broker.clone()))
+                    .route(web::get().to(http::ws::connect)),
+            );
+        }
+    }
+
+    /// Routes requests of `msg_type` to `recipient`; its replies carry `correlation_id`
+    /// (or the JSON-RPC `id`).
+    pub async fn register_handler(
+        &self,
+        msg_type: &str,
+        recipient: Recipient<HandlerRequest>,
+    ) -> Result<(), HandlerError> {
+        self.router
+            .send(RegisterHandler {
+                msg_type: msg_type.to_owned(),
+                recipient,
+            })
+            .await
+            .map_err(|e| HandlerError::new(crate::protocol::ErrorCode::Internal, e.to_string()))?
+    }
+
+    /// Appends a middleware to the handler chain.
+    pub async fn add_middleware(&self, middleware: Arc<dyn Middleware>) {
+        let _ = self.router.send(AddMiddleware(middleware)).await;
+    }
+
+    /// Live sessions, users and rooms.
+    pub async fn counts(&self) -> Counts {
+        self.state.registry.send(GetCounts).await.unwrap_or(Counts {
+            sessions: 0,
+            users: 0,
+            rooms: 0,
+        })
+    }
+
+    /// Graceful shutdown: pause `server`, close every session with 1012, wait for them
+    /// (bounded by `server.shutdown_timeout`), stop `server`, stop the room arbiters.
+    pub async fn shutdown(&self, server: Option<ServerHandle>) -> ShutdownReport {
+        let report = self
+            .supervisor
+            .send(Shutdown { server })
+            .await
+            .unwrap_or(ShutdownReport {
+                sessions: 0,
+                drained: false,
+            });
+        for arbiter in self.room_arbiters.iter() {
+            arbiter.stop();
+        }
+        report
+    }
+}

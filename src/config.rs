@@ -1,0 +1,727 @@
+//! Configuration: one struct tree, defaults, TOML file, `SWITCHBOARD_<SECTION>_<KEY>`
+//! environment overrides, validation.
+//!
+//! Layering is defaults → file → environment. Every key is documented with its default in
+//! `config.example.toml`; a test keeps that file and [`Config::default`] in step. Errors name
+//! the key and, for the file, the line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The HS256 secret of dev mode. It is public on purpose: dev mode only binds loopback.
+pub const DEV_HS256_SECRET: &str = "switchboard-dev-secret-not-for-production";
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a key has a bad value.
+    #[error("{path}: {}line {line}: {message}", key.as_ref().map(|k| format!("key `{k}`, ")).unwrap_or_default())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key, when known.
+        key: Option<String>,
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// An environment override has a bad value.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable name.
+        var: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The values parse but do not make a safe, working broker.
+    #[error("invalid configuration: `{key}`: {message}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener, origins and shutdown.
+    pub server: ServerConfig,
+    /// Token verification and anonymous access.
+    pub auth: AuthConfig,
+    /// Ping interval and stale-session timeout.
+    pub heartbeat: HeartbeatConfig,
+    /// Per-session limits.
+    pub limits: LimitsConfig,
+    /// Application handler dispatch.
+    pub router: RouterConfig,
+    /// Room history kept for replay.
+    pub history: HistoryConfig,
+    /// Session resume window.
+    pub resume: ResumeConfig,
+    /// Protocol conformance aids (off by default).
+    pub conformance: ConformanceConfig,
+    /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
+    #[serde(skip)]
+    pub dev_mode: bool,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Browser origins allowed to open WebSockets. Empty: only requests without an `Origin`
+    /// header or whose origin matches the `Host` header. `"*"` allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// How long graceful shutdown waits for sessions to close.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Main WebSocket endpoint.
+    pub ws_path: String,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Allow connections without a token.
+    pub anonymous: bool,
+    /// Accepted JWT algorithms; a token signed with any other is rejected.
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS256/HS384/HS512.
+    pub hs256_secret: String,
+    /// Path to a PEM public key for RS256/RS384/RS512.
+    pub rsa_public_key_file: String,
+    /// Path to a PEM public key for ES256/ES384.
+    pub ec_public_key_file: String,
+    /// Clock skew allowed for `exp` and `nbf`.
+    #[serde(with = "duration")]
+    pub leeway: Duration,
+    /// Required `iss`, when set.
+    pub issuer: String,
+    /// Required `aud`, when set.
+    pub audience: String,
+    /// Cookie the token may arrive in.
+    pub cookie_name: String,
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// How often the broker sends `system.ping`.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// A session with no inbound frame for this long is closed with 4010.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest inbound frame or message; bigger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Sustained inbound frames per second per session.
+    pub messages_per_second: u32,
+    /// Inbound burst allowance per session.
+    pub burst: u32,
+    /// Rate-limited frames within `abuse_window` that close the session with 4008.
+    pub abuse_threshold: u32,
+    /// Window for counting rate-limited frames.
+    #[serde(with = "duration")]
+    pub abuse_window: Duration,
+    /// Rooms one session may be in (its personal room not counted).
+    pub max_rooms_per_session: usize,
+    /// Frames queued for one session before it is closed as a slow consumer (4009).
+    pub outbound_queue_messages: usize,
+    /// Bytes queued for one session before it is closed as a slow consumer (4009).
+    pub outbound_queue_bytes: usize,
+}
+
+/// `[router]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// How long a handler may take before the caller gets `timeout`.
+    #[serde(with = "duration")]
+    pub handler_timeout: Duration,
+    /// Application requests per second per user; 0 disables this limit.
+    pub requests_per_second: u32,
+    /// Whether anonymous sessions may call application handlers.
+    pub allow_anonymous: bool,
+}
+
+/// `[history]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per room.
+    pub size: usize,
+    /// How long messages are kept, and how long an idle room keeps its sequence.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+/// `[resume]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// How long a dropped session's state is kept for resume.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+/// `[conformance]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConformanceConfig {
+    /// Path of an echo WebSocket route for the Autobahn testsuite; empty disables it.
+    pub echo_path: String,
+    /// Largest message the echo route accepts.
+    pub echo_max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1:8000".into(),
+            workers: 0,
+            allowed_origins: Vec::new(),
+            shutdown_timeout: Duration::from_secs(10),
+            ws_path: "/ws".into(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: false,
+            algorithms: vec!["HS256".into()],
+            hs256_secret: String::new(),
+            rsa_public_key_file: String::new(),
+            ec_public_key_file: String::new(),
+            leeway: Duration::from_secs(30),
+            issuer: String::new(),
+            audience: String::new(),
+            cookie_name: "switchboard_token".into(),
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(75),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 64 * 1024,
+            messages_per_second: 100,
+            burst: 200,
+            abuse_threshold: 50,
+            abuse_window: Duration::from_secs(10),
+            max_rooms_per_session: 100,
+            outbound_queue_messages: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            handler_timeout: Duration::from_secs(30),
+            requests_per_second: 0,
+            allow_anonymous: false,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for ConformanceConfig {
+    fn default() -> Self {
+        ConformanceConfig {
+            echo_path: String::new(),
+            echo_max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Dev mode: what `cargo run` gets with no config file.
+    pub fn dev() -> Config {
+        let mut config = Config {
+            dev_mode: true,
+            ..Config::default()
+        };
+        config.auth.anonymous = true;
+        config.auth.hs256_secret = DEV_HS256_SECRET.into();
+        config.router.allow_anonymous = true;
+        config.server.allowed_origins = vec!["*".into()];
+        config
+    }
+
+    /// Loads `path` (or dev mode when `None`), applies environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::from_toml_with_env(&text, path, &env)
+            }
+            None => Config::dev().with_env(&env),
+        }
+    }
+
+    /// Parses TOML text (named `path` in errors), then applies `env` overrides and validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let config = parse_file(text, path)?;
+        config.with_env(env)
+    }
+
+    /// Applies `SWITCHBOARD_<SECTION>_<KEY>` overrides, then validates.
+    fn with_env(self, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let dev_mode = self.dev_mode;
+        let mut config = self;
+        let overrides = env_overrides(env)?;
+        if !overrides.is_empty() {
+            let mut table = toml::Table::try_from(&config).map_err(|e| ConfigError::Invalid {
+                key: "(all)".into(),
+                message: e.to_string(),
+            })?;
+            for (var, section, key, value) in &overrides {
+                let section_table = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let Some(section_table) = section_table.as_table_mut() else {
+                    return Err(ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("`{section}` is not a section"),
+                    });
+                };
+                section_table.insert(key.clone(), value.clone());
+                // Check each override alone so the error names the variable.
+                let single = toml::Value::Table(table.clone());
+                if let Err(err) = serde_path_to_error::deserialize::<_, Config>(single) {
+                    return Err(ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("{}: {}", err.path(), err.inner()),
+                    });
+                }
+            }
+            config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+                |err: serde_path_to_error::Error<toml::de::Error>| ConfigError::Invalid {
+                    key: err.path().to_string(),
+                    message: err.inner().to_string(),
+                },
+            )?;
+        }
+        config.dev_mode = dev_mode;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that the configuration makes a safe, working broker.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let bind = self.bind_addr()?;
+        if !self.server.ws_path.starts_with('/') {
+            return Err(invalid("server.ws_path", "must start with `/`".into()));
+        }
+        if !bind.ip().is_loopback() {
+            if self.dev_mode {
+                return Err(invalid(
+                    "server.bind",
+                    format!("dev mode (no config file) only binds loopback, not {bind}; pass --config with [auth] set"),
+                ));
+            }
+            if self.auth.anonymous || !self.auth_configured() {
+                return Err(invalid(
+                    "server.bind",
+                    format!("refusing to listen on non-loopback {bind} without authentication: configure a key in [auth] and set auth.anonymous = false"),
+                ));
+            }
+        }
+        // Every listed algorithm needs its key, unless the broker is anonymous-only.
+        let needs_keys = self.auth_configured() || !self.auth.anonymous;
+        for alg in &self.auth.algorithms {
+            let Some(family) = crate::auth::algorithm_family(alg) else {
+                return Err(invalid(
+                    "auth.algorithms",
+                    format!("unsupported algorithm `{alg}` (use HS256/384/512, RS256/384/512, ES256/384)"),
+                ));
+            };
+            let (key, present) = match family {
+                crate::auth::KeyFamily::Hmac => {
+                    ("auth.hs256_secret", !self.auth.hs256_secret.is_empty())
+                }
+                crate::auth::KeyFamily::Rsa => (
+                    "auth.rsa_public_key_file",
+                    !self.auth.rsa_public_key_file.is_empty(),
+                ),
+                crate::auth::KeyFamily::Ec => (
+                    "auth.ec_public_key_file",
+                    !self.auth.ec_public_key_file.is_empty(),
+                ),
+            };
+            if needs_keys && !present {
+                return Err(invalid(key, format!("required by algorithm {alg} in auth.algorithms (or set auth.anonymous = true on a loopback address)")));
+            }
+        }
+        if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.len() < 16 {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "must be at least 16 bytes".into(),
+            ));
+        }
+        if self.heartbeat.interval.is_zero() {
+            return Err(invalid(
+                "heartbeat.interval",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.heartbeat.timeout <= self.heartbeat.interval {
+            return Err(invalid(
+                "heartbeat.timeout",
+                "must be longer than heartbeat.interval".into(),
+            ));
+        }
+        let positive = [
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes),
+            (
+                "limits.messages_per_second",
+                self.limits.messages_per_second as usize,
+            ),
+            ("limits.burst", self.limits.burst as usize),
+            (
+                "limits.abuse_threshold",
+                self.limits.abuse_threshold as usize,
+            ),
+            (
+                "limits.max_rooms_per_session",
+                self.limits.max_rooms_per_session,
+            ),
+            (
+                "limits.outbound_queue_messages",
+                self.limits.outbound_queue_messages,
+            ),
+            (
+                "limits.outbound_queue_bytes",
+                self.limits.outbound_queue_bytes,
+            ),
+            ("history.size", self.history.size),
+            (
+                "conformance.echo_max_message_bytes",
+                self.conformance.echo_max_message_bytes,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than zero".into()));
+            }
+        }
+        if !self.conformance.echo_path.is_empty() && !self.conformance.echo_path.starts_with('/') {
+            return Err(invalid(
+                "conformance.echo_path",
+                "must start with `/`".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed listen address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind.parse().map_err(|e| ConfigError::Invalid {
+            key: "server.bind".into(),
+            message: format!("`{}` is not an address:port ({e})", self.server.bind),
+        })
+    }
+
+    /// Whether at least one token verification key is configured.
+    pub fn auth_configured(&self) -> bool {
+        !self.auth.hs256_secret.is_empty()
+            || !self.auth.rsa_public_key_file.is_empty()
+            || !self.auth.ec_public_key_file.is_empty()
+    }
+}
+
+/// Parses the file text, naming key and line on error.
+fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let line = inner
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(1);
+        ConfigError::File {
+            path: path.to_owned(),
+            key: (key != ".").then_some(key),
+            line,
+            message: inner.message().to_owned(),
+        }
+    })
+}
+
+/// Sections that environment overrides may target.
+const SECTIONS: [&str; 8] = [
+    "server",
+    "auth",
+    "heartbeat",
+    "limits",
+    "router",
+    "history",
+    "resume",
+    "conformance",
+];
+
+type Override = (String, String, String, toml::Value);
+
+/// Turns `SWITCHBOARD_<SECTION>_<KEY>=value` into (var, section, key, value).
+///
+/// Values are read as TOML scalars or arrays when they parse as such (`100`, `true`,
+/// `["a","b"]`), otherwise as strings (`30s`, `127.0.0.1:8000`).
+fn env_overrides(env: &[(String, String)]) -> Result<Vec<Override>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        if !SECTIONS.contains(&section) {
+            continue;
+        }
+        if key.is_empty() {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: "missing key after the section name".into(),
+            });
+        }
+        let value = parse_env_value(raw);
+        out.insert(var.clone(), (section.to_owned(), key.to_owned(), value));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(var, (s, k, v))| (var, s, k, v))
+        .collect())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+/// Durations as human strings: `"30s"`, `"2m"`, `"1h 30m"`, `"250ms"`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"30s\", \"2m\", \"250ms\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, Path::new("test.toml"), &[])
+    }
+
+    #[test]
+    fn example_file_documents_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        let parsed = parse_file(text, Path::new("config.example.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+        // Every key of every section appears in the example.
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        let example: toml::Table = text.parse().unwrap();
+        for (section, keys) in &table {
+            let example_section = example
+                .get(section)
+                .and_then(|s| s.as_table())
+                .unwrap_or_else(|| panic!("section [{section}] missing from example"));
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    example_section.contains_key(key),
+                    "{section}.{key} missing from config.example.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let err = parse("[server]\nworkers = 2\n\n[heartbeat]\ninterval = \"soon\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("heartbeat.interval"), "{text}");
+        assert!(text.contains("line 5"), "{text}");
+
+        let err = parse("[limits]\nmax_frame_bytes = \"big\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("limits.max_frame_bytes") && text.contains("line 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let err = parse("[server]\nbind = \"127.0.0.1:1\"\nbnid = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bnid") && text.contains("line 3"), "{text}");
+        let err = parse("[nope]\n").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_name_the_variable() {
+        let env = vec![
+            ("SWITCHBOARD_HEARTBEAT_INTERVAL".to_owned(), "5s".to_owned()),
+            ("SWITCHBOARD_LIMITS_BURST".to_owned(), "7".to_owned()),
+            (
+                "SWITCHBOARD_AUTH_HS256_SECRET".to_owned(),
+                "0123456789abcdef0123".to_owned(),
+            ),
+            ("SWITCHBOARD_CONFIG".to_owned(), "ignored.toml".to_owned()),
+        ];
+        let c = Config::from_toml_with_env("", Path::new("t.toml"), &env).unwrap();
+        assert_eq!(c.heartbeat.interval, Duration::from_secs(5));
+        assert_eq!(c.limits.burst, 7);
+        let env = vec![("SWITCHBOARD_LIMITS_BURST".to_owned(), "lots".to_owned())];
+        let err = Config::from_toml_with_env("", Path::new("t.toml"), &env).unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD_LIMITS_BURST"),
+            "{err}"
+        );
+        let env = vec![("SWITCHBOARD_LIMITS_BRUST".to_owned(), "1".to_owned())];
+        let err = Config::from_toml_with_env("", Path::new("t.toml"), &env).unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD_LIMITS_BRUST"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secure_by_default_on_public_addresses() {
+        let err = parse("[server]\nbind = \"0.0.0.0:8000\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.bind"), "{err}");
+        let ok = parse(
+            "[server]\nbind = \"0.0.0.0:8000\"\n[auth]\nhs256_secret = \"0123456789abcdef0123\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let mut dev = Config::dev();
+        dev.server.bind = "0.0.0.0:8000".into();
+        assert!(dev.validate().is_err());
+    }
+
+    #[test]
+    fn algorithms_need_their_keys() {
+        let err = parse("[auth]\nalgorithms = [\"RS256\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("auth.rsa_public_key_file"),
+            "{err}"
+        );
+        let err = parse("[auth]\nalgorithms = [\"none\"]\n").unwrap_err();
+        assert!(err.to_string().contains("auth.algorithms"), "{err}");
+    }
+
+    /// Fuzz-ish: mangled config files give errors, never panics.
+    #[test]
+    fn mangled_files_never_panic() {
+        let text = include_str!("../config.example.toml");
+        let bytes = text.as_bytes();
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..3_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let pos = (state % bytes.len() as u64) as usize;
+            let mut mangled = bytes.to_vec();
+            let replacement = b"=\"[]{}x0\n#."[(state >> 32) as usize % 11];
+            mangled[pos] = replacement;
+            let mangled = String::from_utf8_lossy(&mangled);
+            if let Err(err) = parse(&mangled) {
+                assert!(!err.to_string().is_empty());
+            }
+        }
+    }
+}

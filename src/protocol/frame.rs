@@ -1,0 +1,578 @@
+//! Parsing client frames and encoding server frames.
+//!
+//! A client frame is either a native envelope (`{"type": …}`) or a JSON-RPC 2.0 request
+//! (`{"jsonrpc": "2.0", "method": …}`); both parse into one [`Inbound`]. Every server frame is
+//! built here, so the wire shape lives in one file.
+
+use std::time::SystemTime;
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::codes::{ErrorCode, JSONRPC_INVALID_REQUEST, JSONRPC_PARSE_ERROR};
+use super::types;
+
+/// A parsed client frame.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message type (`type`, or JSON-RPC `method`).
+    pub msg_type: String,
+    /// The client's message id, if it sent one.
+    pub id: Option<String>,
+    /// The room this frame is about, if any.
+    pub room: Option<String>,
+    /// The payload, kept as raw JSON so a publish is forwarded without re-parsing.
+    pub payload: Option<Box<RawValue>>,
+    /// How to answer this frame.
+    pub reply_to: ReplyTo,
+}
+
+/// Where and in which framing a reply goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyTo {
+    /// A native envelope; the reply carries `correlation_id` = the request's `id`.
+    Native {
+        /// The request's `id`.
+        correlation_id: Option<String>,
+    },
+    /// A JSON-RPC request; the reply is a JSON-RPC response with the same `id`.
+    JsonRpc {
+        /// The request's `id` (string or number).
+        id: Value,
+    },
+    /// A JSON-RPC notification: the caller asked for no reply.
+    JsonRpcNotification,
+}
+
+impl ReplyTo {
+    /// The correlation id for native replies.
+    pub fn correlation_id(&self) -> Option<&str> {
+        match self {
+            ReplyTo::Native { correlation_id } => correlation_id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a frame could not be parsed; it still gets an answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ParseError {
+    /// The broker error code.
+    pub code: ErrorCode,
+    /// A message naming what was wrong.
+    pub message: String,
+    /// How to answer (JSON-RPC errors keep the request id when it could be read).
+    pub reply_to: ReplyTo,
+    /// The JSON-RPC code for this failure, when answering in JSON-RPC.
+    pub jsonrpc_code: i64,
+}
+
+impl ParseError {
+    fn native(code: ErrorCode, message: impl Into<String>, correlation_id: Option<String>) -> Self {
+        ParseError {
+            jsonrpc_code: code.jsonrpc_code(),
+            code,
+            message: message.into(),
+            reply_to: ReplyTo::Native { correlation_id },
+        }
+    }
+}
+
+/// Every field either framing may carry; validated into [`Inbound`] afterwards.
+#[derive(Deserialize)]
+struct RawFrame {
+    #[serde(rename = "type")]
+    msg_type: Option<String>,
+    id: Option<Value>,
+    room: Option<String>,
+    payload: Option<Box<RawValue>>,
+    jsonrpc: Option<String>,
+    method: Option<String>,
+    params: Option<Box<RawValue>>,
+}
+
+/// The JSON-RPC `params` of a broker method (`room.*`, `system.*`).
+#[derive(Deserialize)]
+struct BrokerParams {
+    room: Option<String>,
+    id: Option<String>,
+    payload: Option<Box<RawValue>>,
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<Inbound, ParseError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw: RawFrame = match serde_path_to_error::deserialize(&mut de) {
+        Ok(raw) => raw,
+        Err(err) => return Err(describe_decode_error(text, err)),
+    };
+    if let Err(err) = de.end() {
+        return Err(ParseError {
+            code: ErrorCode::BadRequest,
+            message: format!("invalid JSON: {err}"),
+            reply_to: ReplyTo::Native {
+                correlation_id: None,
+            },
+            jsonrpc_code: JSONRPC_PARSE_ERROR,
+        });
+    }
+    if raw.jsonrpc.is_some() || raw.method.is_some() {
+        parse_jsonrpc(raw)
+    } else {
+        parse_native(raw)
+    }
+}
+
+fn describe_decode_error(
+    text: &str,
+    err: serde_path_to_error::Error<serde_json::Error>,
+) -> ParseError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let (message, jsonrpc_code) = match inner.classify() {
+        serde_json::error::Category::Data if path != "." => (
+            format!("field `{path}` has the wrong type: {inner}"),
+            JSONRPC_INVALID_REQUEST,
+        ),
+        serde_json::error::Category::Data => (
+            format!("a frame must be a JSON object: {inner}"),
+            JSONRPC_INVALID_REQUEST,
+        ),
+        _ => (format!("invalid JSON: {inner}"), JSONRPC_PARSE_ERROR),
+    };
+    // A JSON-RPC caller expects a JSON-RPC error even when its frame is broken.
+    let looks_rpc = text.contains("\"jsonrpc\"");
+    ParseError {
+        code: ErrorCode::BadRequest,
+        message,
+        reply_to: if looks_rpc {
+            ReplyTo::JsonRpc { id: Value::Null }
+        } else {
+            ReplyTo::Native {
+                correlation_id: None,
+            }
+        },
+        jsonrpc_code,
+    }
+}
+
+fn parse_native(raw: RawFrame) -> Result<Inbound, ParseError> {
+    let id = match raw.id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ParseError::native(
+                ErrorCode::BadRequest,
+                "field `id` must be a string",
+                None,
+            ))
+        }
+    };
+    let Some(msg_type) = raw.msg_type else {
+        return Err(ParseError::native(
+            ErrorCode::BadRequest,
+            "field `type` is missing",
+            id,
+        ));
+    };
+    if msg_type.is_empty() {
+        return Err(ParseError::native(
+            ErrorCode::BadRequest,
+            "field `type` is empty",
+            id,
+        ));
+    }
+    Ok(Inbound {
+        msg_type,
+        room: raw.room,
+        payload: raw.payload,
+        reply_to: ReplyTo::Native {
+            correlation_id: id.clone(),
+        },
+        id,
+    })
+}
+
+fn parse_jsonrpc(raw: RawFrame) -> Result<Inbound, ParseError> {
+    let reply_to = match raw.id {
+        None => ReplyTo::JsonRpcNotification,
+        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => ReplyTo::JsonRpc { id },
+        Some(_) => ReplyTo::JsonRpc { id: Value::Null },
+    };
+    let invalid = |message: &str| ParseError {
+        code: ErrorCode::BadRequest,
+        message: message.to_owned(),
+        reply_to: match &reply_to {
+            ReplyTo::JsonRpcNotification => ReplyTo::JsonRpc { id: Value::Null },
+            other => other.clone(),
+        },
+        jsonrpc_code: JSONRPC_INVALID_REQUEST,
+    };
+    if raw.jsonrpc.as_deref() != Some("2.0") {
+        return Err(invalid("field `jsonrpc` must be \"2.0\""));
+    }
+    let Some(method) = raw.method.filter(|m| !m.is_empty()) else {
+        return Err(invalid("field `method` must be a non-empty string"));
+    };
+    let rpc_id_string = match &reply_to {
+        ReplyTo::JsonRpc {
+            id: Value::String(s),
+        } => Some(s.clone()),
+        ReplyTo::JsonRpc {
+            id: Value::Number(n),
+        } => Some(n.to_string()),
+        _ => None,
+    };
+    if types::is_broker_type(&method) {
+        // Broker methods carry envelope fields in `params`: {room, id?, payload?, …}.
+        let params = match raw.params {
+            None => None,
+            Some(params) => Some(
+                serde_json::from_str::<BrokerParams>(params.get())
+                    .map(|p| (p, params))
+                    .map_err(|err| ParseError {
+                        code: ErrorCode::BadRequest,
+                        message: format!("invalid params: {err}"),
+                        reply_to: reply_to.clone(),
+                        jsonrpc_code: ErrorCode::BadRequest.jsonrpc_code(),
+                    })?,
+            ),
+        };
+        let (room, id, payload) = match params {
+            None => (None, None, None),
+            Some((p, whole)) => (p.room, p.id, Some(p.payload.unwrap_or(whole))),
+        };
+        return Ok(Inbound {
+            msg_type: method,
+            id: id.or(rpc_id_string),
+            room,
+            payload,
+            reply_to,
+        });
+    }
+    Ok(Inbound {
+        msg_type: method,
+        id: rpc_id_string,
+        room: None,
+        payload: raw.params,
+        reply_to,
+    })
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// A fresh server message id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The envelope of every native server frame.
+#[derive(Serialize)]
+pub struct ServerMessage<'a, P: Serialize> {
+    /// Message type.
+    #[serde(rename = "type")]
+    pub msg_type: &'a str,
+    /// Server-assigned (or, for room messages, client-supplied) id.
+    pub id: &'a str,
+    /// The id of the request this answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<&'a str>,
+    /// Room name for room traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    /// Per-room sequence number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Message payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<P>,
+    /// RFC 3339 UTC time the server built this frame.
+    pub timestamp: &'a str,
+}
+
+impl<P: Serialize> ServerMessage<'_, P> {
+    /// Serialises the envelope into the bytes that go on the wire.
+    pub fn encode(&self) -> ByteString {
+        // Serialising a struct of strings, numbers and JSON values cannot fail.
+        ByteString::from(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// Encodes a server push (no correlation) with a fresh id and timestamp.
+pub fn push<P: Serialize>(msg_type: &str, room: Option<&str>, payload: Option<P>) -> ByteString {
+    ServerMessage {
+        msg_type,
+        id: &new_id(),
+        correlation_id: None,
+        room,
+        seq: None,
+        payload,
+        timestamp: &now_rfc3339(),
+    }
+    .encode()
+}
+
+/// Encodes a `room.message`. Called once per message; every member gets these bytes.
+pub fn room_message(room: &str, seq: u64, id: &str, payload: Option<&RawValue>) -> ByteString {
+    ServerMessage {
+        msg_type: types::ROOM_MESSAGE,
+        id,
+        correlation_id: None,
+        room: Some(room),
+        seq: Some(seq),
+        payload,
+        timestamp: &now_rfc3339(),
+    }
+    .encode()
+}
+
+/// A successful reply: native envelope of `msg_type`, or a JSON-RPC result.
+///
+/// `room`/`seq` go into the native envelope; the JSON-RPC result is `rpc_result`.
+/// Returns `None` for a JSON-RPC notification, which gets no reply.
+pub fn reply<P: Serialize>(
+    reply_to: &ReplyTo,
+    msg_type: &str,
+    room: Option<&str>,
+    seq: Option<u64>,
+    payload: Option<P>,
+    rpc_result: impl FnOnce(Option<P>) -> Value,
+) -> Option<ByteString> {
+    match reply_to {
+        ReplyTo::Native { correlation_id } => Some(
+            ServerMessage {
+                msg_type,
+                id: &new_id(),
+                correlation_id: correlation_id.as_deref(),
+                room,
+                seq,
+                payload,
+                timestamp: &now_rfc3339(),
+            }
+            .encode(),
+        ),
+        ReplyTo::JsonRpc { id } => Some(encode_json(&serde_json::json!({
+            "jsonrpc": "2.0",
+            "result": rpc_result(payload),
+            "id": id,
+        }))),
+        ReplyTo::JsonRpcNotification => None,
+    }
+}
+
+/// An error reply: `system.error`, or a JSON-RPC error object.
+///
+/// Notifications still get JSON-RPC errors for frames the broker could not act on, since
+/// silently dropping them would hide client bugs.
+pub fn error(reply_to: &ReplyTo, code: ErrorCode, message: &str) -> ByteString {
+    error_with_rpc_code(reply_to, code, code.jsonrpc_code(), message)
+}
+
+/// [`error`], with an explicit JSON-RPC code (parse errors use -32700 / -32600).
+pub fn error_with_rpc_code(
+    reply_to: &ReplyTo,
+    code: ErrorCode,
+    jsonrpc_code: i64,
+    message: &str,
+) -> ByteString {
+    match reply_to {
+        ReplyTo::Native { correlation_id } => ServerMessage {
+            msg_type: types::SYSTEM_ERROR,
+            id: &new_id(),
+            correlation_id: correlation_id.as_deref(),
+            room: None,
+            seq: None,
+            payload: Some(serde_json::json!({ "code": code, "message": message })),
+            timestamp: &now_rfc3339(),
+        }
+        .encode(),
+        ReplyTo::JsonRpc { id } => encode_json(&serde_json::json!({
+            "jsonrpc": "2.0",
+            "error": { "code": jsonrpc_code, "message": message, "data": { "code": code } },
+            "id": id,
+        })),
+        ReplyTo::JsonRpcNotification => encode_json(&serde_json::json!({
+            "jsonrpc": "2.0",
+            "error": { "code": jsonrpc_code, "message": message, "data": { "code": code } },
+            "id": Value::Null,
+        })),
+    }
+}
+
+fn encode_json(value: &Value) -> ByteString {
+    ByteString::from(value.to_string())
+}
+
+/// Whether a room name is valid: `[A-Za-z0-9_.:@-]{1,128}`.
+pub fn valid_room_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native_corr(inbound: &Inbound) -> Option<&str> {
+        inbound.reply_to.correlation_id()
+    }
+
+    #[test]
+    fn parses_native_envelope() {
+        let m = parse(r#"{"type":"room.publish","id":"m1","room":"a","payload":{"x":1}}"#).unwrap();
+        assert_eq!(m.msg_type, "room.publish");
+        assert_eq!(m.id.as_deref(), Some("m1"));
+        assert_eq!(m.room.as_deref(), Some("a"));
+        assert_eq!(m.payload.unwrap().get(), r#"{"x":1}"#);
+        assert_eq!(
+            parse(r#"{"type":"x","id":"q"}"#).map(|m| native_corr(&m).map(str::to_owned)),
+            Ok(Some("q".to_owned()))
+        );
+    }
+
+    #[test]
+    fn wrong_field_types_name_the_field() {
+        let err = parse(r#"{"type":"room.join","room":5}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("`room`"), "{}", err.message);
+        let err = parse(r#"{"type":7}"#).unwrap_err();
+        assert!(err.message.contains("`type`"), "{}", err.message);
+        let err = parse(r#"{"type":"x","id":{}}"#).unwrap_err();
+        assert!(err.message.contains("`id`"), "{}", err.message);
+    }
+
+    #[test]
+    fn invalid_json_and_non_objects_are_bad_requests() {
+        for text in [
+            "",
+            "{",
+            "nope",
+            "[]",
+            "3",
+            "\"x\"",
+            "{}",
+            r#"{"type":""}"#,
+            "{} {}",
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
+        }
+    }
+
+    #[test]
+    fn parses_jsonrpc_requests() {
+        let m =
+            parse(r#"{"jsonrpc":"2.0","method":"task.request","params":{"a":1},"id":7}"#).unwrap();
+        assert_eq!(m.msg_type, "task.request");
+        assert_eq!(m.reply_to, ReplyTo::JsonRpc { id: 7.into() });
+        assert_eq!(m.payload.unwrap().get(), r#"{"a":1}"#);
+
+        let m = parse(r#"{"jsonrpc":"2.0","method":"room.join","params":{"room":"r","since_seq":3},"id":"j"}"#)
+            .unwrap();
+        assert_eq!(m.room.as_deref(), Some("r"));
+        assert!(m.payload.unwrap().get().contains("since_seq"));
+
+        let m = parse(
+            r#"{"jsonrpc":"2.0","method":"room.publish","params":{"room":"r","payload":[1]}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.reply_to, ReplyTo::JsonRpcNotification);
+        assert_eq!(m.payload.unwrap().get(), "[1]");
+    }
+
+    #[test]
+    fn jsonrpc_errors_use_jsonrpc_codes() {
+        let err = parse(r#"{"jsonrpc":"1.0","method":"x","id":1}"#).unwrap_err();
+        assert_eq!(err.jsonrpc_code, JSONRPC_INVALID_REQUEST);
+        assert_eq!(err.reply_to, ReplyTo::JsonRpc { id: 1.into() });
+        let err = parse(r#"{"jsonrpc":"2.0","method":"#).unwrap_err();
+        assert_eq!(err.jsonrpc_code, JSONRPC_PARSE_ERROR);
+        let err = parse(r#"{"jsonrpc":"2.0","id":2}"#).unwrap_err();
+        assert_eq!(err.jsonrpc_code, JSONRPC_INVALID_REQUEST);
+    }
+
+    #[test]
+    fn room_names() {
+        assert!(valid_room_name("conversation:42"));
+        assert!(valid_room_name("a.b-c_d@e"));
+        assert!(!valid_room_name(""));
+        assert!(!valid_room_name("has space"));
+        assert!(!valid_room_name("slash/no"));
+        assert!(!valid_room_name(&"x".repeat(129)));
+        assert!(valid_room_name(&"x".repeat(128)));
+    }
+
+    #[test]
+    fn error_frames_have_the_documented_shape() {
+        let frame = error(
+            &ReplyTo::Native {
+                correlation_id: Some("c1".into()),
+            },
+            ErrorCode::Forbidden,
+            "no",
+        );
+        let v: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["type"], "system.error");
+        assert_eq!(v["correlation_id"], "c1");
+        assert_eq!(v["payload"]["code"], "forbidden");
+        assert!(v["id"].is_string() && v["timestamp"].is_string());
+        let frame = error(
+            &ReplyTo::JsonRpc { id: 3.into() },
+            ErrorCode::UnknownType,
+            "no",
+        );
+        let v: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["error"]["code"], -32601);
+        assert_eq!(v["error"]["data"]["code"], "unknown_type");
+        assert_eq!(v["id"], 3);
+    }
+
+    /// Fuzz-ish: mutations of valid frames never panic and always parse or explain.
+    #[test]
+    fn mutated_frames_never_panic() {
+        let seeds = [
+            r#"{"type":"room.publish","id":"m1","room":"a","payload":{"x":[1,2,{"y":null}]}}"#,
+            r#"{"jsonrpc":"2.0","method":"room.join","params":{"room":"r","since_seq":3},"id":"j"}"#,
+            r#"{"type":"system.ping"}"#,
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"{}[]\":,\\ 0123456789abcdefnulltrue-.eE\x00\xff";
+        for _ in 0..20_000 {
+            let seed = seeds[(next() % seeds.len() as u64) as usize].as_bytes();
+            let mut bytes = seed.to_vec();
+            for _ in 0..(1 + next() % 4) {
+                let pos = (next() % (bytes.len() as u64 + 1)) as usize;
+                match next() % 3 {
+                    0 if pos < bytes.len() => {
+                        bytes.remove(pos);
+                    }
+                    1 => bytes.insert(pos, alphabet[(next() % alphabet.len() as u64) as usize]),
+                    _ if pos < bytes.len() => {
+                        bytes[pos] = alphabet[(next() % alphabet.len() as u64) as usize]
+                    }
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            match parse(&text) {
+                Ok(m) => assert!(!m.msg_type.is_empty()),
+                Err(e) => assert!(!e.message.is_empty()),
+            }
+        }
+    }
+}

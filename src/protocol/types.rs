@@ -1,0 +1,42 @@
+//! Message type names of protocol v1.
+
+/// Client → server: join a room (`payload.since_seq` optional).
+pub const ROOM_JOIN: &str = "room.join";
+/// Client → server: leave a room.
+pub const ROOM_LEAVE: &str = "room.leave";
+/// Client → server: publish to a room.
+pub const ROOM_PUBLISH: &str = "room.publish";
+/// Server → client: a message published in a room.
+pub const ROOM_MESSAGE: &str = "room.message";
+/// Server → client: the join succeeded.
+pub const ROOM_JOINED: &str = "room.joined";
+/// Server → client: the leave succeeded.
+pub const ROOM_LEFT: &str = "room.left";
+/// Server → client: a publish was accepted and sequenced.
+pub const ACK: &str = "ack";
+/// Either direction: liveness probe.
+pub const SYSTEM_PING: &str = "system.ping";
+/// Either direction: answer to `system.ping`.
+pub const SYSTEM_PONG: &str = "system.pong";
+/// Server → client: first frame of every session.
+pub const SYSTEM_CONNECTION_ESTABLISHED: &str = "system.connection.established";
+/// Server → client: the server is about to close the socket, and why.
+pub const SYSTEM_CONNECTION_CLOSE: &str = "system.connection.close";
+/// Client → server: resume a dropped session (delivery guarantees, issue 4).
+pub const SYSTEM_CONNECTION_RESUME: &str = "system.connection.resume";
+/// Server → client: something the client sent could not be acted on.
+pub const SYSTEM_ERROR: &str = "system.error";
+/// Server → client: a user came into a room (presence on).
+pub const PRESENCE_JOIN: &str = "presence.join";
+/// Server → client: a user's last connection left a room (presence on).
+pub const PRESENCE_LEAVE: &str = "presence.leave";
+
+/// Whether `msg_type` belongs to the broker itself rather than to an application handler.
+///
+/// Broker types are handled inside the session; everything else goes to the Router.
+pub fn is_broker_type(msg_type: &str) -> bool {
+    msg_type.starts_with("room.") || msg_type.starts_with("system.")
+}
+
+/// The `system.connection.close` reason sent before a graceful shutdown.
+pub const REASON_SERVER_SHUTDOWN: &str = "server_shutdown";

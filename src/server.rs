@@ -1,0 +1,70 @@
+//! Running the broker as a server: bind, serve, shut down gracefully.
+//!
+//! [`serve`] takes an already-bound listener and a shutdown future, so tests start a real
+//! broker on `127.0.0.1:0` and end it without signals; the binary passes SIGINT/SIGTERM.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer};
+
+use crate::actors::supervisor::ShutdownReport;
+use crate::Broker;
+
+/// Serves `broker` on `listener` until `shutdown` resolves or the server stops, then closes
+/// every session (1012) and stops. Must run inside an actix system.
+pub async fn serve(
+    broker: Broker,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<ShutdownReport> {
+    let configure = broker.configure();
+    let workers = match broker.config().server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let server = HttpServer::new(move || App::new().configure(configure.clone()))
+        .workers(workers)
+        .disable_signals()
+        // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
+        .client_disconnect_timeout(Duration::ZERO)
+        // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    let mut running = actix_rt::spawn(server);
+    tokio::select! {
+        _ = shutdown => {}
+        result = &mut running => {
+            log::warn!("server stopped on its own: {result:?}");
+        }
+    }
+    let report = broker.shutdown(Some(handle)).await;
+    let _ = running.await;
+    Ok(report)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,268 @@
+//! The bounded outbound queue of one WebSocket and the task that drains it.
+//!
+//! Rooms and the session push frames with [`Outbound::send`], which never waits: when the
+//! queue is full (in frames or bytes) the queue aborts the connection with 4009 and reports
+//! the overflow, so one slow reader can never hold up a room or grow memory without bound.
+//! actix-ws's own channel holds 32 frames and its send waits when full; only the writer task
+//! ever waits on it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_ws::CloseReason;
+use bytes::Bytes;
+use bytestring::ByteString;
+use tokio::sync::{mpsc, Notify};
+
+use crate::protocol::close;
+
+/// How long the writer tries to get a close frame out to a peer that is not reading.
+const ABORT_CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// One item for the socket.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A text frame.
+    Text(ByteString),
+    /// A pong answering a ping.
+    Pong(Bytes),
+    /// The closing handshake; the writer stops after it.
+    Close(CloseReason),
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The queue was full: the connection is being closed with 4009.
+    #[error("outbound queue full")]
+    Overflow,
+    /// The connection is closing or closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+struct Shared {
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    closed: AtomicBool,
+    abort: Mutex<Option<CloseReason>>,
+    abort_notify: Notify,
+}
+
+/// Sending half: cheap to clone, shared by the session and the rooms it is in.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+}
+
+/// Receiving half, owned by the writer task.
+pub struct OutboundReceiver {
+    rx: mpsc::Receiver<Outgoing>,
+    shared: Arc<Shared>,
+}
+
+impl Outbound {
+    /// A queue bounded by `max_frames` and `max_bytes`.
+    pub fn bounded(max_frames: usize, max_bytes: usize) -> (Outbound, OutboundReceiver) {
+        let (tx, rx) = mpsc::channel(max_frames.max(1));
+        let shared = Arc::new(Shared {
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            closed: AtomicBool::new(false),
+            abort: Mutex::new(None),
+            abort_notify: Notify::new(),
+        });
+        (
+            Outbound {
+                tx,
+                shared: shared.clone(),
+            },
+            OutboundReceiver { rx, shared },
+        )
+    }
+
+    /// Queues a text frame without waiting; on overflow, aborts the connection with 4009.
+    pub fn send(&self, frame: ByteString) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let len = frame.len();
+        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.shared.max_bytes {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflow();
+            return Err(SendError::Overflow);
+        }
+        match self.tx.try_send(Outgoing::Text(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                self.overflow();
+                Err(SendError::Overflow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                Err(SendError::Closed)
+            }
+        }
+    }
+
+    /// Queues a pong; dropped silently when the queue is full (the peer will time out).
+    pub fn pong(&self, bytes: Bytes) {
+        let _ = self.tx.try_send(Outgoing::Pong(bytes));
+    }
+
+    /// Closes after the frames already queued; aborts when the queue has no room.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let reason = close_reason(code, reason);
+        if let Err(mpsc::error::TrySendError::Full(Outgoing::Close(reason))) =
+            self.tx.try_send(Outgoing::Close(reason))
+        {
+            self.set_abort(reason);
+        }
+    }
+
+    /// Closes now, dropping whatever is queued.
+    pub fn abort(&self, code: u16, reason: &str) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.set_abort(close_reason(code, reason));
+    }
+
+    /// Whether a close was requested (no further frames are accepted).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Frames currently queued.
+    pub fn queued_frames(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    fn overflow(&self) {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            log::warn!("slow consumer: outbound queue full, closing with 4009");
+            self.set_abort(close_reason(close::SLOW_CONSUMER, "slow consumer"));
+        }
+    }
+
+    fn set_abort(&self, reason: CloseReason) {
+        if let Ok(mut slot) = self.shared.abort.lock() {
+            slot.get_or_insert(reason);
+        }
+        self.shared.abort_notify.notify_one();
+    }
+}
+
+fn close_reason(code: u16, reason: &str) -> CloseReason {
+    CloseReason {
+        code: code.into(),
+        description: (!reason.is_empty()).then(|| reason.to_owned()),
+    }
+}
+
+/// How the writer ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriterExit {
+    /// A close frame was sent with this code.
+    Closed(u16),
+    /// The socket went away first.
+    Disconnected,
+}
+
+impl OutboundReceiver {
+    async fn aborted(shared: &Shared) -> CloseReason {
+        loop {
+            if let Some(reason) = shared.abort.lock().ok().and_then(|mut s| s.take()) {
+                return reason;
+            }
+            shared.abort_notify.notified().await;
+        }
+    }
+
+    /// Drains the queue into the socket until a close, an abort, or a disconnect.
+    pub async fn run(mut self, mut ws: actix_ws::Session) -> WriterExit {
+        let shared = self.shared.clone();
+        loop {
+            let item = tokio::select! {
+                biased;
+                reason = Self::aborted(&shared) => return abort_close(ws, reason).await,
+                item = self.rx.recv() => item,
+            };
+            let written = match item {
+                None => {
+                    let _ = ws.close(None).await;
+                    return WriterExit::Closed(close::NORMAL);
+                }
+                Some(Outgoing::Close(reason)) => {
+                    let code = u16::from(reason.code);
+                    let _ = ws.close(Some(reason)).await;
+                    return WriterExit::Closed(code);
+                }
+                Some(Outgoing::Pong(bytes)) => {
+                    tokio::select! {
+                        biased;
+                        reason = Self::aborted(&shared) => return abort_close(ws, reason).await,
+                        r = ws.pong(&bytes) => r,
+                    }
+                }
+                Some(Outgoing::Text(text)) => {
+                    shared.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
+                    tokio::select! {
+                        biased;
+                        reason = Self::aborted(&shared) => return abort_close(ws, reason).await,
+                        r = ws.text(text) => r,
+                    }
+                }
+            };
+            if written.is_err() {
+                return WriterExit::Disconnected;
+            }
+        }
+    }
+}
+
+async fn abort_close(ws: actix_ws::Session, reason: CloseReason) -> WriterExit {
+    let code = u16::from(reason.code);
+    match tokio::time::timeout(ABORT_CLOSE_GRACE, ws.close(Some(reason))).await {
+        Ok(Ok(())) => WriterExit::Closed(code),
+        _ => WriterExit::Disconnected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_by_frames_closes_with_4009() {
+        let (out, rx) = Outbound::bounded(2, 1 << 20);
+        out.send("a".into()).unwrap();
+        out.send("b".into()).unwrap();
+        assert_eq!(out.send("c".into()), Err(SendError::Overflow));
+        assert_eq!(out.send("d".into()), Err(SendError::Closed));
+        let reason = rx.shared.abort.lock().unwrap().clone().unwrap();
+        assert_eq!(u16::from(reason.code), close::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn overflow_by_bytes() {
+        let (out, _rx) = Outbound::bounded(100, 10);
+        out.send("12345".into()).unwrap();
+        assert_eq!(out.send("123456".into()), Err(SendError::Overflow));
+    }
+
+    #[test]
+    fn graceful_close_queues_behind_frames() {
+        let (out, mut rx) = Outbound::bounded(4, 100);
+        out.send("last words".into()).unwrap();
+        out.close(close::SERVICE_RESTART, "bye");
+        assert!(matches!(rx.rx.try_recv(), Ok(Outgoing::Text(_))));
+        assert!(matches!(rx.rx.try_recv(), Ok(Outgoing::Close(r)) if u16::from(r.code) == 1012));
+        assert!(rx.shared.abort.lock().unwrap().is_none());
+    }
+}
