@@ -209,24 +209,28 @@ impl Session {
         struct JoinPayload {
             since_seq: Option<u64>,
         }
-        let since_seq = match inbound
-            .payload
-            .as_deref()
-            .map(|p| serde_json::from_str::<JoinPayload>(p.get()))
-        {
+        let since_seq = match inbound.payload.as_deref().map(|p| {
+            serde_path_to_error::deserialize::<_, JoinPayload>(
+                &mut serde_json::Deserializer::from_str(p.get()),
+            )
+        }) {
             None => None,
             Some(Ok(p)) => p.since_seq,
             Some(Err(e)) => {
                 return self.send_error(
                     &inbound.reply_to,
                     ErrorCode::BadRequest,
-                    &format!("invalid room.join payload: {e}"),
+                    &format!(
+                        "invalid room.join payload: field `{}`: {}",
+                        e.path(),
+                        e.inner()
+                    ),
                 )
             }
         };
         let known = self.rooms.contains_key(&room) || self.pending_joins.contains(&room);
         let max = self.state.config.limits.max_rooms_per_session;
-        if !known && self.rooms.len() + self.pending_joins.len() >= max {
+        if !known && self.counted_rooms() >= max {
             return self.send_error(
                 &inbound.reply_to,
                 ErrorCode::BadRequest,
@@ -234,6 +238,16 @@ impl Session {
             );
         }
         self.join_room(room, Some(inbound.reply_to), since_seq, ctx);
+    }
+
+    /// Rooms joined or being joined, the personal room not counted.
+    fn counted_rooms(&self) -> usize {
+        let personal = self.identity.personal_room();
+        self.rooms
+            .keys()
+            .chain(self.pending_joins.iter())
+            .filter(|r| Some(*r) != personal.as_ref())
+            .count()
     }
 
     fn join_room(

@@ -104,6 +104,22 @@ struct BrokerParams {
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Inbound, ParseError> {
+    // serde would read a JSON array positionally into the struct; only objects are frames.
+    let trimmed = text.trim_start();
+    if !trimmed.is_empty() && !trimmed.starts_with('{') {
+        let jsonrpc_code = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => JSONRPC_INVALID_REQUEST,
+            Err(_) => JSONRPC_PARSE_ERROR,
+        };
+        return Err(ParseError {
+            code: ErrorCode::BadRequest,
+            message: "a frame must be a JSON object".into(),
+            reply_to: ReplyTo::Native {
+                correlation_id: None,
+            },
+            jsonrpc_code,
+        });
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let raw: RawFrame = match serde_path_to_error::deserialize(&mut de) {
         Ok(raw) => raw,

@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, Notify};
 use crate::protocol::close;
 
 /// How long the writer tries to get a close frame out to a peer that is not reading.
-const ABORT_CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// Only the ≤ 32 frames already in actix-ws's channel are held meanwhile; a consumer that is
+/// slow rather than gone still learns why it was cut off (4009).
+const ABORT_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// One item for the socket.
 #[derive(Debug)]

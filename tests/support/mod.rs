@@ -1,0 +1,286 @@
+//! Shared set-up for the integration tests: a real broker on `127.0.0.1:0` in its own actix
+//! system (thread), and a WebSocket test client that waits on events with timeouts.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_codec::Framed;
+use awc::ws::{Codec, Frame, Message};
+use awc::BoxedSocket;
+use bytestring::ByteString;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use switchboard::actors::supervisor::ShutdownReport;
+use switchboard::config::Config;
+use switchboard::{server, Broker};
+use tokio::sync::oneshot;
+
+/// The HS256 secret of test brokers.
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A config for tests: loopback, HS256 with [`SECRET`], no anonymous access.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.bind = "127.0.0.1:0".into();
+    config.server.workers = 2;
+    config.auth.hs256_secret = SECRET.into();
+    config
+}
+
+/// A token for `sub` allowed to join and publish to `rooms`.
+pub fn token(sub: &str, rooms: &[&str]) -> String {
+    switchboard::auth::mint_hs256(
+        SECRET,
+        sub,
+        rooms.iter().map(|r| r.to_string()).collect(),
+        None,
+        Duration::from_secs(600),
+    )
+    .expect("sign token")
+}
+
+type Setup = Box<dyn FnOnce(Broker) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// A broker running in a background thread.
+pub struct TestBroker {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    report: Option<oneshot::Receiver<ShutdownReport>>,
+}
+
+impl TestBroker {
+    /// Starts a broker with `config`.
+    pub fn start(config: Config) -> TestBroker {
+        Self::start_with(config, |_| async {})
+    }
+
+    /// Starts a broker with `config`, running `setup` (e.g. handler registration) before
+    /// it accepts connections.
+    pub fn start_with<F, Fut>(config: Config, setup: F) -> TestBroker
+    where
+        F: FnOnce(Broker) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let setup: Setup = Box::new(move |b| Box::pin(setup(b)));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (report_tx, report_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let broker = Broker::start(config).expect("valid test config");
+                setup(broker.clone()).await;
+                let _ = ready_tx.send(());
+                let report = server::serve(broker, listener, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+                .expect("serve");
+                let _ = report_tx.send(report);
+            });
+        });
+        ready_rx.recv_timeout(WAIT).expect("broker started");
+        TestBroker {
+            addr,
+            shutdown: Some(shutdown_tx),
+            report: Some(report_rx),
+        }
+    }
+
+    /// `ws://addr/ws?token=…` (no token when `None`).
+    pub fn ws_url(&self, token: Option<&str>) -> String {
+        match token {
+            Some(t) => format!("ws://{}/ws?token={t}", self.addr),
+            None => format!("ws://{}/ws", self.addr),
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects with a token for `sub` on `rooms` and reads `system.connection.established`.
+    pub async fn client(&self, sub: &str, rooms: &[&str]) -> Client {
+        let mut client = Client::connect(&self.ws_url(Some(&token(sub, rooms)))).await;
+        client.recv_type("system.connection.established").await;
+        client
+    }
+
+    /// Starts graceful shutdown and waits for its report.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let report = self.report.take().expect("not yet shut down");
+        tokio::time::timeout(Duration::from_secs(30), report)
+            .await
+            .expect("shutdown finished in time")
+            .expect("broker thread reported")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A WebSocket test client.
+pub struct Client {
+    framed: Framed<BoxedSocket, Codec>,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    /// Close code (None when the peer sent no code or just dropped TCP).
+    pub code: Option<u16>,
+    /// Close reason.
+    pub reason: String,
+}
+
+impl Client {
+    /// Connects or panics.
+    pub async fn connect(url: &str) -> Client {
+        Client::try_connect(awc::Client::new().ws(url))
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    /// Connects with a prepared request (headers, cookies, protocols).
+    pub async fn try_connect(req: awc::ws::WebsocketsRequest) -> Result<Client, String> {
+        let (_, framed) = tokio::time::timeout(WAIT, req.max_frame_size(1 << 24).connect())
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(Client { framed })
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.framed
+            .send(Message::Text(ByteString::from(text.to_owned())))
+            .await
+            .expect("send text");
+    }
+
+    /// Sends a raw frame.
+    pub async fn send_message(&mut self, message: Message) {
+        self.framed.send(message).await.expect("send frame");
+    }
+
+    /// The next frame, within [`WAIT`].
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        match tokio::time::timeout(WAIT, self.framed.next()).await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            Ok(Some(Err(e))) => panic!("protocol error from broker: {e}"),
+            Ok(None) => None,
+            Err(_) => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    /// The next JSON text message (pings answered transparently at the WebSocket level).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match self.next_frame().await {
+                Some(Frame::Text(bytes)) => {
+                    return serde_json::from_slice(&bytes).expect("broker sends JSON")
+                }
+                Some(Frame::Ping(b)) => {
+                    let _ = self.framed.send(Message::Pong(b)).await;
+                }
+                Some(Frame::Close(reason)) => {
+                    panic!("closed while waiting for a message: {reason:?}")
+                }
+                Some(other) => panic!("unexpected frame {other:?}"),
+                None => panic!("connection ended while waiting for a message"),
+            }
+        }
+    }
+
+    /// The next message of `msg_type`, skipping heartbeat pings.
+    pub async fn recv_type(&mut self, msg_type: &str) -> Value {
+        loop {
+            let msg = self.recv().await;
+            if msg["type"] == msg_type {
+                return msg;
+            }
+            if msg["type"] != "system.ping" {
+                panic!("expected {msg_type}, got {msg}");
+            }
+        }
+    }
+
+    /// The next message of `msg_type`, skipping every other message.
+    pub async fn skip_until(&mut self, msg_type: &str) -> Value {
+        loop {
+            let msg = self.recv().await;
+            if msg["type"] == msg_type {
+                return msg;
+            }
+        }
+    }
+
+    /// Reads until the broker closes; returns the close code and reason. Answers the close.
+    pub async fn expect_close(&mut self) -> Closed {
+        loop {
+            match self.next_frame().await {
+                Some(Frame::Close(reason)) => {
+                    let _ = self.framed.send(Message::Close(reason.clone())).await;
+                    return Closed {
+                        code: reason.as_ref().map(|r| u16::from(r.code)),
+                        reason: reason.and_then(|r| r.description).unwrap_or_default(),
+                    };
+                }
+                Some(_) => continue,
+                None => {
+                    return Closed {
+                        code: None,
+                        reason: String::new(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Joins `room` and returns the `room.joined` reply.
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.send_json(
+            serde_json::json!({"type": "room.join", "room": room, "id": format!("join-{room}")}),
+        )
+        .await;
+        let joined = self.recv_type("room.joined").await;
+        assert_eq!(joined["room"], room);
+        joined
+    }
+
+    /// Publishes `payload` to `room` with message id `id`.
+    pub async fn publish(&mut self, room: &str, id: &str, payload: Value) {
+        self.send_json(
+            serde_json::json!({"type": "room.publish", "room": room, "id": id, "payload": payload}),
+        )
+        .await;
+    }
+
+    /// Closes the connection normally.
+    pub async fn close(mut self) {
+        let _ = self.framed.send(Message::Close(None)).await;
+    }
+}
