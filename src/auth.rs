@@ -157,9 +157,11 @@ impl Identity {
         }
     }
 
-    /// The user's personal room, joined automatically (none for anonymous sessions).
+    /// The user's personal room, joined automatically (none for anonymous sessions, or
+    /// when `sub` does not make a valid room name).
     pub fn personal_room(&self) -> Option<String> {
-        (!self.anonymous).then(|| format!("user:{}", self.user))
+        let room = format!("user:{}", self.user);
+        (!self.anonymous && crate::protocol::valid_room_name(&room)).then_some(room)
     }
 
     /// Whether the session may join `room`.

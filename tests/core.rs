@@ -159,3 +159,20 @@ async fn healthz_answers() {
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(body["status"], "ok");
 }
+
+#[actix_rt::test]
+async fn join_publish_leave_sent_back_to_back_are_handled_in_order() {
+    let broker = TestBroker::start(test_config());
+    let mut c = broker.client("a", &["r"]).await;
+    c.send_json(json!({"type": "room.join", "room": "r", "id": "j"}))
+        .await;
+    c.publish("r", "p", json!(1)).await;
+    c.send_json(json!({"type": "room.leave", "room": "r", "id": "l"}))
+        .await;
+    assert_eq!(c.recv().await["type"], "room.joined");
+    assert_eq!(c.recv().await["type"], "room.message");
+    let ack = c.recv().await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["payload"]["id"], "p");
+    assert_eq!(c.recv().await["type"], "room.left");
+}

@@ -182,8 +182,8 @@ impl Handler<Publish> for Room {
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
         let Some(publisher) = self.members.get(&msg.connection_id).map(|m| m.out.clone()) else {
-            // The session only publishes to rooms it joined; a publish racing its own leave
-            // still gets an answer.
+            // The session only publishes to rooms it joined and waits for its joins, so
+            // this is a publish that raced its own leave: nothing to deliver or ack.
             log::debug!(
                 "room {}: publish from non-member {}",
                 self.name,
@@ -212,8 +212,8 @@ impl Handler<Publish> for Room {
             types::ACK,
             Some(&self.name),
             Some(seq),
-            None::<()>,
-            |_| json!({ "room": &*self.name, "seq": seq, "id": id }),
+            Some(json!({ "id": &id })),
+            |_| json!({ "room": &*self.name, "seq": seq, "id": &id }),
         );
         if let Some(ack) = ack {
             let _ = publisher.send(ack);

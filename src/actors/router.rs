@@ -106,15 +106,15 @@ impl RouteTable {
         req: &HandlerRequest,
         timeout: Duration,
     ) -> Result<Reply, HandlerError> {
-        for mw in &self.middleware {
-            mw.before(req)?;
-        }
         let Some(handler) = self.handlers.get(&req.msg_type) else {
             return Err(HandlerError::new(
                 ErrorCode::UnknownType,
                 format!("no handler for message type `{}`", req.msg_type),
             ));
         };
+        for mw in &self.middleware {
+            mw.before(req)?;
+        }
         match tokio::time::timeout(timeout, handler.send(req.clone())).await {
             Ok(Ok(result)) => result,
             Ok(Err(MailboxError::Closed)) => Err(HandlerError::new(

@@ -7,7 +7,7 @@
 //! through the Router's route table snapshot. The session never blocks on anyone: handler
 //! calls run as spawned futures, and everything it sends is a non-blocking queue push.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +40,6 @@ pub struct Session {
     state: Arc<BrokerState>,
     out: Outbound,
     rooms: HashMap<String, Addr<Room>>,
-    pending_joins: HashSet<String>,
     limiter: DefaultDirectRateLimiter,
     violations: u32,
     violation_window: Instant,
@@ -76,7 +75,6 @@ impl Session {
                 identity: Arc::new(identity),
                 out,
                 rooms: HashMap::new(),
-                pending_joins: HashSet::new(),
                 limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
                 violations: 0,
                 violation_window: Instant::now(),
@@ -228,7 +226,7 @@ impl Session {
                 )
             }
         };
-        let known = self.rooms.contains_key(&room) || self.pending_joins.contains(&room);
+        let known = self.rooms.contains_key(&room);
         let max = self.state.config.limits.max_rooms_per_session;
         if !known && self.counted_rooms() >= max {
             return self.send_error(
@@ -240,12 +238,11 @@ impl Session {
         self.join_room(room, Some(inbound.reply_to), since_seq, ctx);
     }
 
-    /// Rooms joined or being joined, the personal room not counted.
+    /// Rooms joined, the personal room not counted.
     fn counted_rooms(&self) -> usize {
         let personal = self.identity.personal_room();
         self.rooms
             .keys()
-            .chain(self.pending_joins.iter())
             .filter(|r| Some(*r) != personal.as_ref())
             .count()
     }
@@ -257,7 +254,6 @@ impl Session {
         since_seq: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
-        self.pending_joins.insert(room.clone());
         let join = Join {
             connection_id: self.id.clone(),
             out: self.out.clone(),
@@ -271,16 +267,15 @@ impl Session {
                 join,
             })
             .into_actor(self)
-            .map(move |result, act, _| {
-                act.pending_joins.remove(&room);
-                match result {
-                    Ok(addr) => {
-                        act.rooms.insert(room, addr);
-                    }
-                    Err(e) => log::error!("conn={} join {room}: registry unavailable: {e}", act.id),
+            .map(move |result, act, _| match result {
+                Ok(addr) => {
+                    act.rooms.insert(room, addr);
                 }
+                Err(e) => log::error!("conn={} join {room}: registry unavailable: {e}", act.id),
             })
-            .spawn(ctx);
+            // Hold further frames until the room is known, so a publish or leave sent right
+            // after the join finds it.
+            .wait(ctx);
     }
 
     fn leave(&mut self, inbound: Inbound) {

@@ -99,10 +99,12 @@ impl RoomLog for MemoryLog {
 
     fn since(&mut self, after_seq: u64) -> Replay {
         self.expire();
-        let after_seq = after_seq.min(self.last_seq);
+        // A client ahead of the log saw a sequence this log no longer has (the room was
+        // reset after its TTL): nothing can be recovered.
+        let ahead = after_seq > self.last_seq;
         let oldest_kept = self.ring.front().map_or(self.last_seq + 1, |(s, _, _)| *s);
         Replay {
-            recovered: after_seq + 1 >= oldest_kept,
+            recovered: !ahead && after_seq + 1 >= oldest_kept,
             frames: self
                 .ring
                 .iter()
@@ -134,6 +136,10 @@ mod tests {
         assert!(!r.recovered, "seq 2 has left history");
         assert_eq!(r.frames.len(), 3);
         assert!(log.since(5).frames.is_empty());
+        assert!(log.since(5).recovered);
+        let r = log.since(9);
+        assert!(!r.recovered, "a client ahead of the log lost its gap");
+        assert!(r.frames.is_empty());
     }
 
     #[test]

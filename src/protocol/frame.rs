@@ -86,12 +86,18 @@ impl ParseError {
 struct RawFrame {
     #[serde(rename = "type")]
     msg_type: Option<String>,
+    /// `Some(Value::Null)` for `"id": null`, `None` when absent (JSON-RPC tells them apart).
+    #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
     room: Option<String>,
     payload: Option<Box<RawValue>>,
     jsonrpc: Option<String>,
     method: Option<String>,
     params: Option<Box<RawValue>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// The JSON-RPC `params` of a broker method (`room.*`, `system.*`).
@@ -129,13 +135,17 @@ pub fn parse(text: &str) -> Result<Inbound, ParseError> {
         return Err(ParseError {
             code: ErrorCode::BadRequest,
             message: format!("invalid JSON: {err}"),
-            reply_to: ReplyTo::Native {
-                correlation_id: None,
+            reply_to: if raw.jsonrpc.is_some() {
+                ReplyTo::JsonRpc { id: Value::Null }
+            } else {
+                ReplyTo::Native {
+                    correlation_id: None,
+                }
             },
             jsonrpc_code: JSONRPC_PARSE_ERROR,
         });
     }
-    if raw.jsonrpc.is_some() || raw.method.is_some() {
+    if raw.jsonrpc.is_some() {
         parse_jsonrpc(raw)
     } else {
         parse_native(raw)
@@ -216,7 +226,14 @@ fn parse_jsonrpc(raw: RawFrame) -> Result<Inbound, ParseError> {
     let reply_to = match raw.id {
         None => ReplyTo::JsonRpcNotification,
         Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => ReplyTo::JsonRpc { id },
-        Some(_) => ReplyTo::JsonRpc { id: Value::Null },
+        Some(_) => {
+            return Err(ParseError {
+                code: ErrorCode::BadRequest,
+                message: "field `id` must be a string, a number or null".into(),
+                reply_to: ReplyTo::JsonRpc { id: Value::Null },
+                jsonrpc_code: JSONRPC_INVALID_REQUEST,
+            })
+        }
     };
     let invalid = |message: &str| ParseError {
         code: ErrorCode::BadRequest,
@@ -514,6 +531,16 @@ mod tests {
         assert_eq!(err.jsonrpc_code, JSONRPC_PARSE_ERROR);
         let err = parse(r#"{"jsonrpc":"2.0","id":2}"#).unwrap_err();
         assert_eq!(err.jsonrpc_code, JSONRPC_INVALID_REQUEST);
+        let err = parse(r#"{"jsonrpc":"2.0","method":"x","id":[1]}"#).unwrap_err();
+        assert_eq!(err.jsonrpc_code, JSONRPC_INVALID_REQUEST);
+        let err = parse(r#"{"jsonrpc":"2.0","method":"x","id":1} x"#).unwrap_err();
+        assert_eq!(err.reply_to, ReplyTo::JsonRpc { id: Value::Null });
+        // `"id": null` is a request (answered with id null), not a notification.
+        let m = parse(r#"{"jsonrpc":"2.0","method":"x","id":null}"#).unwrap();
+        assert_eq!(m.reply_to, ReplyTo::JsonRpc { id: Value::Null });
+        // Without `jsonrpc`, a frame is native even if it has a `method`.
+        let err = parse(r#"{"method":"x"}"#).unwrap_err();
+        assert!(err.message.contains("`type`"));
     }
 
     #[test]

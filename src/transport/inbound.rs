@@ -4,6 +4,11 @@
 //! a frame with reserved bits set as the same `ProtocolError::Io(InvalidData)`. RFC 6455 wants
 //! 1007 for the first and 1002 for the second, so the assembler classifies errors itself and
 //! validates fragmented text incrementally (failing fast on the first bad byte).
+//!
+//! actix-http (3.20) validates close frames in its codec and reports a reserved or undefined
+//! close code and a non-UTF-8 close reason both as `ProtocolError::BadOpCode`; the two cannot
+//! be told apart, so both close with 1002 (RFC 6455 §7.4.1; Autobahn 7.5.1 accepts 1002 or
+//! 1007) and a reason that says what actually happened.
 
 use actix_ws::{CloseReason, Item, Message, ProtocolError};
 use bytes::{Bytes, BytesMut};
@@ -78,6 +83,9 @@ impl From<ProtocolError> for TransportError {
                 } else {
                     TransportError::Io(io.to_string())
                 }
+            }
+            ProtocolError::BadOpCode => {
+                TransportError::Protocol("invalid close code or close reason".into())
             }
             other => TransportError::Protocol(other.to_string()),
         }
@@ -269,5 +277,8 @@ mod tests {
         assert_eq!(err.close_code(), Some(close::PROTOCOL_ERROR));
         let err: TransportError = ProtocolError::Overflow.into();
         assert_eq!(err.close_code(), Some(close::MESSAGE_TOO_BIG));
+        let err: TransportError = ProtocolError::BadOpCode.into();
+        assert_eq!(err.close_code(), Some(close::PROTOCOL_ERROR));
+        assert!(err.to_string().contains("close code"), "{err}");
     }
 }

@@ -1,0 +1,81 @@
+//! The embedding API: the broker mounted in a host actix-web app next to its own routes,
+//! with an extra protocol-v1 endpoint and the host's handler actor.
+
+mod support;
+
+use std::net::TcpListener;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::json;
+use support::Client;
+use switchboard::{Broker, HandlerError, HandlerRequest, Reply};
+
+struct Echo;
+
+impl Actor for Echo {
+    type Context = Context<Self>;
+}
+
+impl Handler<HandlerRequest> for Echo {
+    type Result = Result<Reply, HandlerError>;
+
+    fn handle(&mut self, req: HandlerRequest, _: &mut Self::Context) -> Self::Result {
+        Ok(Reply::new("task.response", json!({"echo": req.payload})))
+    }
+}
+
+#[actix_rt::test]
+async fn host_app_routes_and_the_mounted_broker_share_one_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let mut config = support::test_config();
+            config.auth.anonymous = true;
+            config.router.allow_anonymous = true;
+            let broker = Broker::start(config).unwrap();
+            broker
+                .register_handler("task.request", Echo.start().recipient())
+                .await
+                .unwrap();
+            let (mounted, asap) = (broker.configure(), broker.websocket_route("/asap/ws"));
+            let server = HttpServer::new(move || {
+                App::new()
+                    .route(
+                        "/hello",
+                        web::get().to(|| async { HttpResponse::Ok().body("host") }),
+                    )
+                    .configure(mounted.clone())
+                    .configure(asap.clone())
+            })
+            .workers(1)
+            .disable_signals()
+            .listen(listener)
+            .unwrap()
+            .run();
+            let _ = ready_tx.send(server.handle());
+            let _ = server.await;
+        });
+    });
+    let handle = ready_rx.recv_timeout(support::WAIT).unwrap();
+
+    let mut resp = awc::Client::new()
+        .get(format!("http://{addr}/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.body().await.unwrap(), "host");
+
+    for path in ["/ws", "/asap/ws"] {
+        let mut c = Client::connect(&format!("ws://{addr}{path}")).await;
+        c.recv_type("system.connection.established").await;
+        c.send_json(json!({"type": "task.request", "id": "t1", "payload": {"k": path}}))
+            .await;
+        let reply = c.recv_type("task.response").await;
+        assert_eq!(reply["correlation_id"], "t1");
+        assert_eq!(reply["payload"]["echo"]["k"], path);
+    }
+    handle.stop(false).await;
+}
