@@ -119,10 +119,8 @@ pub fn parse(text: &str) -> Result<Inbound, ParseError> {
         };
         return Err(ParseError {
             code: ErrorCode::BadRequest,
-            message: "a frame must be a JSON object".into(),
-            reply_to: ReplyTo::Native {
-                correlation_id: None,
-            },
+            message: "a frame must be a JSON object (JSON-RPC batches are not supported)".into(),
+            reply_to: reply_to_for_unreadable(text),
             jsonrpc_code,
         });
     }
@@ -169,19 +167,23 @@ fn describe_decode_error(
         ),
         _ => (format!("invalid JSON: {inner}"), JSONRPC_PARSE_ERROR),
     };
-    // A JSON-RPC caller expects a JSON-RPC error even when its frame is broken.
-    let looks_rpc = text.contains("\"jsonrpc\"");
     ParseError {
         code: ErrorCode::BadRequest,
         message,
-        reply_to: if looks_rpc {
-            ReplyTo::JsonRpc { id: Value::Null }
-        } else {
-            ReplyTo::Native {
-                correlation_id: None,
-            }
-        },
+        reply_to: reply_to_for_unreadable(text),
         jsonrpc_code,
+    }
+}
+
+/// How to answer a frame whose fields could not be read: a JSON-RPC caller expects a
+/// JSON-RPC error (with `id: null`) even when its frame is broken.
+fn reply_to_for_unreadable(text: &str) -> ReplyTo {
+    if text.contains("\"jsonrpc\"") {
+        ReplyTo::JsonRpc { id: Value::Null }
+    } else {
+        ReplyTo::Native {
+            correlation_id: None,
+        }
     }
 }
 
