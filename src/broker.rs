@@ -56,8 +56,12 @@ impl Broker {
         };
         let room_arbiters: Vec<ArbiterHandle> =
             (0..shard_count).map(|_| Arbiter::new().handle()).collect();
-        let engine = Arc::new(MemoryEngine::new(config.history.size, config.history.ttl));
-        let registry = Registry::new(room_arbiters.clone(), engine).start();
+        let registry = Registry::new(
+            room_arbiters.clone(),
+            Arc::new(MemoryEngine),
+            config.clone(),
+        )
+        .start();
         let routes: Routes = Arc::new(ArcSwap::from_pointee(Default::default()));
         let router = Router::new(routes.clone(), middleware::default_chain(&config.router)).start();
         let supervisor = Supervisor::new(

@@ -79,6 +79,9 @@ pub struct Config {
     pub resume: ResumeConfig,
     /// Protocol conformance aids (off by default).
     pub conformance: ConformanceConfig,
+    /// Per-namespace options (`[namespaces.conversation]`); a room's namespace is the part
+    /// of its name before the first `:`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -184,6 +187,55 @@ pub struct HistoryConfig {
     /// How long messages are kept, and how long an idle room keeps its sequence.
     #[serde(with = "duration")]
     pub ttl: Duration,
+    /// Client message ids remembered per room, so a retried publish is not delivered twice.
+    pub dedup_size: usize,
+}
+
+/// `[namespaces.<name>]`: options for the rooms `<name>:…`. Unset history keys fall back
+/// to `[history]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Messages kept per room (default: `history.size`).
+    pub history_size: Option<usize>,
+    /// How long messages are kept (default: `history.ttl`).
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub history_ttl: Option<Duration>,
+    /// Track who is in each room and send `presence.join` / `presence.leave`.
+    pub presence: bool,
+    /// Whether clients may publish over WebSocket (the HTTP API always may).
+    pub client_publish: bool,
+    /// Whether anonymous sessions may join.
+    pub anonymous: bool,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            history_size: None,
+            history_ttl: None,
+            presence: false,
+            client_publish: true,
+            anonymous: true,
+        }
+    }
+}
+
+/// What applies to one room, resolved from `[history]` and its namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomPolicy {
+    /// Messages kept.
+    pub history_size: usize,
+    /// How long they are kept.
+    pub history_ttl: Duration,
+    /// Client ids remembered for idempotent publish.
+    pub dedup_size: usize,
+    /// Presence on.
+    pub presence: bool,
+    /// Clients may publish.
+    pub client_publish: bool,
+    /// Anonymous sessions may join.
+    pub anonymous: bool,
 }
 
 /// `[resume]`
@@ -272,6 +324,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             size: 100,
             ttl: Duration::from_secs(300),
+            dedup_size: 1000,
         }
     }
 }
@@ -468,6 +521,7 @@ impl Config {
                 self.limits.outbound_queue_bytes,
             ),
             ("history.size", self.history.size),
+            ("history.dedup_size", self.history.dedup_size),
             (
                 "conformance.echo_max_message_bytes",
                 self.conformance.echo_max_message_bytes,
@@ -478,6 +532,14 @@ impl Config {
                 return Err(invalid(key, "must be greater than zero".into()));
             }
         }
+        for (name, ns) in &self.namespaces {
+            if ns.history_size == Some(0) {
+                return Err(invalid(
+                    &format!("namespaces.{name}.history_size"),
+                    "must be greater than zero".into(),
+                ));
+            }
+        }
         if !self.conformance.echo_path.is_empty() && !self.conformance.echo_path.starts_with('/') {
             return Err(invalid(
                 "conformance.echo_path",
@@ -485,6 +547,23 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The options that apply to `room`.
+    pub fn room_policy(&self, room: &str) -> RoomPolicy {
+        let namespace = room.split_once(':').map(|(ns, _)| ns);
+        let ns = namespace
+            .and_then(|ns| self.namespaces.get(ns))
+            .cloned()
+            .unwrap_or_default();
+        RoomPolicy {
+            history_size: ns.history_size.unwrap_or(self.history.size),
+            history_ttl: ns.history_ttl.unwrap_or(self.history.ttl),
+            dedup_size: self.history.dedup_size,
+            presence: ns.presence,
+            client_publish: ns.client_publish,
+            anonymous: ns.anonymous,
+        }
     }
 
     /// The parsed listen address.
@@ -578,6 +657,24 @@ fn parse_env_value(raw: &str) -> toml::Value {
     }
 }
 
+/// Optional durations, as [`duration`].
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
 /// Durations as human strings: `"30s"`, `"2m"`, `"1h 30m"`, `"250ms"`.
 mod duration {
     use std::time::Duration;
@@ -615,6 +712,9 @@ mod tests {
         let table = toml::Table::try_from(Config::default()).unwrap();
         let example: toml::Table = text.parse().unwrap();
         for (section, keys) in &table {
+            if section == "namespaces" {
+                continue; // a map with no entries by default; see namespaces_resolve
+            }
             let example_section = example
                 .get(section)
                 .and_then(|s| s.as_table())
@@ -626,6 +726,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn namespaces_resolve_over_history_defaults() {
+        let c = parse(
+            "[auth]\nanonymous = true\n[namespaces.conversation]\nhistory_size = 7\npresence = true\n\n[namespaces.feed]\nclient_publish = false\nhistory_ttl = \"1m\"\n",
+        )
+        .unwrap();
+        let conv = c.room_policy("conversation:1");
+        assert_eq!(
+            (conv.history_size, conv.presence, conv.client_publish),
+            (7, true, true)
+        );
+        assert_eq!(conv.history_ttl, Duration::from_secs(300));
+        let feed = c.room_policy("feed:x");
+        assert_eq!(feed.history_ttl, Duration::from_secs(60));
+        assert!(!feed.client_publish && !feed.presence);
+        let plain = c.room_policy("lobby");
+        assert_eq!(plain.history_size, 100);
+        // The commented example in config.example.toml parses as documented.
+        let example: String = include_str!("../config.example.toml")
+            .lines()
+            .skip_while(|l| !l.starts_with("# [namespaces.conversation]"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let with_example = format!("[auth]\nanonymous = true\n{example}");
+        let c = parse(&with_example).unwrap();
+        assert!(c.room_policy("conversation:9").presence);
+        let err =
+            parse("[namespaces.x]\nhistory_size = 0\n[auth]\nanonymous = true\n").unwrap_err();
+        assert!(
+            err.to_string().contains("namespaces.x.history_size"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,13 +8,15 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::room::{Join, Retire, Room};
+use super::room::{Join, JoinOutcome, Retire, Room};
 use super::session::Session;
 use super::ConnectionId;
+use crate::config::Config;
 use crate::engine::Engine;
 
 /// The Registry actor.
@@ -22,9 +24,18 @@ pub struct Registry {
     sessions: HashMap<ConnectionId, SessionEntry>,
     users: HashMap<Arc<str>, HashSet<ConnectionId>>,
     rooms: HashMap<Arc<str>, RoomEntry>,
+    detached: HashMap<ConnectionId, Detached>,
     shards: Vec<ArbiterHandle>,
     engine: Arc<dyn Engine>,
+    config: Arc<Config>,
     empty_waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// What a dropped session leaves behind for `system.connection.resume`.
+struct Detached {
+    user: Arc<str>,
+    rooms: Vec<String>,
+    until: Instant,
 }
 
 struct SessionEntry {
@@ -38,14 +49,20 @@ struct RoomEntry {
 }
 
 impl Registry {
-    /// A registry that starts rooms on `shards` (round-robin by name hash).
-    pub fn new(shards: Vec<ArbiterHandle>, engine: Arc<dyn Engine>) -> Registry {
+    /// A registry that starts rooms on `shards` (by name hash) with policies from `config`.
+    pub fn new(
+        shards: Vec<ArbiterHandle>,
+        engine: Arc<dyn Engine>,
+        config: Arc<Config>,
+    ) -> Registry {
         Registry {
             sessions: HashMap::new(),
             users: HashMap::new(),
             rooms: HashMap::new(),
+            detached: HashMap::new(),
             shards,
             engine,
+            config,
             empty_waiters: Vec::new(),
         }
     }
@@ -56,13 +73,16 @@ impl Registry {
             let engine = self.engine.clone();
             let registry = ctx.address();
             let room_name = name.clone();
+            let policy = self.config.room_policy(&name);
             let addr = if self.shards.is_empty() {
-                Room::new(room_name, engine, registry).start()
+                Room::new(room_name, policy, engine, registry).start()
             } else {
                 let mut h = DefaultHasher::new();
                 name.hash(&mut h);
                 let shard = &self.shards[(h.finish() % self.shards.len() as u64) as usize];
-                Room::start_in_arbiter(shard, move |_| Room::new(room_name, engine, registry))
+                Room::start_in_arbiter(shard, move |_| {
+                    Room::new(room_name, policy, engine, registry)
+                })
             };
             self.rooms.insert(
                 name.clone(),
@@ -81,6 +101,11 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64 * 1024);
+        let sweep_every = (self.config.resume.ttl / 4).max(Duration::from_millis(100));
+        ctx.run_interval(sweep_every, |act, _| {
+            let now = Instant::now();
+            act.detached.retain(|_, d| d.until > now);
+        });
     }
 }
 
@@ -114,12 +139,14 @@ impl Handler<Register> for Registry {
     }
 }
 
-/// A session went away.
+/// A session went away; its rooms are kept for resume for `resume.ttl`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Unregister {
     /// Its connection id.
     pub connection_id: ConnectionId,
+    /// The rooms it was in (its personal room excluded).
+    pub rooms: Vec<String>,
 }
 
 impl Handler<Unregister> for Registry {
@@ -133,6 +160,17 @@ impl Handler<Unregister> for Registry {
                     self.users.remove(&entry.user);
                 }
             }
+            let ttl = self.config.resume.ttl;
+            if !ttl.is_zero() && !msg.rooms.is_empty() {
+                self.detached.insert(
+                    msg.connection_id.clone(),
+                    Detached {
+                        user: entry.user,
+                        rooms: msg.rooms,
+                        until: Instant::now() + ttl,
+                    },
+                );
+            }
         }
         if self.sessions.is_empty() {
             for waiter in self.empty_waiters.drain(..) {
@@ -142,9 +180,11 @@ impl Handler<Unregister> for Registry {
     }
 }
 
-/// Joins a room, starting it if needed; returns the room's address for direct traffic.
+/// Joins a room, starting it if needed; answers with the room's address (for direct
+/// traffic) and what the join found. The Registry does not wait for the room: the join is
+/// queued to it at once and the answer resolves outside the Registry's mailbox.
 #[derive(Message)]
-#[rtype(result = "Addr<Room>")]
+#[rtype(result = "Result<(Addr<Room>, JoinOutcome), MailboxError>")]
 pub struct JoinRoom {
     /// Room name (already validated).
     pub room: String,
@@ -153,13 +193,59 @@ pub struct JoinRoom {
 }
 
 impl Handler<JoinRoom> for Registry {
-    type Result = MessageResult<JoinRoom>;
+    type Result = ResponseFuture<Result<(Addr<Room>, JoinOutcome), MailboxError>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Self::Context) -> Self::Result {
         let entry = self.room(&msg.room, ctx);
         entry.joins_sent += 1;
-        entry.addr.do_send(msg.join);
-        MessageResult(entry.addr.clone())
+        let addr = entry.addr.clone();
+        let outcome = addr.send(msg.join);
+        Box::pin(async move { outcome.await.map(|o| (addr, o)) })
+    }
+}
+
+/// The address of a room, started if needed (for server-side publishes and queries). The
+/// room retires again once idle.
+#[derive(Message)]
+#[rtype(result = "Addr<Room>")]
+pub struct RoomFor {
+    /// Room name (already validated).
+    pub room: String,
+}
+
+impl Handler<RoomFor> for Registry {
+    type Result = MessageResult<RoomFor>;
+
+    fn handle(&mut self, msg: RoomFor, ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.room(&msg.room, ctx).addr.clone())
+    }
+}
+
+/// Takes the resume state a dropped connection of `user` left behind: its rooms.
+/// `None` when there is none (expired, never existed, or another user's).
+#[derive(Message)]
+#[rtype(result = "Option<Vec<String>>")]
+pub struct TakeResume {
+    /// The dropped connection's id.
+    pub connection_id: String,
+    /// The user asking; must own that connection.
+    pub user: Arc<str>,
+}
+
+impl Handler<TakeResume> for Registry {
+    type Result = MessageResult<TakeResume>;
+
+    fn handle(&mut self, msg: TakeResume, _: &mut Self::Context) -> Self::Result {
+        let found = self
+            .detached
+            .get(msg.connection_id.as_str())
+            .is_some_and(|d| d.user == msg.user && d.until > Instant::now());
+        MessageResult(
+            found
+                .then(|| self.detached.remove(msg.connection_id.as_str()))
+                .flatten()
+                .map(|d| d.rooms),
+        )
     }
 }
 

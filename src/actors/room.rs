@@ -1,20 +1,24 @@
-//! Room actor: one per room. Owns the member list, the room's [`RoomLog`] (seq and history)
-//! and, later, presence.
+//! Room actor: one per room. Owns the member list, presence, and the room's [`RoomLog`]
+//! (seq, history, recently seen client ids).
 //!
 //! Each published message is encoded once and the same bytes are queued to every member
 //! with a non-blocking try: the Room never awaits a member's socket, and a member whose
-//! queue is full is closed (4009) by its own queue while the others keep receiving.
+//! queue is full is closed (4009) by its own queue and dropped here while the others keep
+//! receiving.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytestring::ByteString;
+use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::registry::{Registry, RoomIdle};
 use super::ConnectionId;
-use crate::engine::{Engine, RoomLog};
+use crate::config::RoomPolicy;
+use crate::engine::{Appended, Engine, RoomLog};
 use crate::protocol::frame::{self, ReplyTo};
 use crate::protocol::types;
 use crate::transport::{Outbound, SendError};
@@ -22,28 +26,57 @@ use crate::transport::{Outbound, SendError};
 /// A room's actor.
 pub struct Room {
     name: Arc<str>,
+    policy: RoomPolicy,
     members: HashMap<ConnectionId, Member>,
+    presence: HashMap<Arc<str>, PresenceEntry>,
     log: Option<Box<dyn RoomLog>>,
     engine: Arc<dyn Engine>,
     registry: Addr<Registry>,
     joins_seen: u64,
+    /// Bumped whenever the room empties, so an older retirement timer knows it is stale.
+    idle_epoch: u64,
 }
 
 struct Member {
     out: Outbound,
+    user: Arc<str>,
+}
+
+struct PresenceEntry {
+    connections: u32,
+    joined_at: String,
+}
+
+/// One user present in a room.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PresenceInfo {
+    /// User id.
+    pub user: String,
+    /// How many of the user's connections are in the room.
+    pub connections: u32,
+    /// When the user's first connection joined (RFC 3339).
+    pub joined_at: String,
 }
 
 impl Room {
     /// A room whose log comes from `engine`; it reports idleness to `registry`.
-    pub fn new(name: Arc<str>, engine: Arc<dyn Engine>, registry: Addr<Registry>) -> Room {
-        let log = engine.open(&name);
+    pub fn new(
+        name: Arc<str>,
+        policy: RoomPolicy,
+        engine: Arc<dyn Engine>,
+        registry: Addr<Registry>,
+    ) -> Room {
+        let log = engine.open(&name, &policy);
         Room {
             name,
+            policy,
             members: HashMap::new(),
+            presence: HashMap::new(),
             log: Some(log),
             engine,
             registry,
             joins_seen: 0,
+            idle_epoch: 0,
         }
     }
 
@@ -53,14 +86,84 @@ impl Room {
             .expect("the log is only taken when the room stops")
     }
 
-    fn report_if_idle(&self, ctx: &mut Context<Self>) {
-        if self.members.is_empty() {
-            self.registry.do_send(RoomIdle {
-                room: self.name.clone(),
-                addr: ctx.address(),
-                joins_seen: self.joins_seen,
-            });
+    /// When the room has no members: asks the Registry to retire it, at once if it holds
+    /// no messages, else once `history_ttl` has passed with nobody joining (so replay and
+    /// the sequence survive short gaps).
+    fn report_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if !self.members.is_empty() {
+            return;
         }
+        self.idle_epoch += 1;
+        let epoch = self.idle_epoch;
+        let report = move |act: &mut Room, ctx: &mut Context<Room>| {
+            if act.members.is_empty() && act.idle_epoch == epoch {
+                act.registry.do_send(RoomIdle {
+                    room: act.name.clone(),
+                    addr: ctx.address(),
+                    joins_seen: act.joins_seen,
+                });
+            }
+        };
+        if self.log().last_seq() == 0 {
+            report(self, ctx);
+        } else {
+            ctx.run_later(self.policy.history_ttl, report);
+        }
+    }
+
+    /// Queues `frame` to every member except `except`; members whose queue overflowed are
+    /// dropped (their queue already closed them with 4009).
+    fn broadcast(&mut self, frame: &ByteString, except: Option<&ConnectionId>) {
+        let mut overflowed = Vec::new();
+        for (conn, member) in &self.members {
+            if Some(conn) == except {
+                continue;
+            }
+            if let Err(SendError::Overflow) = member.out.send(frame.clone()) {
+                overflowed.push(conn.clone());
+            }
+        }
+        for conn in overflowed {
+            self.remove_member(&conn);
+        }
+    }
+
+    /// Removes a member and updates presence (which may announce a `presence.leave`).
+    fn remove_member(&mut self, conn: &ConnectionId) -> Option<Member> {
+        let member = self.members.remove(conn)?;
+        if self.policy.presence {
+            let gone = match self.presence.get_mut(&member.user) {
+                Some(entry) => {
+                    entry.connections = entry.connections.saturating_sub(1);
+                    entry.connections == 0
+                }
+                None => false,
+            };
+            if gone {
+                self.presence.remove(&member.user);
+                let event = frame::push(
+                    types::PRESENCE_LEAVE,
+                    Some(&self.name),
+                    Some(json!({ "user": &*member.user })),
+                );
+                self.broadcast(&event, None);
+            }
+        }
+        Some(member)
+    }
+
+    fn presence_list(&self) -> Vec<PresenceInfo> {
+        let mut list: Vec<PresenceInfo> = self
+            .presence
+            .iter()
+            .map(|(user, e)| PresenceInfo {
+                user: user.to_string(),
+                connections: e.connections,
+                joined_at: e.joined_at.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.user.cmp(&b.user));
+        list
     }
 }
 
@@ -74,9 +177,18 @@ impl Actor for Room {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(log) = self.log.take() {
-            self.engine.park(&self.name, log);
+            self.engine.park(&self.name, log, self.policy.history_ttl);
         }
     }
+}
+
+/// What a join found: the room's seq and whether the requested gap was replayed whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The room's latest seq when the join was processed.
+    pub seq: u64,
+    /// False when part of the gap after `since_seq` had left history.
+    pub recovered: bool,
 }
 
 /// Adds a member; answers with `room.joined`, then replays history after `since_seq`.
@@ -84,10 +196,12 @@ impl Actor for Room {
 /// Sent by the Registry, which counts joins so that it never retires a room a join is
 /// still travelling to.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "JoinOutcome")]
 pub struct Join {
     /// The joining connection.
     pub connection_id: ConnectionId,
+    /// Its user (for presence).
+    pub user: Arc<str>,
     /// Its outbound queue.
     pub out: Outbound,
     /// How to answer; `None` joins silently (the personal room).
@@ -97,21 +211,43 @@ pub struct Join {
 }
 
 impl Handler<Join> for Room {
-    type Result = ();
+    type Result = MessageResult<Join>;
 
-    fn handle(&mut self, msg: Join, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
         self.joins_seen += 1;
+        self.idle_epoch += 1;
         let replay = msg.since_seq.map(|since| self.log().since(since));
         let seq = self.log().last_seq();
+        let recovered = replay.as_ref().is_none_or(|r| r.recovered);
+        let rejoin = self.members.contains_key(&msg.connection_id);
+        let new_user = self.policy.presence && !rejoin && {
+            let entry = self
+                .presence
+                .entry(msg.user.clone())
+                .or_insert_with(|| PresenceEntry {
+                    connections: 0,
+                    joined_at: frame::now_rfc3339(),
+                });
+            entry.connections += 1;
+            entry.connections == 1
+        };
         if let Some(reply_to) = &msg.reply_to {
-            let recovered = replay.as_ref().is_none_or(|r| r.recovered);
+            let mut payload = json!({ "recovered": recovered });
+            if self.policy.presence {
+                payload["presence"] = json!(self.presence_list());
+            }
             let joined = frame::reply(
                 reply_to,
                 types::ROOM_JOINED,
                 Some(&self.name),
                 Some(seq),
-                Some(json!({ "recovered": recovered })),
-                |_| json!({ "room": &*self.name, "seq": seq, "recovered": recovered }),
+                Some(payload),
+                |p| {
+                    let mut result = p.unwrap_or_default();
+                    result["room"] = json!(&*self.name);
+                    result["seq"] = json!(seq);
+                    result
+                },
             );
             if let Some(joined) = joined {
                 let _ = msg.out.send(joined);
@@ -120,12 +256,26 @@ impl Handler<Join> for Room {
         if let Some(replay) = replay {
             for frame in replay.frames {
                 if msg.out.send(frame).is_err() {
-                    return;
+                    break;
                 }
             }
         }
-        self.members
-            .insert(msg.connection_id, Member { out: msg.out });
+        if new_user {
+            let event = frame::push(
+                types::PRESENCE_JOIN,
+                Some(&self.name),
+                Some(json!({ "user": &*msg.user })),
+            );
+            self.broadcast(&event, Some(&msg.connection_id));
+        }
+        self.members.insert(
+            msg.connection_id,
+            Member {
+                out: msg.out,
+                user: msg.user,
+            },
+        );
+        MessageResult(JoinOutcome { seq, recovered })
     }
 }
 
@@ -143,7 +293,7 @@ impl Handler<Leave> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
-        let Some(member) = self.members.remove(&msg.connection_id) else {
+        let Some(member) = self.remove_member(&msg.connection_id) else {
             return;
         };
         if let Some(reply_to) = &msg.reply_to {
@@ -163,64 +313,118 @@ impl Handler<Leave> for Room {
     }
 }
 
-/// A member publishes: the room sequences, encodes once, fans out, and acks the publisher.
+/// Who publishes: a member session (acked on its socket) or the server (HTTP API).
+pub enum Publisher {
+    /// A member; the ack goes to its queue.
+    Member {
+        /// The publishing connection (must be a member).
+        connection_id: ConnectionId,
+        /// How to acknowledge.
+        reply_to: ReplyTo,
+    },
+    /// The broker's own API; the outcome is the message's result.
+    Server,
+}
+
+/// A published message's place in the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its seq.
+    pub seq: u64,
+    /// Its message id.
+    pub id: String,
+    /// Whether the id had been seen before (nothing was delivered this time).
+    pub duplicate: bool,
+}
+
+/// Publishes a message: sequenced, encoded once, fanned out, acknowledged. A client `id`
+/// already seen in this room is acknowledged with the original seq and not delivered again.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Option<Published>")]
 pub struct Publish {
-    /// The publishing connection (must be a member).
-    pub connection_id: ConnectionId,
+    /// Who publishes.
+    pub from: Publisher,
     /// Client message id; a fresh one is assigned when absent.
     pub id: Option<String>,
     /// The payload, forwarded verbatim.
     pub payload: Option<Box<RawValue>>,
-    /// How to acknowledge.
-    pub reply_to: ReplyTo,
 }
 
 impl Handler<Publish> for Room {
-    type Result = ();
+    type Result = MessageResult<Publish>;
 
-    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        let Some(publisher) = self.members.get(&msg.connection_id).map(|m| m.out.clone()) else {
-            // The session only publishes to rooms it joined and waits for its joins, so
-            // this is a publish that raced its own leave: nothing to deliver or ack.
-            log::debug!(
-                "room {}: publish from non-member {}",
-                self.name,
-                msg.connection_id
-            );
-            return;
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        let ack_to = match &msg.from {
+            Publisher::Member {
+                connection_id,
+                reply_to,
+            } => match self.members.get(connection_id) {
+                Some(m) => Some((m.out.clone(), reply_to)),
+                None => {
+                    // The session only publishes to rooms it joined and waits for its joins,
+                    // so this publish raced its own leave: nothing to deliver or ack.
+                    log::debug!(
+                        "room {}: publish from non-member {connection_id}",
+                        self.name
+                    );
+                    return MessageResult(None);
+                }
+            },
+            Publisher::Server => None,
         };
+        let client_id = msg.id.clone();
         let id = msg.id.unwrap_or_else(frame::new_id);
         let name = self.name.clone();
         let payload = msg.payload;
-        let (seq, encoded) = self
-            .log()
-            .append(&mut |seq| frame::room_message(&name, seq, &id, payload.as_deref()));
-        let mut overflowed = Vec::new();
-        for (conn, member) in &self.members {
-            if let Err(SendError::Overflow) = member.out.send(encoded.clone()) {
-                overflowed.push(conn.clone());
+        let appended = self.log().append(client_id.as_deref(), &mut |seq| {
+            frame::room_message(&name, seq, &id, payload.as_deref())
+        });
+        let (seq, duplicate) = match appended {
+            Appended::New { seq, frame } => {
+                self.broadcast(&frame, None);
+                (seq, false)
             }
-        }
-        for conn in overflowed {
-            // The queue already aborted that socket with 4009; stop feeding it.
-            self.members.remove(&conn);
-        }
-        let ack = frame::reply(
-            &msg.reply_to,
-            types::ACK,
-            Some(&self.name),
-            Some(seq),
-            Some(json!({ "id": &id })),
-            |_| json!({ "room": &*self.name, "seq": seq, "id": &id }),
-        );
-        if let Some(ack) = ack {
-            let _ = publisher.send(ack);
+            Appended::Duplicate { seq } => (seq, true),
+        };
+        if let Some((out, reply_to)) = ack_to {
+            let mut ack_payload = json!({ "id": &id });
+            if duplicate {
+                ack_payload["duplicate"] = json!(true);
+            }
+            let ack = frame::reply(
+                reply_to,
+                types::ACK,
+                Some(&self.name),
+                Some(seq),
+                Some(ack_payload),
+                |p| {
+                    let mut result = p.unwrap_or_default();
+                    result["room"] = json!(&*self.name);
+                    result["seq"] = json!(seq);
+                    result
+                },
+            );
+            if let Some(ack) = ack {
+                let _ = out.send(ack);
+            }
         }
         if self.members.is_empty() {
             self.report_if_idle(ctx);
         }
+        MessageResult(Some(Published { seq, id, duplicate }))
+    }
+}
+
+/// The room's current presence (empty when presence is off for its namespace).
+#[derive(Message)]
+#[rtype(result = "Vec<PresenceInfo>")]
+pub struct GetPresence;
+
+impl Handler<GetPresence> for Room {
+    type Result = MessageResult<GetPresence>;
+
+    fn handle(&mut self, _: GetPresence, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.presence_list())
     }
 }
 

@@ -7,7 +7,7 @@
 //! through the Router's route table snapshot. The session never blocks on anyone: handler
 //! calls run as spawned futures, and everything it sends is a non-blocking queue push.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +17,11 @@ use actix_ws::{Message as WsMessage, MessageStream, ProtocolError};
 use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::registry::{JoinRoom, Register, Unregister};
-use super::room::{Join, Leave, Publish, Room};
+use super::registry::{JoinRoom, Register, TakeResume, Unregister};
+use super::room::{Join, JoinOutcome, Leave, Publish, Publisher, Room};
 use super::router::HandlerRequest;
 use super::ConnectionId;
 use crate::auth::Identity;
@@ -144,6 +145,7 @@ impl Session {
                 }
             }
             types::SYSTEM_PONG => {}
+            types::SYSTEM_CONNECTION_RESUME => self.resume(inbound, ctx),
             other if types::is_broker_type(other) => self.send_error(
                 &inbound.reply_to,
                 ErrorCode::UnknownType,
@@ -196,46 +198,59 @@ impl Session {
             Ok(room) => room,
             Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
         };
-        if !self.identity.may_join(&room) {
-            return self.send_error(
-                &inbound.reply_to,
-                ErrorCode::Forbidden,
-                &format!("not allowed to join `{room}`"),
-            );
-        }
         #[derive(Deserialize)]
         struct JoinPayload {
             since_seq: Option<u64>,
         }
-        let since_seq = match inbound.payload.as_deref().map(|p| {
-            serde_path_to_error::deserialize::<_, JoinPayload>(
-                &mut serde_json::Deserializer::from_str(p.get()),
-            )
-        }) {
+        let since_seq = match inbound.payload.as_deref().map(parse_payload::<JoinPayload>) {
             None => None,
             Some(Ok(p)) => p.since_seq,
-            Some(Err(e)) => {
-                return self.send_error(
-                    &inbound.reply_to,
-                    ErrorCode::BadRequest,
-                    &format!(
-                        "invalid room.join payload: field `{}`: {}",
-                        e.path(),
-                        e.inner()
-                    ),
-                )
+            Some(Err(msg)) => {
+                let msg = format!("invalid room.join payload: {msg}");
+                return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg);
             }
         };
-        let known = self.rooms.contains_key(&room);
-        let max = self.state.config.limits.max_rooms_per_session;
-        if !known && self.counted_rooms() >= max {
-            return self.send_error(
-                &inbound.reply_to,
-                ErrorCode::BadRequest,
-                &format!("room limit reached: a session may be in {max} rooms"),
-            );
+        if let Err((code, msg)) = self.check_join(&room, 0) {
+            return self.send_error(&inbound.reply_to, code, &msg);
         }
-        self.join_room(room, Some(inbound.reply_to), since_seq, ctx);
+        let joining = self.join_room(room.clone(), Some(inbound.reply_to), since_seq);
+        joining
+            .into_actor(self)
+            .map(move |result, act, _| match result {
+                Ok((addr, _)) => {
+                    act.rooms.insert(room, addr);
+                }
+                Err(e) => log::error!("conn={} join {room}: registry unavailable: {e}", act.id),
+            })
+            // Hold further frames until the room is known, so a publish or leave sent right
+            // after the join finds it.
+            .wait(ctx);
+    }
+
+    /// Whether this session may join `room`, counting `also_joining` rooms not yet joined.
+    fn check_join(&self, room: &str, also_joining: usize) -> Result<(), (ErrorCode, String)> {
+        if !frame::valid_room_name(room) {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("invalid room name `{}`", truncate(room, 64)),
+            ));
+        }
+        if !self.identity.may_join(room)
+            || (self.identity.anonymous && !self.state.config.room_policy(room).anonymous)
+        {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("not allowed to join `{room}`"),
+            ));
+        }
+        let max = self.state.config.limits.max_rooms_per_session;
+        if !self.rooms.contains_key(room) && self.counted_rooms() + also_joining >= max {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("room limit reached: a session may be in {max} rooms"),
+            ));
+        }
+        Ok(())
     }
 
     /// Rooms joined, the personal room not counted.
@@ -247,34 +262,125 @@ impl Session {
             .count()
     }
 
+    /// Asks the Registry to join `room`; resolves with the room's address and outcome.
     fn join_room(
-        &mut self,
+        &self,
         room: String,
         reply_to: Option<ReplyTo>,
         since_seq: Option<u64>,
-        ctx: &mut Context<Self>,
-    ) {
+    ) -> impl std::future::Future<Output = Result<(Addr<Room>, JoinOutcome), MailboxError>> + 'static
+    {
         let join = Join {
             connection_id: self.id.clone(),
+            user: self.identity.user.clone(),
             out: self.out.clone(),
             reply_to,
             since_seq,
         };
+        let sent = self.state.registry.send(JoinRoom { room, join });
+        async move { sent.await? }
+    }
+
+    /// `system.connection.resume`: rejoins the rooms of a dropped connection (and those the
+    /// client lists), replaying each gap after the client's last seq, then reports per room.
+    fn resume(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
+        #[derive(Deserialize)]
+        struct ResumePayload {
+            connection_id: String,
+            #[serde(default)]
+            rooms: BTreeMap<String, u64>,
+        }
+        let payload = match inbound
+            .payload
+            .as_deref()
+            .map(parse_payload::<ResumePayload>)
+        {
+            Some(Ok(p)) => p,
+            Some(Err(msg)) => {
+                let msg = format!("invalid system.connection.resume payload: {msg}");
+                return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg);
+            }
+            None => {
+                let msg = "system.connection.resume needs payload.connection_id";
+                return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, msg);
+            }
+        };
+        let reply_to = inbound.reply_to;
+        let previous = payload.connection_id.clone();
         self.state
             .registry
-            .send(JoinRoom {
-                room: room.clone(),
-                join,
+            .send(TakeResume {
+                connection_id: payload.connection_id,
+                user: self.identity.user.clone(),
             })
             .into_actor(self)
-            .map(move |result, act, _| match result {
-                Ok(addr) => {
-                    act.rooms.insert(room, addr);
+            .then(move |found, act, _| {
+                let found = found.ok().flatten();
+                let session_found = found.is_some();
+                // The client's last seqs, plus rooms the old connection was in that the
+                // client did not list (joined without replay: their gap is unknown).
+                let mut wanted: BTreeMap<String, Option<u64>> = payload
+                    .rooms
+                    .into_iter()
+                    .map(|(room, seq)| (room, Some(seq)))
+                    .collect();
+                for room in found.unwrap_or_default() {
+                    wanted.entry(room).or_insert(None);
                 }
-                Err(e) => log::error!("conn={} join {room}: registry unavailable: {e}", act.id),
+                let mut report = serde_json::Map::new();
+                let mut joins = Vec::new();
+                for (room, since_seq) in wanted {
+                    if let Err((code, message)) = act.check_join(&room, joins.len()) {
+                        report.insert(
+                            room,
+                            json!({ "error": { "code": code, "message": message } }),
+                        );
+                        continue;
+                    }
+                    // Each room answers with a native room.joined and its replay, in order.
+                    let reply = ReplyTo::Native {
+                        correlation_id: None,
+                    };
+                    let joining = act.join_room(room.clone(), Some(reply), since_seq);
+                    joins.push(async move { (room, since_seq, joining.await) });
+                }
+                futures_util::future::join_all(joins)
+                    .into_actor(act)
+                    .map(move |results, act, _| {
+                        for (room, since_seq, result) in results {
+                            match result {
+                                Ok((addr, outcome)) => {
+                                    act.rooms.insert(room.clone(), addr);
+                                    report.insert(
+                                        room,
+                                        json!({
+                                            "seq": outcome.seq,
+                                            "recovered": since_seq.is_some() && outcome.recovered,
+                                        }),
+                                    );
+                                }
+                                Err(e) => {
+                                    log::error!("conn={} resume {room}: {e}", act.id);
+                                }
+                            }
+                        }
+                        let payload = json!({
+                            "previous_connection_id": previous,
+                            "session_found": session_found,
+                            "rooms": report,
+                        });
+                        if let Some(frame) = frame::reply(
+                            &reply_to,
+                            types::SYSTEM_CONNECTION_RESUMED,
+                            None,
+                            None,
+                            Some(payload),
+                            |p| p.unwrap_or_default(),
+                        ) {
+                            act.send(frame);
+                        }
+                    })
             })
-            // Hold further frames until the room is known, so a publish or leave sent right
-            // after the join finds it.
             .wait(ctx);
     }
 
@@ -301,7 +407,8 @@ impl Session {
             Ok(room) => room,
             Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
         };
-        if !self.identity.may_publish(&room) {
+        if !self.identity.may_publish(&room) || !self.state.config.room_policy(&room).client_publish
+        {
             return self.send_error(
                 &inbound.reply_to,
                 ErrorCode::Forbidden,
@@ -316,10 +423,12 @@ impl Session {
             );
         };
         addr.do_send(Publish {
-            connection_id: self.id.clone(),
+            from: Publisher::Member {
+                connection_id: self.id.clone(),
+                reply_to: inbound.reply_to,
+            },
             id: inbound.id,
             payload: inbound.payload,
-            reply_to: inbound.reply_to,
         });
     }
 
@@ -368,6 +477,12 @@ impl Session {
     }
 }
 
+/// Reads a payload into `T`; the error names the offending field.
+fn parse_payload<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, String> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+        .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -396,20 +511,34 @@ impl Actor for Session {
             })),
         ));
         if let Some(personal) = self.identity.personal_room() {
-            self.join_room(personal, None, None, ctx);
+            let joining = self.join_room(personal.clone(), None, None);
+            joining
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    if let Ok((addr, _)) = result {
+                        act.rooms.insert(personal, addr);
+                    }
+                })
+                .wait(ctx);
         }
         log::debug!("conn={} user={} connected", self.id, self.identity.user);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        for (_, room) in self.rooms.drain() {
+        let personal = self.identity.personal_room();
+        let mut rooms = Vec::with_capacity(self.rooms.len());
+        for (name, room) in self.rooms.drain() {
             room.do_send(Leave {
                 connection_id: self.id.clone(),
                 reply_to: None,
             });
+            if Some(&name) != personal.as_ref() {
+                rooms.push(name);
+            }
         }
         self.state.registry.do_send(Unregister {
             connection_id: self.id.clone(),
+            rooms,
         });
         if !self.out.is_closed() {
             self.out.abort(close::NORMAL, "");

@@ -1,73 +1,48 @@
 //! In-process engine: a ring buffer per room, idle rooms parked in a map until their TTL.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
+use lru::LruCache;
 
-use super::{Engine, Replay, RoomLog};
+use super::{Appended, Engine, Replay, RoomLog};
+use crate::config::RoomPolicy;
 
-/// An idle room's log and when it was parked.
-type Parked = (Instant, Box<dyn RoomLog>);
-
-/// The embedded default engine.
-pub struct MemoryEngine {
-    history_size: usize,
-    ttl: Duration,
-    parked: Mutex<HashMap<String, Parked>>,
-}
-
-impl MemoryEngine {
-    /// Keeps `history_size` messages per room for `ttl`.
-    pub fn new(history_size: usize, ttl: Duration) -> Self {
-        MemoryEngine {
-            history_size,
-            ttl,
-            parked: Mutex::new(HashMap::new()),
-        }
-    }
-}
+/// The embedded default engine. It keeps no state of its own: a Room actor holds its log
+/// while it runs, and stays up for `history.ttl` after its last member leaves, so nothing
+/// needs parking; a retired room's history has expired anyway.
+#[derive(Debug, Default)]
+pub struct MemoryEngine;
 
 impl Engine for MemoryEngine {
-    fn open(&self, room: &str) -> Box<dyn RoomLog> {
-        let Ok(mut parked) = self.parked.lock() else {
-            return Box::new(MemoryLog::new(self.history_size, self.ttl));
-        };
-        let ttl = self.ttl;
-        parked.retain(|_, (at, _)| at.elapsed() < ttl);
-        match parked.remove(room) {
-            Some((_, log)) => log,
-            None => Box::new(MemoryLog::new(self.history_size, self.ttl)),
-        }
+    fn open(&self, _room: &str, policy: &RoomPolicy) -> Box<dyn RoomLog> {
+        Box::new(MemoryLog::new(policy))
     }
 
-    fn park(&self, room: &str, log: Box<dyn RoomLog>) {
-        if log.last_seq() == 0 {
-            return;
-        }
-        if let Ok(mut parked) = self.parked.lock() {
-            parked.insert(room.to_owned(), (Instant::now(), log));
-        }
-    }
+    fn park(&self, _room: &str, _log: Box<dyn RoomLog>, _keep_for: Duration) {}
 }
 
-/// Sequence counter plus a bounded, time-limited ring of encoded frames.
+/// Sequence counter, a bounded time-limited ring of encoded frames, and an LRU of client
+/// message ids.
 pub struct MemoryLog {
     last_seq: u64,
     capacity: usize,
     ttl: Duration,
     ring: VecDeque<(u64, Instant, ByteString)>,
+    seen: LruCache<String, u64>,
 }
 
 impl MemoryLog {
-    /// An empty log.
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    /// An empty log sized by `policy`.
+    pub fn new(policy: &RoomPolicy) -> Self {
         MemoryLog {
             last_seq: 0,
-            capacity,
-            ttl,
-            ring: VecDeque::with_capacity(capacity.min(1024)),
+            capacity: policy.history_size,
+            ttl: policy.history_ttl,
+            ring: VecDeque::with_capacity(policy.history_size.min(1024)),
+            seen: LruCache::new(NonZeroUsize::new(policy.dedup_size).unwrap_or(NonZeroUsize::MIN)),
         }
     }
 
@@ -86,15 +61,30 @@ impl RoomLog for MemoryLog {
         self.last_seq
     }
 
-    fn append(&mut self, encode: &mut dyn FnMut(u64) -> ByteString) -> (u64, ByteString) {
+    fn append(
+        &mut self,
+        client_id: Option<&str>,
+        encode: &mut dyn FnMut(u64) -> ByteString,
+    ) -> Appended {
+        if let Some(id) = client_id {
+            if let Some(seq) = self.seen.get(id) {
+                return Appended::Duplicate { seq: *seq };
+            }
+        }
         self.last_seq += 1;
+        if let Some(id) = client_id {
+            self.seen.put(id.to_owned(), self.last_seq);
+        }
         let frame = encode(self.last_seq);
         if self.ring.len() == self.capacity {
             self.ring.pop_front();
         }
         self.ring
             .push_back((self.last_seq, Instant::now(), frame.clone()));
-        (self.last_seq, frame)
+        Appended::New {
+            seq: self.last_seq,
+            frame,
+        }
     }
 
     fn since(&mut self, after_seq: u64) -> Replay {
@@ -119,13 +109,54 @@ impl RoomLog for MemoryLog {
 mod tests {
     use super::*;
 
+    fn policy(history_size: usize) -> RoomPolicy {
+        RoomPolicy {
+            history_size,
+            history_ttl: Duration::from_secs(60),
+            dedup_size: 2,
+            presence: false,
+            client_publish: true,
+            anonymous: true,
+        }
+    }
+
     fn append(log: &mut MemoryLog) -> u64 {
-        log.append(&mut |seq| ByteString::from(seq.to_string())).0
+        match log.append(None, &mut |seq| ByteString::from(seq.to_string())) {
+            Appended::New { seq, .. } => seq,
+            Appended::Duplicate { .. } => unreachable!("no client id"),
+        }
+    }
+
+    #[test]
+    fn client_ids_are_remembered_in_an_lru() {
+        let mut log = MemoryLog::new(&policy(10));
+        let mut encode = |seq: u64| ByteString::from(seq.to_string());
+        assert!(matches!(
+            log.append(Some("a"), &mut encode),
+            Appended::New { seq: 1, .. }
+        ));
+        assert_eq!(
+            log.append(Some("a"), &mut encode),
+            Appended::Duplicate { seq: 1 }
+        );
+        assert!(matches!(
+            log.append(Some("b"), &mut encode),
+            Appended::New { seq: 2, .. }
+        ));
+        assert!(matches!(
+            log.append(Some("c"), &mut encode),
+            Appended::New { seq: 3, .. }
+        ));
+        // "a" fell out of the 2-entry LRU: it is new again.
+        assert!(matches!(
+            log.append(Some("a"), &mut encode),
+            Appended::New { seq: 4, .. }
+        ));
     }
 
     #[test]
     fn seq_is_gapless_and_history_bounded() {
-        let mut log = MemoryLog::new(3, Duration::from_secs(60));
+        let mut log = MemoryLog::new(&policy(3));
         for expected in 1..=5 {
             assert_eq!(append(&mut log), expected);
         }
@@ -140,15 +171,5 @@ mod tests {
         let r = log.since(9);
         assert!(!r.recovered, "a client ahead of the log lost its gap");
         assert!(r.frames.is_empty());
-    }
-
-    #[test]
-    fn parked_logs_keep_their_sequence() {
-        let engine = MemoryEngine::new(10, Duration::from_secs(60));
-        let mut log = engine.open("r");
-        log.append(&mut |s| ByteString::from(s.to_string()));
-        engine.park("r", log);
-        assert_eq!(engine.open("r").last_seq(), 1);
-        assert_eq!(engine.open("r").last_seq(), 0, "taken once");
     }
 }

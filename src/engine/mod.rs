@@ -1,13 +1,16 @@
 //! The engine: where room sequence numbers and history live.
 //!
-//! The Room actor owns a [`RoomLog`] while it runs and hands it back to the [`Engine`] when
-//! it goes idle, so an empty room keeps its sequence (and history) for `history.ttl`. The
-//! memory engine is the embedded default; a Redis engine for scale-out implements the same
-//! two traits instead of changing the Room.
+//! The Room actor owns a [`RoomLog`] while it runs (an empty room stays up for
+//! `history.ttl`, so its sequence and history survive) and hands it back to the [`Engine`]
+//! when it retires. The memory engine is the embedded default and keeps nothing once a
+//! room retires; a Redis engine for scale-out implements the same two traits, with state
+//! that outlives the actor, instead of changing the Room.
 
 pub mod memory;
 
 use bytestring::ByteString;
+
+use crate::config::RoomPolicy;
 
 pub use memory::MemoryEngine;
 
@@ -20,13 +23,35 @@ pub struct Replay {
     pub recovered: bool,
 }
 
-/// One room's sequence and history.
+/// The outcome of [`RoomLog::append`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// A new message: its seq and its encoded frame.
+    New {
+        /// The seq allocated.
+        seq: u64,
+        /// The frame, encoded once.
+        frame: ByteString,
+    },
+    /// The client id was seen before: the original seq; nothing to deliver.
+    Duplicate {
+        /// The seq the first publish got.
+        seq: u64,
+    },
+}
+
+/// One room's sequence, history and recently seen client message ids.
 pub trait RoomLog: Send {
     /// The seq of the newest message (0 when none was ever published).
     fn last_seq(&self) -> u64;
 
-    /// Allocates the next seq, encodes the frame for it once, stores and returns both.
-    fn append(&mut self, encode: &mut dyn FnMut(u64) -> ByteString) -> (u64, ByteString);
+    /// Allocates the next seq, encodes the frame for it once, stores and returns both;
+    /// or, when `client_id` was already seen in this room, returns the original seq.
+    fn append(
+        &mut self,
+        client_id: Option<&str>,
+        encode: &mut dyn FnMut(u64) -> ByteString,
+    ) -> Appended;
 
     /// Everything after `after_seq` still in history, oldest first.
     fn since(&mut self, after_seq: u64) -> Replay;
@@ -34,9 +59,10 @@ pub trait RoomLog: Send {
 
 /// Hands out room logs and keeps idle ones for a while.
 pub trait Engine: Send + Sync + 'static {
-    /// The log of `room`: the parked one if it has not expired, else a fresh one.
-    fn open(&self, room: &str) -> Box<dyn RoomLog>;
+    /// The log of `room`, sized by `policy` (a shared engine returns the stored state).
+    fn open(&self, room: &str, policy: &RoomPolicy) -> Box<dyn RoomLog>;
 
-    /// Takes back the log of a room that went idle.
-    fn park(&self, room: &str, log: Box<dyn RoomLog>);
+    /// Takes back the log of a room that retired; an engine with shared state keeps it
+    /// for `keep_for`.
+    fn park(&self, room: &str, log: Box<dyn RoomLog>, keep_for: std::time::Duration);
 }

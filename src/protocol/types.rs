@@ -22,8 +22,10 @@ pub const SYSTEM_PONG: &str = "system.pong";
 pub const SYSTEM_CONNECTION_ESTABLISHED: &str = "system.connection.established";
 /// Server → client: the server is about to close the socket, and why.
 pub const SYSTEM_CONNECTION_CLOSE: &str = "system.connection.close";
-/// Client → server: resume a dropped session (delivery guarantees, issue 4).
+/// Client → server: resume a dropped session: rejoin its rooms, replay the gaps.
 pub const SYSTEM_CONNECTION_RESUME: &str = "system.connection.resume";
+/// Server → client: the answer to `system.connection.resume`, per room.
+pub const SYSTEM_CONNECTION_RESUMED: &str = "system.connection.resumed";
 /// Server → client: something the client sent could not be acted on.
 pub const SYSTEM_ERROR: &str = "system.error";
 /// Server → client: a user came into a room (presence on).
