@@ -121,6 +121,9 @@ pub struct Claims {
     /// Audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Whether the bearer may use the server HTTP API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// Who a session is and what it may do.
@@ -365,6 +368,7 @@ pub fn mint_hs256(
         iat: Some(now),
         iss: None,
         aud: None,
+        admin: false,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -446,6 +450,7 @@ mod tests {
                 iat: None,
                 iss: None,
                 aud: None,
+                admin: false,
             },
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )

@@ -5,12 +5,15 @@
 //! broker's routes on any actix-web `App`; [`Broker::register_handler`] plugs an
 //! application actor in for a message type.
 
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::web;
 use arc_swap::ArcSwap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::actors::registry::{Counts, GetCounts, Registry};
 use crate::actors::router::{
@@ -33,6 +36,10 @@ pub struct BrokerState {
     pub routes: Routes,
     /// Token verification.
     pub auth: Arc<Authenticator>,
+    /// False once shutdown has begun (`/readyz` answers 503).
+    pub ready: AtomicBool,
+    /// Per-caller limit of the HTTP API (`[api] requests_per_second`).
+    pub api_limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 /// A running broker: cheap to clone, shared by every worker.
@@ -70,12 +77,16 @@ impl Broker {
             config.server.shutdown_timeout,
         )
         .start();
+        let api_limiter = NonZeroU32::new(config.api.requests_per_second)
+            .map(|n| RateLimiter::keyed(Quota::per_second(n)));
         Ok(Broker {
             state: Arc::new(BrokerState {
                 config,
                 registry,
                 routes,
                 auth,
+                ready: AtomicBool::new(true),
+                api_limiter,
             }),
             router,
             supervisor,
@@ -102,6 +113,7 @@ impl Broker {
             cfg.app_data(web::Data::new(broker.clone()))
                 .route(&config.server.ws_path, web::get().to(http::ws::connect))
                 .route("/healthz", web::get().to(http::health::healthz));
+            http::api::configure(cfg, &config.api);
             if !config.conformance.echo_path.is_empty() {
                 cfg.route(
                     &config.conformance.echo_path,
@@ -161,6 +173,7 @@ impl Broker {
     /// Graceful shutdown: pause `server`, close every session with 1012, wait for them
     /// (bounded by `server.shutdown_timeout`), stop `server`, stop the room arbiters.
     pub async fn shutdown(&self, server: Option<ServerHandle>) -> ShutdownReport {
+        self.state.ready.store(false, Ordering::Release);
         let report = self
             .supervisor
             .send(Shutdown { server })

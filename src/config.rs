@@ -79,6 +79,8 @@ pub struct Config {
     pub resume: ResumeConfig,
     /// Protocol conformance aids (off by default).
     pub conformance: ConformanceConfig,
+    /// The server HTTP API.
+    pub api: ApiConfig,
     /// Per-namespace options (`[namespaces.conversation]`); a room's namespace is the part
     /// of its name before the first `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
@@ -189,6 +191,31 @@ pub struct HistoryConfig {
     pub ttl: Duration,
     /// Client message ids remembered per room, so a retried publish is not delivered twice.
     pub dedup_size: usize,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// API keys accepted as `Authorization: Bearer <key>` (an admin JWT works too).
+    pub keys: Vec<String>,
+    /// Requests per second per caller; 0 disables the limit.
+    pub requests_per_second: u32,
+    /// Largest request body; bigger gets 413.
+    pub max_body_bytes: usize,
+    /// Origins allowed to call the API from a browser (CORS); `"*"` for any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            keys: Vec::new(),
+            requests_per_second: 100,
+            max_body_bytes: 64 * 1024,
+            cors_origins: Vec::new(),
+        }
+    }
 }
 
 /// `[namespaces.<name>]`: options for the rooms `<name>:…`. Unset history keys fall back
@@ -532,6 +559,12 @@ impl Config {
                 return Err(invalid(key, "must be greater than zero".into()));
             }
         }
+        if self.api.keys.iter().any(|k| k.len() < 16) {
+            return Err(invalid(
+                "api.keys",
+                "every key must be at least 16 characters".into(),
+            ));
+        }
         for (name, ns) in &self.namespaces {
             if ns.history_size == Some(0) {
                 return Err(invalid(
@@ -602,7 +635,8 @@ fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Sections that environment overrides may target.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
+    "api",
     "server",
     "auth",
     "heartbeat",

@@ -28,6 +28,7 @@ fn claims(sub: &str, exp: u64) -> Claims {
         iat: None,
         iss: None,
         aud: None,
+        admin: false,
     }
 }
 

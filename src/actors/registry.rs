@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::room::{Join, JoinOutcome, Retire, Room};
-use super::session::Session;
+use super::room::{GetInfo, Join, JoinOutcome, Retire, Room, RoomInfo};
+use super::session::{Disconnect, Session};
 use super::ConnectionId;
 use crate::config::Config;
 use crate::engine::Engine;
@@ -333,5 +333,52 @@ impl Handler<WaitUntilEmpty> for Registry {
             self.empty_waiters.push(tx);
         }
         MessageResult(rx)
+    }
+}
+
+/// Every running room with its member count and seq (asks each room; never waits inside
+/// the Registry's mailbox).
+#[derive(Message)]
+#[rtype(result = "Vec<RoomInfo>")]
+pub struct ListRooms;
+
+impl Handler<ListRooms> for Registry {
+    type Result = ResponseFuture<Vec<RoomInfo>>;
+
+    fn handle(&mut self, _: ListRooms, _: &mut Self::Context) -> Self::Result {
+        let asks: Vec<_> = self.rooms.values().map(|e| e.addr.send(GetInfo)).collect();
+        Box::pin(async move {
+            let mut rooms: Vec<RoomInfo> = futures_util::future::join_all(asks)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect();
+            rooms.sort_by(|a, b| a.room.cmp(&b.room));
+            rooms
+        })
+    }
+}
+
+/// Disconnects a live session with a reason; false when no such session is connected.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DisconnectSession {
+    /// Its connection id.
+    pub connection_id: String,
+    /// Sent to the client in `system.connection.close` and the close frame.
+    pub reason: String,
+}
+
+impl Handler<DisconnectSession> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) -> bool {
+        match self.sessions.get(msg.connection_id.as_str()) {
+            Some(entry) => {
+                entry.addr.do_send(Disconnect { reason: msg.reason });
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -346,6 +346,8 @@ pub struct Publish {
     pub from: Publisher,
     /// Client message id; a fresh one is assigned when absent.
     pub id: Option<String>,
+    /// Message type; `room.message` when absent (server publishes may choose another).
+    pub msg_type: Option<String>,
     /// The payload, forwarded verbatim.
     pub payload: Option<Box<RawValue>>,
 }
@@ -376,8 +378,9 @@ impl Handler<Publish> for Room {
         let id = msg.id.unwrap_or_else(frame::new_id);
         let name = self.name.clone();
         let payload = msg.payload;
+        let msg_type = msg.msg_type.as_deref().unwrap_or(types::ROOM_MESSAGE);
         let appended = self.log().append(client_id.as_deref(), &mut |seq| {
-            frame::room_message(&name, seq, &id, payload.as_deref())
+            frame::room_message(msg_type, &name, seq, &id, payload.as_deref())
         });
         let (seq, duplicate) = match appended {
             Appended::New { seq, frame } => {
@@ -423,8 +426,80 @@ pub struct GetPresence;
 impl Handler<GetPresence> for Room {
     type Result = MessageResult<GetPresence>;
 
-    fn handle(&mut self, _: GetPresence, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: GetPresence, ctx: &mut Self::Context) -> Self::Result {
+        if self.members.is_empty() && self.log().last_seq() == 0 {
+            self.report_if_idle(ctx);
+        }
         MessageResult(self.presence_list())
+    }
+}
+
+/// Stored messages after `since`, at most `limit`, for the HTTP history API.
+#[derive(Message)]
+#[rtype(result = "History")]
+pub struct GetHistory {
+    /// Messages with a seq above this.
+    pub since: u64,
+    /// At most this many (the oldest first).
+    pub limit: usize,
+}
+
+/// A slice of a room's history.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The room's latest seq.
+    pub seq: u64,
+    /// False when part of the range after `since` has left history.
+    pub recovered: bool,
+    /// Encoded messages, oldest first (the bytes members received).
+    pub messages: Vec<ByteString>,
+}
+
+impl Handler<GetHistory> for Room {
+    type Result = MessageResult<GetHistory>;
+
+    fn handle(&mut self, msg: GetHistory, ctx: &mut Self::Context) -> Self::Result {
+        let replay = self.log().since(msg.since);
+        let seq = self.log().last_seq();
+        let mut messages = replay.frames;
+        messages.truncate(msg.limit);
+        // A query may have started this room; let it retire again if nobody is in it.
+        if self.members.is_empty() && seq == 0 {
+            self.report_if_idle(ctx);
+        }
+        MessageResult(History {
+            seq,
+            recovered: replay.recovered,
+            messages,
+        })
+    }
+}
+
+/// A room's summary for `GET /api/rooms`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoomInfo {
+    /// Room name.
+    pub room: String,
+    /// Connections in the room.
+    pub members: usize,
+    /// Latest seq.
+    pub seq: u64,
+}
+
+/// Asks for [`RoomInfo`].
+#[derive(Message)]
+#[rtype(result = "RoomInfo")]
+pub struct GetInfo;
+
+impl Handler<GetInfo> for Room {
+    type Result = MessageResult<GetInfo>;
+
+    fn handle(&mut self, _: GetInfo, _: &mut Self::Context) -> Self::Result {
+        MessageResult(RoomInfo {
+            room: self.name.to_string(),
+            members: self.members.len(),
+            seq: self.log().last_seq(),
+        })
     }
 }
 

@@ -235,9 +235,8 @@ impl Session {
                 format!("invalid room name `{}`", truncate(room, 64)),
             ));
         }
-        if !self.identity.may_join(room)
-            || (self.identity.anonymous && !self.state.config.room_policy(room).anonymous)
-        {
+        let allowed = self.is_automatic(room) || self.identity.may_join(room);
+        if !allowed || (self.identity.anonymous && !self.state.config.room_policy(room).anonymous) {
             return Err((
                 ErrorCode::Forbidden,
                 format!("not allowed to join `{room}`"),
@@ -253,13 +252,14 @@ impl Session {
         Ok(())
     }
 
-    /// Rooms joined, the personal room not counted.
+    /// Rooms joined, the automatic ones (broadcast, personal) not counted.
     fn counted_rooms(&self) -> usize {
-        let personal = self.identity.personal_room();
-        self.rooms
-            .keys()
-            .filter(|r| Some(*r) != personal.as_ref())
-            .count()
+        self.rooms.keys().filter(|r| !self.is_automatic(r)).count()
+    }
+
+    /// Whether `room` is one the session joins by itself (broadcast, personal).
+    fn is_automatic(&self, room: &str) -> bool {
+        room == types::BROADCAST_ROOM || self.identity.personal_room().as_deref() == Some(room)
     }
 
     /// Asks the Registry to join `room`; resolves with the room's address and outcome.
@@ -428,6 +428,7 @@ impl Session {
                 reply_to: inbound.reply_to,
             },
             id: inbound.id,
+            msg_type: None,
             payload: inbound.payload,
         });
     }
@@ -510,13 +511,16 @@ impl Actor for Session {
                 "resume_ttl_ms": config.resume.ttl.as_millis() as u64,
             })),
         ));
-        if let Some(personal) = self.identity.personal_room() {
-            let joining = self.join_room(personal.clone(), None, None);
+        // Joined silently: the broadcast room and the user's personal room.
+        let automatic =
+            std::iter::once(types::BROADCAST_ROOM.to_owned()).chain(self.identity.personal_room());
+        for room in automatic {
+            let joining = self.join_room(room.clone(), None, None);
             joining
                 .into_actor(self)
                 .map(move |result, act, _| {
                     if let Ok((addr, _)) = result {
-                        act.rooms.insert(personal, addr);
+                        act.rooms.insert(room, addr);
                     }
                 })
                 .wait(ctx);
@@ -525,14 +529,13 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        let personal = self.identity.personal_room();
         let mut rooms = Vec::with_capacity(self.rooms.len());
-        for (name, room) in self.rooms.drain() {
+        for (name, room) in std::mem::take(&mut self.rooms) {
             room.do_send(Leave {
                 connection_id: self.id.clone(),
                 reply_to: None,
             });
-            if Some(&name) != personal.as_ref() {
+            if !self.is_automatic(&name) {
                 rooms.push(name);
             }
         }
@@ -648,5 +651,30 @@ impl Handler<ServerShutdown> for Session {
             Some(json!({ "reason": types::REASON_SERVER_SHUTDOWN })),
         ));
         self.close(ctx, close::SERVICE_RESTART, types::REASON_SERVER_SHUTDOWN);
+    }
+}
+
+/// The server disconnects this session (HTTP API): `system.connection.close {reason}`,
+/// then close 1008.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    /// Why; sent to the client.
+    pub reason: String,
+}
+
+impl Handler<Disconnect> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
+        self.send(frame::push(
+            types::SYSTEM_CONNECTION_CLOSE,
+            None,
+            Some(json!({ "reason": &msg.reason })),
+        ));
+        self.close(ctx, close::POLICY, &msg.reason);
     }
 }

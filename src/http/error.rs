@@ -38,6 +38,24 @@ impl ResponseError for ApiError {
     }
 }
 
+impl ApiError {
+    /// Maps a JSON body error: too large → 413, anything else → 400 naming the problem.
+    pub fn from_json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
+        use actix_web::error::JsonPayloadError as E;
+        match err {
+            E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::new(
+                ErrorCode::TooLarge,
+                format!("request body larger than {limit} bytes"),
+            ),
+            E::ContentType => ApiError::new(
+                ErrorCode::BadRequest,
+                "Content-Type must be application/json",
+            ),
+            other => ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {other}")),
+        }
+    }
+}
+
 impl From<actix_web::Error> for ApiError {
     fn from(err: actix_web::Error) -> Self {
         ApiError::new(ErrorCode::BadRequest, err.to_string())

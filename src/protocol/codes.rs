@@ -21,6 +21,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The target (room, session, resource) does not exist.
     NotFound,
+    /// The request conflicts with the target's state (HTTP API only).
+    Conflict,
     /// The frame or body exceeds a configured size limit.
     TooLarge,
     /// The caller exceeded a rate limit.
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Timeout => "timeout",
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Timeout => 504,
@@ -74,6 +78,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => -32001,
             ErrorCode::Forbidden => -32003,
             ErrorCode::NotFound => -32004,
+            ErrorCode::Conflict => -32009,
             ErrorCode::TooLarge => -32013,
             ErrorCode::RateLimited => -32029,
             ErrorCode::Timeout => -32008,
@@ -130,6 +135,7 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
             ErrorCode::NotFound,
+            ErrorCode::Conflict,
             ErrorCode::TooLarge,
             ErrorCode::RateLimited,
             ErrorCode::Timeout,

@@ -353,10 +353,17 @@ pub fn push<P: Serialize>(msg_type: &str, room: Option<&str>, payload: Option<P>
     .encode()
 }
 
-/// Encodes a `room.message`. Called once per message; every member gets these bytes.
-pub fn room_message(room: &str, seq: u64, id: &str, payload: Option<&RawValue>) -> ByteString {
+/// Encodes a room message (`room.message`, or the type a server publish chose). Called once
+/// per message; every member gets these bytes.
+pub fn room_message(
+    msg_type: &str,
+    room: &str,
+    seq: u64,
+    id: &str,
+    payload: Option<&RawValue>,
+) -> ByteString {
     ServerMessage {
-        msg_type: types::ROOM_MESSAGE,
+        msg_type,
         id,
         correlation_id: None,
         room: Some(room),

@@ -42,3 +42,6 @@ pub fn is_broker_type(msg_type: &str) -> bool {
 
 /// The `system.connection.close` reason sent before a graceful shutdown.
 pub const REASON_SERVER_SHUTDOWN: &str = "server_shutdown";
+
+/// The room every session joins by itself; a publish to it reaches every session.
+pub const BROADCAST_ROOM: &str = "broadcast";

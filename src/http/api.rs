@@ -1,0 +1,494 @@
+//! The server HTTP API: publish, history, presence, rooms, user send, broadcast,
+//! disconnect, readiness, and the OpenAPI document generated from these handlers.
+//!
+//! Every `/api` route authenticates with an API key from `[api] keys` or a JWT whose
+//! `admin` claim is true (`Authorization: Bearer …`), is rate limited per caller, and logs an
+//! audit line. Errors are `{"error":{"code","message"}}` via [`ApiError`].
+
+use std::future::{ready, Ready};
+use std::sync::atomic::Ordering;
+
+use actix_cors::Cors;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::middleware::Condition;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::error::ApiError;
+use crate::actors::registry::{DisconnectSession, ListRooms, RoomFor};
+use crate::actors::room::{GetHistory, GetPresence, PresenceInfo, Publish, Publisher, RoomInfo};
+use crate::config::ApiConfig;
+use crate::protocol::{frame, types, ErrorCode};
+use crate::Broker;
+
+/// Mounts the API routes (used by [`Broker::configure`]).
+pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
+    let json = web::JsonConfig::default()
+        .limit(api.max_body_bytes)
+        .error_handler(|err, _| ApiError::from_json_error(err).into());
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "DELETE"])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(3600);
+    for origin in &api.cors_origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cfg.service(
+        web::scope("/api")
+            .wrap(Condition::new(!api.cors_origins.is_empty(), cors))
+            .app_data(json)
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                ApiError::new(ErrorCode::BadRequest, format!("invalid query: {err}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|err, _| {
+                ApiError::new(ErrorCode::BadRequest, format!("invalid path: {err}")).into()
+            }))
+            .route("/openapi.json", web::get().to(openapi))
+            .route("/rooms", web::get().to(list_rooms))
+            .route("/rooms/{room}/publish", web::post().to(publish))
+            .route("/rooms/{room}/history", web::get().to(history))
+            .route("/rooms/{room}/presence", web::get().to(presence))
+            .route("/users/{user}/send", web::post().to(send_to_user))
+            .route("/broadcast", web::post().to(broadcast))
+            .route("/sessions/{id}", web::delete().to(disconnect))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError::new(ErrorCode::NotFound, "no such API endpoint"))
+            })),
+    )
+    .route("/readyz", web::get().to(readyz));
+}
+
+/// An authenticated API caller: `key#<index>` or `admin:<sub>` (as in the audit log).
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let broker = req
+        .app_data::<web::Data<Broker>>()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "broker not mounted"))?;
+    let state = broker.state();
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let audit = |outcome: &str, caller: &str| {
+        log::info!(
+            "audit: api {} {} caller={caller} {outcome} peer={:?}",
+            req.method(),
+            req.path(),
+            req.peer_addr()
+        );
+    };
+    let Some(token) = token else {
+        audit("rejected: no credentials", "-");
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "send an API key or admin token as Authorization: Bearer",
+        ));
+    };
+    let caller = if let Some(i) = state
+        .config
+        .api
+        .keys
+        .iter()
+        .position(|k| constant_time_eq(k.as_bytes(), token.as_bytes()))
+    {
+        format!("key#{i}")
+    } else {
+        match state.auth.verify(token) {
+            Ok(claims) if claims.admin => format!("admin:{}", claims.sub),
+            Ok(claims) => {
+                audit("rejected: token is not an admin token", &claims.sub);
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "token is not an admin token",
+                ));
+            }
+            Err(err) => {
+                audit(&format!("rejected: {}", err.reason()), "-");
+                return Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "unknown API key or invalid token",
+                ));
+            }
+        }
+    };
+    if let Some(limiter) = &state.api_limiter {
+        if limiter.check_key(&caller).is_err() {
+            audit("rejected: rate limited", &caller);
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many API requests; slow down",
+            ));
+        }
+    }
+    audit("ok", &caller);
+    Ok(Caller(caller))
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn room_path(room: &str) -> Result<String, ApiError> {
+    if frame::valid_room_name(room) {
+        Ok(room.to_owned())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "invalid room name: use 1-128 of A-Z a-z 0-9 _ . : @ -",
+        ))
+    }
+}
+
+fn mailbox(err: actix::MailboxError) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("broker actor unavailable: {err}"),
+    )
+}
+
+/// A message to publish.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// Message type delivered to members (default `room.message`).
+    #[serde(rename = "type")]
+    pub msg_type: Option<String>,
+    /// Any JSON.
+    #[schema(value_type = Object)]
+    pub payload: Box<RawValue>,
+    /// Message id; a retry with the same id in the same room is not delivered twice.
+    pub id: Option<String>,
+}
+
+/// Where a published message went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishResponse {
+    /// Room it was published to.
+    pub room: String,
+    /// Its seq in that room.
+    pub seq: u64,
+    /// Its message id.
+    pub id: String,
+    /// True when the id had been published before (nothing was delivered this time).
+    pub duplicate: bool,
+}
+
+async fn publish_to(
+    broker: &Broker,
+    room: String,
+    body: PublishRequest,
+) -> Result<PublishResponse, ApiError> {
+    if let Some(t) = &body.msg_type {
+        if t.is_empty() || (types::is_broker_type(t) && t != types::ROOM_MESSAGE) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "`type` must be non-empty and not a room.*/system.* type other than room.message",
+            ));
+        }
+    }
+    let publish = || Publish {
+        from: Publisher::Server,
+        id: body.id.clone(),
+        msg_type: body.msg_type.clone(),
+        payload: Some(body.payload.clone()),
+    };
+    // A room retiring at this instant refuses the message; the second address is a fresh
+    // room actor.
+    for _ in 0..2 {
+        let addr = broker
+            .state()
+            .registry
+            .send(RoomFor { room: room.clone() })
+            .await
+            .map_err(mailbox)?;
+        if let Ok(Some(published)) = addr.send(publish()).await {
+            return Ok(PublishResponse {
+                room,
+                seq: published.seq,
+                id: published.id,
+                duplicate: published.duplicate,
+            });
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "room unavailable; retry",
+    ))
+}
+
+/// Publish to a room.
+#[utoipa::path(post, path = "/api/rooms/{room}/publish", request_body = PublishRequest,
+    params(("room" = String, Path, description = "Room name")),
+    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn publish(
+    _: Caller,
+    broker: web::Data<Broker>,
+    room: web::Path<String>,
+    body: web::Json<PublishRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let room = room_path(&room)?;
+    Ok(HttpResponse::Ok().json(publish_to(&broker, room, body.into_inner()).await?))
+}
+
+/// Send to every session of a user (their `user:{user}` room).
+#[utoipa::path(post, path = "/api/users/{user}/send", request_body = PublishRequest,
+    params(("user" = String, Path, description = "User id (`sub`)")),
+    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn send_to_user(
+    _: Caller,
+    broker: web::Data<Broker>,
+    user: web::Path<String>,
+    body: web::Json<PublishRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let room = room_path(&format!("user:{user}"))?;
+    Ok(HttpResponse::Ok().json(publish_to(&broker, room, body.into_inner()).await?))
+}
+
+/// Send to every connected session (the `broadcast` room).
+#[utoipa::path(post, path = "/api/broadcast", request_body = PublishRequest,
+    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn broadcast(
+    _: Caller,
+    broker: web::Data<Broker>,
+    body: web::Json<PublishRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let room = types::BROADCAST_ROOM.to_owned();
+    Ok(HttpResponse::Ok().json(publish_to(&broker, room, body.into_inner()).await?))
+}
+
+/// History query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Messages with a seq above this (default 0: everything kept).
+    pub since: Option<u64>,
+    /// At most this many, oldest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// A room's stored messages.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryResponse {
+    /// Room name.
+    pub room: String,
+    /// The room's latest seq.
+    pub seq: u64,
+    /// False when part of the range after `since` has left history.
+    pub recovered: bool,
+    /// The messages as members received them.
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<Box<RawValue>>,
+}
+
+/// Read a room's history.
+#[utoipa::path(get, path = "/api/rooms/{room}/history",
+    params(("room" = String, Path, description = "Room name"), HistoryQuery),
+    responses((status = 200, body = HistoryResponse), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn history(
+    _: Caller,
+    broker: web::Data<Broker>,
+    room: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let room = room_path(&room)?;
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let addr = broker
+        .state()
+        .registry
+        .send(RoomFor { room: room.clone() })
+        .await
+        .map_err(mailbox)?;
+    let found = addr
+        .send(GetHistory {
+            since: query.since.unwrap_or(0),
+            limit,
+        })
+        .await
+        .map_err(mailbox)?;
+    let messages = found
+        .messages
+        .into_iter()
+        .filter_map(|m| RawValue::from_string(m.to_string()).ok())
+        .collect();
+    Ok(HttpResponse::Ok().json(HistoryResponse {
+        room,
+        seq: found.seq,
+        recovered: found.recovered,
+        messages,
+    }))
+}
+
+/// Who is in a room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceResponse {
+    /// Room name.
+    pub room: String,
+    /// One entry per user.
+    #[schema(value_type = Vec<Object>)]
+    pub presence: Vec<PresenceInfo>,
+}
+
+/// Read a room's presence (409 when presence is off for its namespace).
+#[utoipa::path(get, path = "/api/rooms/{room}/presence",
+    params(("room" = String, Path, description = "Room name")),
+    responses((status = 200, body = PresenceResponse), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn presence(
+    _: Caller,
+    broker: web::Data<Broker>,
+    room: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let room = room_path(&room)?;
+    if !broker.config().room_policy(&room).presence {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "presence is off for this room's namespace ([namespaces.<ns>] presence = true)",
+        ));
+    }
+    let addr = broker
+        .state()
+        .registry
+        .send(RoomFor { room: room.clone() })
+        .await
+        .map_err(mailbox)?;
+    let presence = addr.send(GetPresence).await.map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(PresenceResponse { room, presence }))
+}
+
+/// The running rooms.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomsResponse {
+    /// Rooms with their member counts and seqs, by name.
+    #[schema(value_type = Vec<Object>)]
+    pub rooms: Vec<RoomInfo>,
+}
+
+/// List active rooms with member counts.
+#[utoipa::path(get, path = "/api/rooms",
+    responses((status = 200, body = RoomsResponse)), security(("bearer" = [])))]
+async fn list_rooms(_: Caller, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
+    let rooms = broker
+        .state()
+        .registry
+        .send(ListRooms)
+        .await
+        .map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(RoomsResponse { rooms }))
+}
+
+/// Why a session is disconnected.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectQuery {
+    /// Sent to the client (default `disconnected by server`).
+    pub reason: Option<String>,
+}
+
+/// Disconnect a session: `system.connection.close {reason}`, then close 1008.
+#[utoipa::path(delete, path = "/api/sessions/{id}",
+    params(("id" = String, Path, description = "connection_id"), DisconnectQuery),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn disconnect(
+    _: Caller,
+    broker: web::Data<Broker>,
+    id: web::Path<String>,
+    query: web::Query<DisconnectQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let reason = query
+        .into_inner()
+        .reason
+        .unwrap_or_else(|| "disconnected by server".into());
+    if reason.len() > 100 {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "reason: at most 100 bytes",
+        ));
+    }
+    let found = broker
+        .state()
+        .registry
+        .send(DisconnectSession {
+            connection_id: id.into_inner(),
+            reason,
+        })
+        .await
+        .map_err(mailbox)?;
+    if found {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::new(ErrorCode::NotFound, "no such session"))
+    }
+}
+
+/// Readiness: 200 while accepting connections, 503 once shutdown has begun.
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
+async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
+    if broker.state().ready.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "shutting_down" }))
+    }
+}
+
+/// The error body of every API error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `{code, message}`.
+    #[schema(value_type = Object)]
+    pub error: Value,
+}
+
+/// The OpenAPI 3 description of this API, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "switchboard HTTP API", description = "Publish, history, presence and session control for the switchboard broker."),
+    paths(publish, history, presence, list_rooms, send_to_user, broadcast, disconnect, readyz),
+    components(schemas(PublishRequest, PublishResponse, HistoryResponse, PresenceResponse, RoomsResponse, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /api/openapi.json` (no authentication: it describes, it does not act).
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
