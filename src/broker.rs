@@ -24,6 +24,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::engine::MemoryEngine;
 use crate::http;
+use crate::metrics::{self as metrics_mod, Metrics};
 use crate::middleware::{self, Middleware};
 
 /// What every session and route shares: read-only after start.
@@ -40,6 +41,8 @@ pub struct BrokerState {
     pub ready: AtomicBool,
     /// Per-caller limit of the HTTP API (`[api] requests_per_second`).
     pub api_limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running broker: cheap to clone, shared by every worker.
@@ -63,14 +66,18 @@ impl Broker {
         };
         let room_arbiters: Vec<ArbiterHandle> =
             (0..shard_count).map(|_| Arbiter::new().handle()).collect();
+        let metrics = Arc::new(Metrics::new());
         let registry = Registry::new(
             room_arbiters.clone(),
             Arc::new(MemoryEngine),
             config.clone(),
+            metrics.clone(),
         )
         .start();
         let routes: Routes = Arc::new(ArcSwap::from_pointee(Default::default()));
-        let router = Router::new(routes.clone(), middleware::default_chain(&config.router)).start();
+        let mut chain = middleware::default_chain(&config.router);
+        chain.push(Arc::new(metrics_mod::HandlerTiming(metrics.clone())));
+        let router = Router::new(routes.clone(), chain).start();
         let supervisor = Supervisor::new(
             registry.clone(),
             config.heartbeat.interval,
@@ -87,6 +94,7 @@ impl Broker {
                 auth,
                 ready: AtomicBool::new(true),
                 api_limiter,
+                metrics,
             }),
             router,
             supervisor,
@@ -97,6 +105,11 @@ impl Broker {
     /// The configuration the broker runs with.
     pub fn config(&self) -> &Config {
         &self.state.config
+    }
+
+    /// The broker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.metrics
     }
 
     /// Shared state, for the routes in [`crate::http`].
@@ -112,7 +125,8 @@ impl Broker {
             let config = broker.config();
             cfg.app_data(web::Data::new(broker.clone()))
                 .route(&config.server.ws_path, web::get().to(http::ws::connect))
-                .route("/healthz", web::get().to(http::health::healthz));
+                .route("/healthz", web::get().to(http::health::healthz))
+                .route("/metrics", web::get().to(metrics_mod::endpoint));
             http::api::configure(cfg, &config.api);
             if !config.conformance.echo_path.is_empty() {
                 cfg.route(

@@ -9,6 +9,7 @@
 //! - [`transport`]: inbound frame checks and the bounded outbound queue per socket.
 //! - [`engine`]: room sequence numbers and history (memory now, Redis later).
 //! - [`auth`], [`middleware`], [`config`]: who may do what, handler middleware, settings.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`).
 //! - [`http`]: thin routes; [`broker`]: the embedding API; [`server`]: the runnable server.
 //!
 //! Embedding: inside an actix system, `Broker::start(config)`, then
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod middleware;
 pub mod protocol;
 pub mod server;

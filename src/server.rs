@@ -24,15 +24,19 @@ pub async fn serve(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let server = HttpServer::new(move || App::new().configure(configure.clone()))
-        .workers(workers)
-        .disable_signals()
-        // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
-        .client_disconnect_timeout(Duration::ZERO)
-        // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(crate::metrics::track_http))
+            .configure(configure.clone())
+    })
+    .workers(workers)
+    .disable_signals()
+    // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
+    .client_disconnect_timeout(Duration::ZERO)
+    // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     let mut running = actix_rt::spawn(server);
     tokio::select! {

@@ -92,6 +92,19 @@ async fn a_registered_handler_answers_with_correlation_id() {
     let err = c.recv_type("system.error").await;
     assert_eq!(err["payload"]["code"], "forbidden");
     assert_eq!(err["payload"]["message"], "denied by policy");
+
+    // Every call, refused or not, lands in the handler latency histogram.
+    let mut resp = awc::Client::new()
+        .get(broker.http_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"switchboard_handler_duration_seconds_count{type="task.request"} 2"#),
+        "{text}"
+    );
 }
 
 #[actix_rt::test]

@@ -18,6 +18,7 @@ use super::session::{Disconnect, Session};
 use super::ConnectionId;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 
 /// The Registry actor.
 pub struct Registry {
@@ -28,6 +29,7 @@ pub struct Registry {
     shards: Vec<ArbiterHandle>,
     engine: Arc<dyn Engine>,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     empty_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -54,6 +56,7 @@ impl Registry {
         shards: Vec<ArbiterHandle>,
         engine: Arc<dyn Engine>,
         config: Arc<Config>,
+        metrics: Arc<Metrics>,
     ) -> Registry {
         Registry {
             sessions: HashMap::new(),
@@ -63,8 +66,20 @@ impl Registry {
             shards,
             engine,
             config,
+            metrics,
             empty_waiters: Vec::new(),
         }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.sessions
+            .with_label_values(&["open"])
+            .set(self.sessions.len() as i64);
+        m.sessions
+            .with_label_values(&["detached"])
+            .set(self.detached.len() as i64);
+        m.rooms.set(self.rooms.len() as i64);
     }
 
     fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> &mut RoomEntry {
@@ -74,14 +89,15 @@ impl Registry {
             let registry = ctx.address();
             let room_name = name.clone();
             let policy = self.config.room_policy(&name);
+            let metrics = self.metrics.clone();
             let addr = if self.shards.is_empty() {
-                Room::new(room_name, policy, engine, registry).start()
+                Room::new(room_name, policy, engine, registry, metrics).start()
             } else {
                 let mut h = DefaultHasher::new();
                 name.hash(&mut h);
                 let shard = &self.shards[(h.finish() % self.shards.len() as u64) as usize];
                 Room::start_in_arbiter(shard, move |_| {
-                    Room::new(room_name, policy, engine, registry)
+                    Room::new(room_name, policy, engine, registry, metrics)
                 })
             };
             self.rooms.insert(
@@ -91,6 +107,7 @@ impl Registry {
                     joins_sent: 0,
                 },
             );
+            self.update_gauges();
         }
         self.rooms.get_mut(name).expect("inserted above")
     }
@@ -105,6 +122,7 @@ impl Actor for Registry {
         ctx.run_interval(sweep_every, |act, _| {
             let now = Instant::now();
             act.detached.retain(|_, d| d.until > now);
+            act.update_gauges();
         });
     }
 }
@@ -136,6 +154,7 @@ impl Handler<Register> for Registry {
                 user: msg.user,
             },
         );
+        self.update_gauges();
     }
 }
 
@@ -172,6 +191,7 @@ impl Handler<Unregister> for Registry {
                 );
             }
         }
+        self.update_gauges();
         if self.sessions.is_empty() {
             for waiter in self.empty_waiters.drain(..) {
                 let _ = waiter.send(());
@@ -272,6 +292,7 @@ impl Handler<RoomIdle> for Registry {
         if retire {
             self.rooms.remove(&msg.room);
             msg.addr.do_send(Retire);
+            self.update_gauges();
         }
     }
 }

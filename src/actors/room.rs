@@ -19,6 +19,7 @@ use super::registry::{Registry, RoomIdle};
 use super::ConnectionId;
 use crate::config::RoomPolicy;
 use crate::engine::{Appended, Engine, RoomLog};
+use crate::metrics::Metrics;
 use crate::protocol::frame::{self, ReplyTo};
 use crate::protocol::types;
 use crate::transport::{Outbound, SendError};
@@ -32,6 +33,7 @@ pub struct Room {
     log: Option<Box<dyn RoomLog>>,
     engine: Arc<dyn Engine>,
     registry: Addr<Registry>,
+    metrics: Arc<Metrics>,
     joins_seen: u64,
     /// Bumped whenever the room empties, so an older retirement timer knows it is stale.
     idle_epoch: u64,
@@ -65,6 +67,7 @@ impl Room {
         policy: RoomPolicy,
         engine: Arc<dyn Engine>,
         registry: Addr<Registry>,
+        metrics: Arc<Metrics>,
     ) -> Room {
         let log = engine.open(&name, &policy);
         Room {
@@ -75,6 +78,7 @@ impl Room {
             log: Some(log),
             engine,
             registry,
+            metrics,
             joins_seen: 0,
             idle_epoch: 0,
         }
@@ -254,6 +258,7 @@ impl Handler<Join> for Room {
             }
         }
         if let Some(replay) = replay {
+            self.metrics.replayed.inc_by(replay.frames.len() as u64);
             for frame in replay.frames {
                 if msg.out.send(frame).is_err() {
                     break;
@@ -385,6 +390,14 @@ impl Handler<Publish> for Room {
         let (seq, duplicate) = match appended {
             Appended::New { seq, frame } => {
                 self.broadcast(&frame, None);
+                self.metrics.deliveries.inc_by(self.members.len() as u64);
+                if let Ok(c) = self
+                    .metrics
+                    .messages_published
+                    .get_metric_with_label_values(&[msg_type])
+                {
+                    c.inc();
+                }
                 (seq, false)
             }
             Appended::Duplicate { seq } => (seq, true),

@@ -59,8 +59,11 @@ impl Session {
         stream: MessageStream,
     ) -> Addr<Session> {
         let limits = &state.config.limits;
-        let (out, rx) =
-            Outbound::bounded(limits.outbound_queue_messages, limits.outbound_queue_bytes);
+        let (out, rx) = Outbound::bounded(
+            limits.outbound_queue_messages,
+            limits.outbound_queue_bytes,
+            Some(state.metrics.slow_consumer_closes.clone()),
+        );
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
         let max_frame = limits.max_frame_bytes;
@@ -128,6 +131,13 @@ impl Session {
         if !self.allow_frame(&inbound.reply_to, ctx) {
             return;
         }
+        let registered = self.state.routes.load().has_handler(&inbound.msg_type);
+        let label = crate::metrics::type_label(&inbound.msg_type, registered);
+        self.state
+            .metrics
+            .messages_in
+            .with_label_values(&[label])
+            .inc();
         match inbound.msg_type.as_str() {
             types::ROOM_JOIN => self.join(inbound, ctx),
             types::ROOM_LEAVE => self.leave(inbound),
@@ -160,6 +170,11 @@ impl Session {
         if self.limiter.check().is_ok() {
             return true;
         }
+        self.state
+            .metrics
+            .rate_limited
+            .with_label_values(&["session"])
+            .inc();
         let limits = &self.state.config.limits;
         if self.violation_window.elapsed() > limits.abuse_window {
             self.violation_window = Instant::now();
@@ -452,10 +467,15 @@ impl Session {
         let timeout = self.state.config.router.handler_timeout;
         let reply_to = inbound.reply_to;
         let out = self.out.clone();
+        let metrics = self.state.metrics.clone();
         ctx.spawn(
             async move {
                 let room = req.room.clone();
-                let frame = match routes.call(req, timeout).await {
+                let result = routes.call(req, timeout).await;
+                if matches!(&result, Err(e) if e.code == ErrorCode::RateLimited) {
+                    metrics.rate_limited.with_label_values(&["router"]).inc();
+                }
+                let frame = match result {
                     Ok(reply) => frame::reply(
                         &reply_to,
                         &reply.msg_type,
@@ -495,6 +515,7 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.state.metrics.connections.inc();
         self.state.registry.do_send(Register {
             connection_id: self.id.clone(),
             user: self.identity.user.clone(),
@@ -529,6 +550,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.state.metrics.connections.dec();
         let mut rooms = Vec::with_capacity(self.rooms.len());
         for (name, room) in std::mem::take(&mut self.rooms) {
             room.do_send(Leave {

@@ -134,6 +134,7 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     };
     if let Some(limiter) = &state.api_limiter {
         if limiter.check_key(&caller).is_err() {
+            state.metrics.rate_limited.with_label_values(&["api"]).inc();
             audit("rejected: rate limited", &caller);
             return Err(ApiError::new(
                 ErrorCode::RateLimited,

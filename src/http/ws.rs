@@ -46,6 +46,11 @@ pub async fn connect(
             Session::start(state.clone(), identity, connection_id.into(), ws, stream);
         }
         Err(err) => {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[err.reason()])
+                .inc();
             log::warn!(
                 "audit: auth failure conn={connection_id} reason={} peer={:?}",
                 err.reason(),

@@ -45,6 +45,7 @@ pub enum SendError {
 }
 
 struct Shared {
+    overflows: Option<prometheus::IntCounter>,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     closed: AtomicBool,
@@ -66,10 +67,15 @@ pub struct OutboundReceiver {
 }
 
 impl Outbound {
-    /// A queue bounded by `max_frames` and `max_bytes`.
-    pub fn bounded(max_frames: usize, max_bytes: usize) -> (Outbound, OutboundReceiver) {
+    /// A queue bounded by `max_frames` and `max_bytes`; `overflows` counts 4009 closes.
+    pub fn bounded(
+        max_frames: usize,
+        max_bytes: usize,
+        overflows: Option<prometheus::IntCounter>,
+    ) -> (Outbound, OutboundReceiver) {
         let (tx, rx) = mpsc::channel(max_frames.max(1));
         let shared = Arc::new(Shared {
+            overflows,
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             closed: AtomicBool::new(false),
@@ -148,6 +154,9 @@ impl Outbound {
     fn overflow(&self) {
         if !self.shared.closed.swap(true, Ordering::AcqRel) {
             log::warn!("slow consumer: outbound queue full, closing with 4009");
+            if let Some(counter) = &self.shared.overflows {
+                counter.inc();
+            }
             self.set_abort(close_reason(close::SLOW_CONSUMER, "slow consumer"));
         }
     }
@@ -242,7 +251,7 @@ mod tests {
 
     #[test]
     fn overflow_by_frames_closes_with_4009() {
-        let (out, rx) = Outbound::bounded(2, 1 << 20);
+        let (out, rx) = Outbound::bounded(2, 1 << 20, None);
         out.send("a".into()).unwrap();
         out.send("b".into()).unwrap();
         assert_eq!(out.send("c".into()), Err(SendError::Overflow));
@@ -253,14 +262,14 @@ mod tests {
 
     #[test]
     fn overflow_by_bytes() {
-        let (out, _rx) = Outbound::bounded(100, 10);
+        let (out, _rx) = Outbound::bounded(100, 10, None);
         out.send("12345".into()).unwrap();
         assert_eq!(out.send("123456".into()), Err(SendError::Overflow));
     }
 
     #[test]
     fn graceful_close_queues_behind_frames() {
-        let (out, mut rx) = Outbound::bounded(4, 100);
+        let (out, mut rx) = Outbound::bounded(4, 100, None);
         out.send("last words".into()).unwrap();
         out.close(close::SERVICE_RESTART, "bye");
         assert!(matches!(rx.rx.try_recv(), Ok(Outgoing::Text(_))));

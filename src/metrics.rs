@@ -1,0 +1,225 @@
+//! Prometheus metrics, one registry per broker (so embedded and test brokers do not share
+//! counters). Hot paths touch only pre-registered atomic counters: a publish adds its
+//! delivery count once, never per member.
+
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::actors::router::{HandlerError, HandlerRequest, Reply};
+use crate::middleware::Middleware;
+use crate::Broker;
+
+/// Every metric the broker exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// Sessions by state: `open` (registered) and `detached` (kept for resume).
+    pub sessions: IntGaugeVec,
+    /// Running room actors.
+    pub rooms: IntGauge,
+    /// Inbound messages by type.
+    pub messages_in: IntCounterVec,
+    /// Messages published into rooms, by type (each counted once, not per member).
+    pub messages_published: IntCounterVec,
+    /// Room messages queued to members (one per member per message).
+    pub deliveries: IntCounter,
+    /// Messages replayed from history (join with since_seq, resume).
+    pub replayed: IntCounter,
+    /// Sessions closed with 4009 because their outbound queue was full.
+    pub slow_consumer_closes: IntCounter,
+    /// Requests refused by a rate limit, by scope (`session`, `router`, `api`).
+    pub rate_limited: IntCounterVec,
+    /// Authentication failures by reason.
+    pub auth_failures: IntCounterVec,
+    /// Application handler latency by message type.
+    pub handler_seconds: HistogramVec,
+    /// HTTP requests by route pattern and status.
+    pub http_requests: IntCounterVec,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections: IntGauge::new("switchboard_connections", "Open WebSocket connections")
+                .expect("valid metric"),
+            sessions: IntGaugeVec::new(
+                Opts::new("switchboard_sessions", "Sessions by state"),
+                &["state"],
+            )
+            .expect("valid metric"),
+            rooms: IntGauge::new("switchboard_rooms", "Running rooms").expect("valid metric"),
+            messages_in: IntCounterVec::new(
+                Opts::new("switchboard_messages_in_total", "Inbound messages by type"),
+                &["type"],
+            )
+            .expect("valid metric"),
+            messages_published: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_messages_published_total",
+                    "Messages published into rooms by type",
+                ),
+                &["type"],
+            )
+            .expect("valid metric"),
+            deliveries: IntCounter::new(
+                "switchboard_deliveries_total",
+                "Room messages queued to members",
+            )
+            .expect("valid metric"),
+            replayed: IntCounter::new(
+                "switchboard_replayed_messages_total",
+                "Messages replayed from history",
+            )
+            .expect("valid metric"),
+            slow_consumer_closes: IntCounter::new(
+                "switchboard_slow_consumer_closes_total",
+                "Sessions closed with 4009 (outbound queue full)",
+            )
+            .expect("valid metric"),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_rate_limited_total",
+                    "Requests refused by a rate limit",
+                ),
+                &["scope"],
+            )
+            .expect("valid metric"),
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_auth_failures_total",
+                    "Authentication failures by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            handler_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchboard_handler_duration_seconds",
+                    "Application handler latency",
+                )
+                .buckets(vec![
+                    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+                ]),
+                &["type"],
+            )
+            .expect("valid metric"),
+            http_requests: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(m.connections.clone()),
+            Box::new(m.sessions.clone()),
+            Box::new(m.rooms.clone()),
+            Box::new(m.messages_in.clone()),
+            Box::new(m.messages_published.clone()),
+            Box::new(m.deliveries.clone()),
+            Box::new(m.replayed.clone()),
+            Box::new(m.slow_consumer_closes.clone()),
+            Box::new(m.rate_limited.clone()),
+            Box::new(m.auth_failures.clone()),
+            Box::new(m.handler_seconds.clone()),
+            Box::new(m.http_requests.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The label for an inbound message type: broker types by name, application types only
+/// when a handler is registered (so clients cannot inflate label cardinality).
+pub fn type_label(msg_type: &str, registered: bool) -> &str {
+    if crate::protocol::types::is_broker_type(msg_type) {
+        match msg_type {
+            crate::protocol::types::ROOM_JOIN
+            | crate::protocol::types::ROOM_LEAVE
+            | crate::protocol::types::ROOM_PUBLISH
+            | crate::protocol::types::SYSTEM_PING
+            | crate::protocol::types::SYSTEM_PONG
+            | crate::protocol::types::SYSTEM_CONNECTION_RESUME => msg_type,
+            _ => "unknown",
+        }
+    } else if registered {
+        msg_type
+    } else {
+        "unknown"
+    }
+}
+
+/// Router middleware recording handler latency.
+pub struct HandlerTiming(pub std::sync::Arc<Metrics>);
+
+impl Middleware for HandlerTiming {
+    fn after(&self, req: &HandlerRequest, _: &Result<Reply, HandlerError>, elapsed: Duration) {
+        if let Ok(h) = self
+            .0
+            .handler_seconds
+            .get_metric_with_label_values(&[&req.msg_type])
+        {
+            h.observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// `GET /metrics`.
+pub async fn endpoint(broker: web::Data<Broker>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(broker.metrics().render())
+}
+
+/// HTTP middleware counting requests by route pattern and status. `server::serve` wraps
+/// the whole app with it; embedders can do the same with
+/// `App::new().wrap(actix_web::middleware::from_fn(switchboard::metrics::track_http))`.
+pub async fn track_http(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let metrics = req
+        .app_data::<web::Data<Broker>>()
+        .map(|b| b.metrics().clone());
+    let res = next.call(req).await?;
+    if let Some(metrics) = metrics {
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        metrics
+            .http_requests
+            .with_label_values(&[route.as_str(), res.status().as_str()])
+            .inc();
+    }
+    Ok(res)
+}
