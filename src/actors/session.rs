@@ -60,6 +60,7 @@ impl Session {
     ) -> Addr<Session> {
         let limits = &state.config.limits;
         let (out, rx) = Outbound::bounded(
+            connection_id.clone(),
             limits.outbound_queue_messages,
             limits.outbound_queue_bytes,
             Some(state.metrics.slow_consumer_closes.clone()),

@@ -45,6 +45,8 @@ pub enum SendError {
 }
 
 struct Shared {
+    /// The connection id, for log lines.
+    conn: Arc<str>,
     overflows: Option<prometheus::IntCounter>,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -67,14 +69,17 @@ pub struct OutboundReceiver {
 }
 
 impl Outbound {
-    /// A queue bounded by `max_frames` and `max_bytes`; `overflows` counts 4009 closes.
+    /// A queue for connection `conn` bounded by `max_frames` and `max_bytes`; `overflows`
+    /// counts 4009 closes.
     pub fn bounded(
+        conn: Arc<str>,
         max_frames: usize,
         max_bytes: usize,
         overflows: Option<prometheus::IntCounter>,
     ) -> (Outbound, OutboundReceiver) {
         let (tx, rx) = mpsc::channel(max_frames.max(1));
         let shared = Arc::new(Shared {
+            conn,
             overflows,
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
@@ -153,7 +158,10 @@ impl Outbound {
 
     fn overflow(&self) {
         if !self.shared.closed.swap(true, Ordering::AcqRel) {
-            log::warn!("slow consumer: outbound queue full, closing with 4009");
+            log::warn!(
+                "conn={} slow consumer: outbound queue full, closing with 4009",
+                self.shared.conn
+            );
             if let Some(counter) = &self.shared.overflows {
                 counter.inc();
             }
@@ -251,7 +259,7 @@ mod tests {
 
     #[test]
     fn overflow_by_frames_closes_with_4009() {
-        let (out, rx) = Outbound::bounded(2, 1 << 20, None);
+        let (out, rx) = Outbound::bounded("t".into(), 2, 1 << 20, None);
         out.send("a".into()).unwrap();
         out.send("b".into()).unwrap();
         assert_eq!(out.send("c".into()), Err(SendError::Overflow));
@@ -262,14 +270,14 @@ mod tests {
 
     #[test]
     fn overflow_by_bytes() {
-        let (out, _rx) = Outbound::bounded(100, 10, None);
+        let (out, _rx) = Outbound::bounded("t".into(), 100, 10, None);
         out.send("12345".into()).unwrap();
         assert_eq!(out.send("123456".into()), Err(SendError::Overflow));
     }
 
     #[test]
     fn graceful_close_queues_behind_frames() {
-        let (out, mut rx) = Outbound::bounded(4, 100, None);
+        let (out, mut rx) = Outbound::bounded("t".into(), 4, 100, None);
         out.send("last words".into()).unwrap();
         out.close(close::SERVICE_RESTART, "bye");
         assert!(matches!(rx.rx.try_recv(), Ok(Outgoing::Text(_))));
