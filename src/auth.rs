@@ -330,7 +330,7 @@ impl Authenticator {
     /// The token of a request: `Authorization: Bearer`, then `?token=`, then the cookie.
     pub fn extract_token(&self, req: &HttpRequest) -> Option<String> {
         if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
-            if let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+            if let Some(token) = value.to_str().ok().and_then(bearer_token) {
                 return Some(token.trim().to_owned());
             }
         }
@@ -345,6 +345,16 @@ impl Authenticator {
         }
         req.cookie(&self.cookie_name).map(|c| c.value().to_owned())
     }
+}
+
+/// The credentials of an `Authorization: Bearer …` header value (the scheme is
+/// case-insensitive, as RFC 7235 says).
+pub fn bearer_token(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Signs an HS256 token: for `switchboard token`, development and tests.
@@ -389,6 +399,16 @@ mod tests {
             ..AuthConfig::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]

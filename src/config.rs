@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 /// The HS256 secret of dev mode. It is public on purpose: dev mode only binds loopback.
 pub const DEV_HS256_SECRET: &str = "switchboard-dev-secret-not-for-production";
 
+/// The API key of dev mode. Public on purpose, like [`DEV_HS256_SECRET`].
+pub const DEV_API_KEY: &str = "switchboard-dev-api-key";
+
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
@@ -384,6 +387,7 @@ impl Config {
         config.auth.hs256_secret = DEV_HS256_SECRET.into();
         config.router.allow_anonymous = true;
         config.server.allowed_origins = vec!["*".into()];
+        config.api.keys = vec![DEV_API_KEY.into()];
         config
     }
 

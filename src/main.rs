@@ -113,7 +113,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     if config.dev_mode {
         log::warn!(
             "DEV MODE (no --config): loopback only, anonymous sessions allowed, every origin \
-             allowed, tokens signed with the public dev secret. Do not expose this instance."
+             allowed, tokens signed with the public dev secret, API key \
+             switchboard-dev-api-key. Do not expose this instance."
         );
     }
     let bind = match config.bind_addr() {

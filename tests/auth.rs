@@ -191,6 +191,15 @@ async fn joining_or_publishing_outside_the_token_is_forbidden() {
     c.publish("conversation:7", "p", json!("hi")).await;
     let err = c.recv_type("system.error").await;
     assert_eq!(err["payload"]["code"], "forbidden", "read-only token");
+
+    // Only the server reaches every session: even a token for "*" cannot publish there.
+    let mut all = Client::connect(&broker.ws_url(Some(&token("all", &["*"])))).await;
+    all.recv_type("system.connection.established").await;
+    all.publish("broadcast", "b", json!("to everyone")).await;
+    assert_eq!(
+        all.recv_type("system.error").await["payload"]["code"],
+        "forbidden"
+    );
 }
 
 #[actix_rt::test]

@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{test_config, token, Client, TestBroker};
 use switchboard::config::NamespaceConfig;
 
@@ -111,9 +111,32 @@ async fn a_retried_publish_is_acked_with_the_original_seq_and_not_delivered_agai
 }
 
 #[actix_rt::test]
+async fn jsonrpc_request_ids_are_not_message_ids() {
+    let broker = TestBroker::start(test_config());
+    let mut a = broker.client("a", &["r"]).await;
+    let mut b = broker.client("b", &["r"]).await;
+    a.join("r").await;
+    b.join("r").await;
+    // Both number their requests from 1: two different messages, not a duplicate.
+    for c in [&mut a, &mut b] {
+        c.send_json(json!({"jsonrpc": "2.0", "method": "room.publish",
+            "params": {"room": "r", "payload": "x"}, "id": 1}))
+            .await;
+    }
+    let mut seqs = Vec::new();
+    for c in [&mut a, &mut b] {
+        let ack = c.skip_until_result().await;
+        assert_eq!(ack["result"]["duplicate"], Value::Null);
+        seqs.push(ack["result"]["seq"].as_u64().unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, vec![1, 2]);
+}
+
+#[actix_rt::test]
 async fn resume_rejoins_every_room_and_replays_the_gap() {
     let broker = TestBroker::start(test_config());
-    let t = token("sub", &["r1", "r2"]);
+    let t = token("sub", &["r1", "r2", "r3"]);
     let mut sub = Client::connect(&broker.ws_url(Some(&t))).await;
     let old_id = sub.recv_type("system.connection.established").await["payload"]["connection_id"]
         .as_str()
@@ -121,6 +144,7 @@ async fn resume_rejoins_every_room_and_replays_the_gap() {
         .to_owned();
     sub.join("r1").await;
     sub.join("r2").await;
+    sub.join("r3").await;
     let mut publisher = broker.client("pub", &["r1", "r2"]).await;
     publisher.join("r1").await;
     publisher.join("r2").await;
@@ -145,7 +169,13 @@ async fn resume_rejoins_every_room_and_replays_the_gap() {
     let resumed = loop {
         let msg = sub.recv().await;
         match msg["type"].as_str().unwrap() {
-            "room.joined" => {}
+            "room.joined" if msg["room"] == "r3" => {
+                assert_eq!(
+                    msg["payload"]["recovered"], false,
+                    "r3 was not listed: gap unknown"
+                )
+            }
+            "room.joined" => assert_eq!(msg["payload"]["recovered"], true),
             "room.message" => replayed
                 .entry(msg["room"].as_str().unwrap().to_owned())
                 .or_default()
@@ -163,6 +193,10 @@ async fn resume_rejoins_every_room_and_replays_the_gap() {
     assert_eq!(
         resumed["payload"]["rooms"]["r2"],
         json!({"seq": 2, "recovered": true})
+    );
+    assert_eq!(
+        resumed["payload"]["rooms"]["r3"],
+        json!({"seq": 0, "recovered": false})
     );
     assert_eq!(replayed["r1"], vec![4, 5, 6, 7]);
     assert_eq!(replayed["r2"], vec![1, 2]);

@@ -45,6 +45,25 @@ impl Api {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(method, path, body, None).await
+    }
+
+    async fn call_with_header(
+        &self,
+        method: &str,
+        path: &str,
+        header: (&str, &str),
+    ) -> (StatusCode, Value) {
+        self.send(method, path, None, Some(header)).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        header: Option<(&str, &str)>,
+    ) -> (StatusCode, Value) {
         let client = awc::Client::new();
         let url = format!("{}{path}", self.base);
         let mut req = match method {
@@ -55,6 +74,9 @@ impl Api {
         };
         if let Some(auth) = &self.auth {
             req = req.bearer_auth(auth);
+        }
+        if let Some(h) = header {
+            req = req.insert_header(h);
         }
         let mut resp = match body {
             Some(b) => req.send_json(&b).await,
@@ -279,6 +301,15 @@ async fn api_auth_keys_admin_tokens_and_errors() {
         .call("GET", "/api/rooms", None)
         .await;
     assert_eq!(status, 200);
+    // The scheme is case-insensitive (RFC 7235).
+    let (status, _) = Api::with_auth(&broker, None)
+        .call_with_header(
+            "GET",
+            "/api/rooms",
+            ("authorization", &format!("bearer {admin}")),
+        )
+        .await;
+    assert_eq!(status, 200);
 
     let api = Api::new(&broker);
     let (status, body) = api
@@ -306,10 +337,19 @@ async fn api_auth_keys_admin_tokens_and_errors() {
         )
         .await;
     assert_eq!(status, 400);
+    // The API cannot forge broker events.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/rooms/r/publish",
+            Some(json!({"type": "presence.leave", "payload": {}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
     let (status, _) = api.call("GET", "/api/nothing-here", None).await;
     assert_eq!(status, 404);
 
-    // The key has used 5 requests of its 5/s budget by now.
+    // The key has used all 5 requests of its 5/s budget by now.
     let mut limited = false;
     for _ in 0..5 {
         let (status, body) = api.call("GET", "/api/rooms", None).await;

@@ -212,6 +212,9 @@ pub struct Join {
     pub reply_to: Option<ReplyTo>,
     /// Replay messages after this seq.
     pub since_seq: Option<u64>,
+    /// The member's position is unknown (a resumed room the client did not list): nothing
+    /// is replayed and `recovered` is false.
+    pub position_unknown: bool,
 }
 
 impl Handler<Join> for Room {
@@ -222,7 +225,7 @@ impl Handler<Join> for Room {
         self.idle_epoch += 1;
         let replay = msg.since_seq.map(|since| self.log().since(since));
         let seq = self.log().last_seq();
-        let recovered = replay.as_ref().is_none_or(|r| r.recovered);
+        let recovered = !msg.position_unknown && replay.as_ref().is_none_or(|r| r.recovered);
         let rejoin = self.members.contains_key(&msg.connection_id);
         let new_user = self.policy.presence && !rejoin && {
             let entry = self

@@ -229,7 +229,7 @@ impl Session {
         if let Err((code, msg)) = self.check_join(&room, 0) {
             return self.send_error(&inbound.reply_to, code, &msg);
         }
-        let joining = self.join_room(room.clone(), Some(inbound.reply_to), since_seq);
+        let joining = self.join_room(room.clone(), Some(inbound.reply_to), Some(since_seq));
         joining
             .into_actor(self)
             .map(move |result, act, _| match result {
@@ -279,11 +279,13 @@ impl Session {
     }
 
     /// Asks the Registry to join `room`; resolves with the room's address and outcome.
+    /// `since_seq` is `Some(None)` for a plain join, `Some(Some(n))` to replay after `n`, and
+    /// `None` when the client's position is unknown (see [`Join::position_unknown`]).
     fn join_room(
         &self,
         room: String,
         reply_to: Option<ReplyTo>,
-        since_seq: Option<u64>,
+        since_seq: Option<Option<u64>>,
     ) -> impl std::future::Future<Output = Result<(Addr<Room>, JoinOutcome), MailboxError>> + 'static
     {
         let join = Join {
@@ -291,7 +293,8 @@ impl Session {
             user: self.identity.user.clone(),
             out: self.out.clone(),
             reply_to,
-            since_seq,
+            since_seq: since_seq.flatten(),
+            position_unknown: since_seq.is_none(),
         };
         let sent = self.state.registry.send(JoinRoom { room, join });
         async move { sent.await? }
@@ -357,13 +360,14 @@ impl Session {
                     let reply = ReplyTo::Native {
                         correlation_id: None,
                     };
-                    let joining = act.join_room(room.clone(), Some(reply), since_seq);
-                    joins.push(async move { (room, since_seq, joining.await) });
+                    // A room the client did not list has an unknown position (`None`).
+                    let joining = act.join_room(room.clone(), Some(reply), since_seq.map(Some));
+                    joins.push(async move { (room, joining.await) });
                 }
                 futures_util::future::join_all(joins)
                     .into_actor(act)
                     .map(move |results, act, _| {
-                        for (room, since_seq, result) in results {
+                        for (room, result) in results {
                             match result {
                                 Ok((addr, outcome)) => {
                                     act.rooms.insert(room.clone(), addr);
@@ -371,7 +375,7 @@ impl Session {
                                         room,
                                         json!({
                                             "seq": outcome.seq,
-                                            "recovered": since_seq.is_some() && outcome.recovered,
+                                            "recovered": outcome.recovered,
                                         }),
                                     );
                                 }
@@ -423,7 +427,10 @@ impl Session {
             Ok(room) => room,
             Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
         };
-        if !self.identity.may_publish(&room) || !self.state.config.room_policy(&room).client_publish
+        // Only the server reaches every session: clients never publish to `broadcast`.
+        if room == types::BROADCAST_ROOM
+            || !self.identity.may_publish(&room)
+            || !self.state.config.room_policy(&room).client_publish
         {
             return self.send_error(
                 &inbound.reply_to,
@@ -438,6 +445,10 @@ impl Session {
                 &format!("not a member of room `{room}`: join it before publishing"),
             );
         };
+        if inbound.id.as_deref() == Some("") {
+            let msg = "`id` must not be empty (omit it to get a server id)";
+            return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, msg);
+        }
         addr.do_send(Publish {
             from: Publisher::Member {
                 connection_id: self.id.clone(),
@@ -537,7 +548,7 @@ impl Actor for Session {
         let automatic =
             std::iter::once(types::BROADCAST_ROOM.to_owned()).chain(self.identity.personal_room());
         for room in automatic {
-            let joining = self.join_room(room.clone(), None, None);
+            let joining = self.join_room(room.clone(), None, Some(None));
             joining
                 .into_actor(self)
                 .map(move |result, act, _| {

@@ -88,8 +88,7 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(crate::auth::bearer_token);
     let audit = |outcome: &str, caller: &str| {
         log::info!(
             "audit: api {} {} caller={caller} {outcome} peer={:?}",
@@ -124,6 +123,11 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
                 ));
             }
             Err(err) => {
+                state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[&format!("api_{}", err.reason())])
+                    .inc();
                 audit(&format!("rejected: {}", err.reason()), "-");
                 return Err(ApiError::new(
                     ErrorCode::Unauthorized,
@@ -177,7 +181,7 @@ pub struct PublishRequest {
     #[serde(rename = "type")]
     pub msg_type: Option<String>,
     /// Any JSON.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: Box<RawValue>,
     /// Message id; a retry with the same id in the same room is not delivered twice.
     pub id: Option<String>,
@@ -202,12 +206,18 @@ async fn publish_to(
     body: PublishRequest,
 ) -> Result<PublishResponse, ApiError> {
     if let Some(t) = &body.msg_type {
-        if t.is_empty() || (types::is_broker_type(t) && t != types::ROOM_MESSAGE) {
+        if t.is_empty() || (types::is_reserved(t) && t != types::ROOM_MESSAGE) {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
-                "`type` must be non-empty and not a room.*/system.* type other than room.message",
+                "`type` must be non-empty and not a broker type (room.*, system.*, presence.*, ack) other than room.message",
             ));
         }
+    }
+    if body.id.as_deref() == Some("") {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "`id` must not be empty",
+        ));
     }
     let publish = || Publish {
         from: Publisher::Server,

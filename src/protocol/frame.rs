@@ -280,9 +280,11 @@ fn parse_jsonrpc(raw: RawFrame) -> Result<Inbound, ParseError> {
             None => (None, None, None),
             Some((p, whole)) => (p.room, p.id, Some(p.payload.unwrap_or(whole))),
         };
+        // The message id of a JSON-RPC publish is `params.id` only: request ids are chosen
+        // per connection and would collide in a room's duplicate check.
         return Ok(Inbound {
             msg_type: method,
-            id: id.or(rpc_id_string),
+            id,
             room,
             payload,
             reply_to,

@@ -40,6 +40,12 @@ pub fn is_broker_type(msg_type: &str) -> bool {
     msg_type.starts_with("room.") || msg_type.starts_with("system.")
 }
 
+/// Whether `msg_type` is one only the broker itself may send (broker types, presence
+/// events, acks): servers publishing through the API may not forge them.
+pub fn is_reserved(msg_type: &str) -> bool {
+    is_broker_type(msg_type) || msg_type.starts_with("presence.") || msg_type == ACK
+}
+
 /// The `system.connection.close` reason sent before a graceful shutdown.
 pub const REASON_SERVER_SHUTDOWN: &str = "server_shutdown";
 

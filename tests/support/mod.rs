@@ -238,6 +238,16 @@ impl Client {
         }
     }
 
+    /// The next JSON-RPC response (a frame with `result` or `error`), skipping pushes.
+    pub async fn skip_until_result(&mut self) -> Value {
+        loop {
+            let msg = self.recv().await;
+            if msg.get("result").is_some() || msg.get("error").is_some() {
+                return msg;
+            }
+        }
+    }
+
     /// Reads until the broker closes; returns the close code and reason. Answers the close.
     pub async fn expect_close(&mut self) -> Closed {
         loop {
