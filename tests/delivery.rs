@@ -255,8 +255,9 @@ async fn resume_state_is_per_user_and_expires_but_listed_rooms_still_recover() {
 }
 
 #[actix_rt::test]
-async fn a_subscriber_cut_twenty_times_still_gets_every_message_once_in_order() {
-    const TOTAL: u64 = 2_000;
+async fn a_subscriber_cut_a_hundred_times_still_gets_every_message_once_in_order() {
+    const TOTAL: u64 = 10_000;
+    const CUTS: usize = 100;
     let mut config = with_namespace(
         "stream",
         NamespaceConfig {
@@ -312,7 +313,7 @@ async fn a_subscriber_cut_twenty_times_still_gets_every_message_once_in_order() 
             }
             previous = Some(id);
             // Read a stretch, then cut the connection without a close handshake.
-            let stretch = if cuts < 20 { 90 } else { usize::MAX };
+            let stretch = if cuts < CUTS { 95 } else { usize::MAX };
             let mut read = 0;
             while read < stretch && seen.len() < TOTAL as usize {
                 let msg = c.recv().await;
@@ -326,7 +327,11 @@ async fn a_subscriber_cut_twenty_times_still_gets_every_message_once_in_order() 
         (seen, cuts)
     };
     let ((), (seen, cuts)) = futures_util::join!(publishing, subscribing);
-    assert_eq!(cuts, 21, "20 cut connections and the one that finished");
+    assert_eq!(
+        cuts,
+        CUTS + 1,
+        "100 cut connections and the one that finished"
+    );
     let expected: Vec<u64> = (1..=TOTAL).collect();
     assert_eq!(seen, expected, "every message exactly once, in order");
 }
