@@ -69,6 +69,8 @@ async fn main() -> std::io::Result<()> {
     })
     // Sessions are closed by the broker on shutdown; drop TCP right after a close handshake.
     .client_disconnect_timeout(std::time::Duration::ZERO)
+    // Small frames go out at once (no Nagle delay behind delayed ACKs).
+    .tcp_nodelay(true)
     .disable_signals()
     .bind(("127.0.0.1", 8080))?
     .run();

@@ -31,6 +31,9 @@ pub async fn serve(
     })
     .workers(workers)
     .disable_signals()
+    // Small frames go out at once: without it Nagle holds frames behind a delayed ACK
+    // (25-40 ms stalls after every ping/pong exchange, see docs/PERFORMANCE.md).
+    .tcp_nodelay(true)
     // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
     .client_disconnect_timeout(Duration::ZERO)
     // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
