@@ -1,0 +1,282 @@
+//! `loadgen`: opens real WebSocket connections against switchboard or a peer broker (NATS,
+//! Mosquitto, a Node `ws` server) and runs one scenario: `fanout`, `rooms`, `idle` or
+//! `churn`. Prints a human summary and one JSON line (also appended to `--json-out`).
+//!
+//! It runs on one thread (pin it with `taskset`); every loop is bounded by counts and
+//! timeouts, and it only connects to loopback addresses.
+
+mod procfs;
+mod proto;
+mod report;
+mod scenario;
+mod table;
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use proto::{Endpoint, Target};
+use report::Report;
+use scenario::{Common, RoomsPlan};
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    about = "WebSocket load generator for switchboard and its peers"
+)]
+struct Cli {
+    /// Protocol of the broker under test.
+    #[arg(long, value_enum, global = true, default_value = "switchboard")]
+    target: Target,
+    /// WebSocket URL (loopback only); default: the port scripts/bench.sh uses for the target.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Subprotocol to offer (default: switchboard.v1 / mqtt / none; "" for none).
+    #[arg(long, global = true)]
+    subprotocol: Option<String>,
+    /// The broker's process id: its CPU time and memory are read from /proc.
+    #[arg(long, global = true)]
+    broker_pid: Option<String>,
+    /// Connections opened concurrently per batch.
+    #[arg(long, global = true, default_value_t = 100)]
+    batch: usize,
+    /// Pause between connection batches, in milliseconds.
+    #[arg(long, global = true, default_value_t = 0)]
+    batch_pause_ms: u64,
+    /// Payload size in bytes (at least ~40: it carries a timestamp and a sequence number).
+    #[arg(long, global = true, default_value_t = 64)]
+    payload: usize,
+    /// Seconds to wait for missing deliveries once nothing more arrives.
+    #[arg(long, global = true, default_value_t = 5.0)]
+    drain_timeout: f64,
+    /// MQTT keepalive announced in CONNECT, in seconds.
+    #[arg(long, global = true, default_value_t = 30)]
+    mqtt_keepalive: u16,
+    /// MQTT: seconds between a client's PINGREQs.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    client_ping: f64,
+    /// WebSocket read buffer per connection, in bytes (default 64 KiB, 4 KiB for idle/churn).
+    #[arg(long, global = true)]
+    read_buffer: Option<usize>,
+    /// A name for this run in the report (default: the scenario).
+    #[arg(long, global = true)]
+    label: Option<String>,
+    /// Also append the JSON line to this file.
+    #[arg(long, global = true)]
+    json_out: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// S subscribers in one room, one publisher, M messages.
+    Fanout {
+        /// Subscribers.
+        #[arg(long, default_value_t = 1000)]
+        subs: usize,
+        /// Messages published.
+        #[arg(long, default_value_t = 1000)]
+        messages: u64,
+        /// Messages per second (default: as fast as the window allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Messages in flight at most (published but not yet delivered everywhere); 0 = no
+        /// limit.
+        #[arg(long, default_value_t = 100)]
+        window: u64,
+    },
+    /// R rooms of k subscribers; the publisher goes round-robin over the rooms.
+    Rooms {
+        /// Rooms.
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        /// Subscribers per room.
+        #[arg(long, default_value_t = 5)]
+        per_room: usize,
+        /// Messages published in total.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Messages per second (default: as fast as the window allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Messages in flight at most; 0 = no limit.
+        #[arg(long, default_value_t = 1000)]
+        window: u64,
+    },
+    /// N connections held idle for T seconds, answering heartbeats (memory per connection).
+    Idle {
+        /// Connections.
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        /// Rooms they join (connection i joins room i mod rooms).
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Seconds to hold them (0: just measure the ramp).
+        #[arg(long, default_value_t = 60.0)]
+        hold: f64,
+    },
+    /// Workers loop connect → join → leave → close.
+    Churn {
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Cycles in total.
+        #[arg(long, default_value_t = 5000)]
+        count: u64,
+        /// Stop after this many seconds even if `count` is not reached.
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        /// Rooms the workers spread over.
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+    },
+    /// Prints a Markdown table of JSON result lines (one file of `--json-out` lines), one
+    /// column per target and switchboard/peer ratios.
+    Table {
+        /// Files of JSON result lines.
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::Fanout { .. } => "fanout",
+            Scenario::Rooms { .. } => "rooms",
+            Scenario::Idle { .. } => "idle",
+            Scenario::Churn { .. } => "churn",
+            Scenario::Table { .. } => "table",
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Scenario::Table { files } = &cli.scenario {
+        match table::render(files) {
+            Ok(t) => print!("{t}"),
+            Err(e) => {
+                eprintln!("loadgen table: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let nofile = procfs::raise_nofile();
+    let read_buffer = cli.read_buffer.unwrap_or(match cli.scenario {
+        Scenario::Idle { .. } | Scenario::Churn { .. } => 4096,
+        _ => 64 * 1024,
+    });
+    let ep = match Endpoint::new(
+        cli.target,
+        cli.url.clone(),
+        cli.subprotocol.clone(),
+        cli.mqtt_keepalive,
+        read_buffer,
+    ) {
+        Ok(ep) => ep,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let common = Common {
+        ep,
+        broker_pid: cli.broker_pid.clone(),
+        batch: cli.batch,
+        batch_pause: Duration::from_millis(cli.batch_pause_ms),
+        payload: cli.payload.max(40),
+        drain_timeout: Duration::from_secs_f64(cli.drain_timeout.max(0.1)),
+        client_ping: Duration::from_secs_f64(cli.client_ping.max(0.1)),
+    };
+    let mut r = Report::default();
+    r.set("target", cli.target.name());
+    r.set("scenario", cli.scenario.name());
+    r.set(
+        "label",
+        cli.label
+            .clone()
+            .unwrap_or_else(|| cli.scenario.name().into()),
+    );
+    r.set("url", common.ep.url.clone());
+    if nofile < 1024 {
+        eprintln!("loadgen: warning: open-file limit is only {nofile}");
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        match cli.scenario {
+            Scenario::Fanout {
+                subs,
+                messages,
+                rate,
+                window,
+            } => {
+                let plan = RoomsPlan {
+                    rooms: 1,
+                    per_room: subs,
+                    messages,
+                    rate,
+                    window,
+                    prefix: "fanout".into(),
+                };
+                r.set("subs", subs);
+                scenario::rooms(&common, &plan, &mut r).await;
+            }
+            Scenario::Rooms {
+                rooms,
+                per_room,
+                messages,
+                rate,
+                window,
+            } => {
+                let plan = RoomsPlan {
+                    rooms: rooms.max(1),
+                    per_room,
+                    messages,
+                    rate,
+                    window,
+                    prefix: "rooms".into(),
+                };
+                scenario::rooms(&common, &plan, &mut r).await;
+            }
+            Scenario::Idle { conns, rooms, hold } => {
+                let hold = Duration::from_secs_f64(hold.max(0.0));
+                scenario::idle(&common, conns, rooms, hold, &mut r).await;
+            }
+            Scenario::Churn {
+                concurrency,
+                count,
+                duration,
+                rooms,
+            } => {
+                let duration = Duration::from_secs_f64(duration.max(0.1));
+                scenario::churn(&common, concurrency, count, duration, rooms, &mut r).await;
+            }
+            Scenario::Table { .. } => unreachable!("handled above"),
+        }
+    });
+    // Dropping the runtime closes every socket that is still open.
+    drop(local);
+    drop(rt);
+
+    println!("{}", r.human());
+    let line = r.json_line();
+    println!("{line}");
+    if let Some(path) = &cli.json_out {
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            eprintln!("loadgen: cannot append to {}: {e}", path.display());
+        }
+    }
+}
