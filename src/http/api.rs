@@ -20,7 +20,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::error::ApiError;
 use crate::actors::registry::{DisconnectSession, ListRooms, RoomFor};
-use crate::actors::room::{GetHistory, GetPresence, PresenceInfo, Publish, Publisher, RoomInfo};
+use crate::actors::room::{
+    GetHistory, GetPresence, PresenceInfo, Publish, Publisher, Room, RoomInfo,
+};
 use crate::config::ApiConfig;
 use crate::protocol::{frame, types, ErrorCode};
 use crate::Broker;
@@ -166,6 +168,18 @@ fn room_path(room: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The Room actor for `room`, started if needed.
+async fn room_actor(broker: &Broker, room: &str) -> Result<actix::Addr<Room>, ApiError> {
+    broker
+        .state()
+        .registry
+        .send(RoomFor {
+            room: room.to_owned(),
+        })
+        .await
+        .map_err(mailbox)
+}
+
 fn mailbox(err: actix::MailboxError) -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
@@ -228,12 +242,7 @@ async fn publish_to(
     // A room retiring at this instant refuses the message; the second address is a fresh
     // room actor.
     for _ in 0..2 {
-        let addr = broker
-            .state()
-            .registry
-            .send(RoomFor { room: room.clone() })
-            .await
-            .map_err(mailbox)?;
+        let addr = room_actor(broker, &room).await?;
         if let Ok(Some(published)) = addr.send(publish()).await {
             return Ok(PublishResponse {
                 room,
@@ -330,12 +339,7 @@ async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let room = room_path(&room)?;
     let limit = query.limit.unwrap_or(100).min(1000);
-    let addr = broker
-        .state()
-        .registry
-        .send(RoomFor { room: room.clone() })
-        .await
-        .map_err(mailbox)?;
+    let addr = room_actor(&broker, &room).await?;
     let found = addr
         .send(GetHistory {
             since: query.since.unwrap_or(0),
@@ -383,12 +387,7 @@ async fn presence(
             "presence is off for this room's namespace ([namespaces.<ns>] presence = true)",
         ));
     }
-    let addr = broker
-        .state()
-        .registry
-        .send(RoomFor { room: room.clone() })
-        .await
-        .map_err(mailbox)?;
+    let addr = room_actor(&broker, &room).await?;
     let presence = addr.send(GetPresence).await.map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(PresenceResponse { room, presence }))
 }
