@@ -29,6 +29,7 @@ pub mod middleware;
 pub mod protocol;
 pub mod server;
 pub mod transport;
+pub mod webhooks;
 
 pub use actors::router::{HandlerError, HandlerRequest, Reply};
 pub use broker::Broker;

@@ -1,0 +1,5 @@
+//! Outbound webhooks: how deliveries are signed for receivers ([`signing`]) and which
+//! destinations the broker refuses to call ([`ssrf`]).
+
+pub mod signing;
+pub mod ssrf;
