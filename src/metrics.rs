@@ -160,7 +160,9 @@ impl Default for Metrics {
 
 /// The label for an inbound message type: broker types by name, application types only
 /// when a handler is registered (so clients cannot inflate label cardinality).
-pub fn type_label(msg_type: &str, registered: bool) -> &str {
+/// `registered` is only asked for application types, keeping room traffic off the route
+/// table.
+pub fn type_label(msg_type: &str, registered: impl FnOnce() -> bool) -> &str {
     if crate::protocol::types::is_broker_type(msg_type) {
         match msg_type {
             crate::protocol::types::ROOM_JOIN
@@ -171,7 +173,7 @@ pub fn type_label(msg_type: &str, registered: bool) -> &str {
             | crate::protocol::types::SYSTEM_CONNECTION_RESUME => msg_type,
             _ => "unknown",
         }
-    } else if registered {
+    } else if registered() {
         msg_type
     } else {
         "unknown"

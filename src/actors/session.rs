@@ -132,8 +132,9 @@ impl Session {
         if !self.allow_frame(&inbound.reply_to, ctx) {
             return;
         }
-        let registered = self.state.routes.load().has_handler(&inbound.msg_type);
-        let label = crate::metrics::type_label(&inbound.msg_type, registered);
+        let label = crate::metrics::type_label(&inbound.msg_type, || {
+            self.state.routes.load().has_handler(&inbound.msg_type)
+        });
         self.state
             .metrics
             .messages_in
