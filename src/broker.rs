@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::actors::registry::{Counts, GetCounts, Registry};
+use crate::actors::retry_queue::{self, RetryQueue};
 use crate::actors::router::{
     AddMiddleware, HandlerError, HandlerRequest, RegisterHandler, Router, Routes,
 };
@@ -26,6 +27,8 @@ use crate::engine::MemoryEngine;
 use crate::http;
 use crate::metrics::{self as metrics_mod, Metrics};
 use crate::middleware::{self, Middleware};
+use crate::webhooks::filter::Filters;
+use crate::webhooks::Webhooks;
 
 /// What every session and route shares: read-only after start.
 pub struct BrokerState {
@@ -43,6 +46,8 @@ pub struct BrokerState {
     pub api_limiter: Option<DefaultKeyedRateLimiter<String>>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The webhook queue and its filter snapshot.
+    pub webhooks: Webhooks,
 }
 
 /// A running broker: cheap to clone, shared by every worker.
@@ -52,6 +57,8 @@ pub struct Broker {
     router: Addr<Router>,
     supervisor: Addr<Supervisor>,
     room_arbiters: Arc<Vec<ArbiterHandle>>,
+    /// The outbox (SQLite) and the webhook targets (HTTP) each have a thread.
+    webhook_arbiters: Arc<[ArbiterHandle; 2]>,
 }
 
 impl Broker {
@@ -67,11 +74,24 @@ impl Broker {
         let room_arbiters: Vec<ArbiterHandle> =
             (0..shard_count).map(|_| Arbiter::new().handle()).collect();
         let metrics = Arc::new(Metrics::new());
+        let filters = Filters::default();
+        let outbox = retry_queue::open_outbox(&config, &filters)?;
+        let outbox_arbiter = Arbiter::new().handle();
+        let delivery_arbiter = Arbiter::new().handle();
+        let queue = {
+            let (config, filters, metrics) = (config.clone(), filters.clone(), metrics.clone());
+            let delivery_arbiter = delivery_arbiter.clone();
+            RetryQueue::start_in_arbiter(&outbox_arbiter, move |_| {
+                RetryQueue::new(outbox, &config, filters, metrics, delivery_arbiter)
+            })
+        };
+        let webhooks = Webhooks::new(filters, queue.clone());
         let registry = Registry::new(
             room_arbiters.clone(),
             Arc::new(MemoryEngine),
             config.clone(),
             metrics.clone(),
+            webhooks.clone(),
         )
         .start();
         let routes: Routes = Arc::new(ArcSwap::from_pointee(Default::default()));
@@ -80,6 +100,7 @@ impl Broker {
         let router = Router::new(routes.clone(), chain).start();
         let supervisor = Supervisor::new(
             registry.clone(),
+            queue,
             config.heartbeat.interval,
             config.server.shutdown_timeout,
         )
@@ -95,10 +116,12 @@ impl Broker {
                 ready: AtomicBool::new(true),
                 api_limiter,
                 metrics,
+                webhooks,
             }),
             router,
             supervisor,
             room_arbiters: Arc::new(room_arbiters),
+            webhook_arbiters: Arc::new([outbox_arbiter, delivery_arbiter]),
         })
     }
 
@@ -185,7 +208,8 @@ impl Broker {
     }
 
     /// Graceful shutdown: pause `server`, close every session with 1012, wait for them
-    /// (bounded by `server.shutdown_timeout`), stop `server`, stop the room arbiters.
+    /// (bounded by `server.shutdown_timeout`), let webhook attempts in flight finish (same
+    /// bound), stop `server`, stop the room and webhook arbiters.
     pub async fn shutdown(&self, server: Option<ServerHandle>) -> ShutdownReport {
         self.state.ready.store(false, Ordering::Release);
         let report = self
@@ -195,8 +219,14 @@ impl Broker {
             .unwrap_or(ShutdownReport {
                 sessions: 0,
                 drained: false,
+                webhook_attempts: 0,
+                webhooks_drained: false,
             });
-        for arbiter in self.room_arbiters.iter() {
+        for arbiter in self
+            .room_arbiters
+            .iter()
+            .chain(self.webhook_arbiters.iter())
+        {
             arbiter.stop();
         }
         report

@@ -87,6 +87,8 @@ pub struct Config {
     /// Per-namespace options (`[namespaces.conversation]`); a room's namespace is the part
     /// of its name before the first `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Outbound webhooks: outbox, retries, SSRF allowlist, configured endpoints.
+    pub webhooks: WebhooksConfig,
     /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -251,6 +253,103 @@ impl Default for NamespaceConfig {
     }
 }
 
+/// `[webhooks]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// `production` calls `https://` URLs only; `development` allows `http://` too.
+    pub mode: WebhookMode,
+    /// The SQLite outbox; `""` keeps it in memory (pending deliveries die with the process).
+    pub outbox_path: String,
+    /// `normal` survives a crash of the broker; `full` also survives power loss (one fsync
+    /// per accepted event).
+    pub synchronous: crate::webhooks::outbox::Synchronous,
+    /// Deadline of one delivery attempt.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Retries after the first attempt before a delivery is dead-lettered.
+    pub max_retries: u32,
+    /// Delay before retry n (1-based); the last entry repeats.
+    #[serde(with = "duration_list")]
+    pub backoff: Vec<Duration>,
+    /// Each delay is scaled by a random factor in `[1 - jitter, 1 + jitter]`, so endpoints
+    /// that failed together do not retry in lockstep.
+    pub jitter: f64,
+    /// Cap on a receiver's `Retry-After`.
+    #[serde(with = "duration")]
+    pub max_retry_after: Duration,
+    /// An endpoint failing continuously for this long is disabled (re-enable with PATCH).
+    #[serde(with = "duration")]
+    pub disable_after: Duration,
+    /// Default per-endpoint deliveries per second (delayed, never dropped).
+    pub rate_limit_per_s: u32,
+    /// Name of the body-HMAC header (`sha256=<hex>`); `""` leaves it out.
+    pub body_hmac_header: String,
+    /// SSRF allowlist: CIDRs or exact host names exempt from the address checks.
+    pub allow: Vec<crate::webhooks::ssrf::AllowRule>,
+    /// Delivered deliveries are kept this long (for `GET /api/webhooks/{id}/deliveries`).
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// Endpoints defined in the file, by id (`[webhooks.endpoints.<id>]`).
+    pub endpoints: BTreeMap<String, WebhookEndpointConfig>,
+}
+
+/// Whether webhook URLs must be `https://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookMode {
+    /// `https://` only.
+    #[default]
+    Production,
+    /// `http://` allowed (local receivers); dev mode's default.
+    Development,
+}
+
+/// `[webhooks.endpoints.<id>]`: an endpoint that exists because the file says so. It is
+/// created or updated at every start; its pending deliveries survive restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointConfig {
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// `whsec_…`; generated and stored on first start when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Event types delivered.
+    pub events: Vec<String>,
+    /// Room globs for room events; default every room.
+    #[serde(default = "all_rooms")]
+    pub rooms: Vec<String>,
+    /// Deliveries per second (default `webhooks.rate_limit_per_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_s: Option<u32>,
+}
+
+fn all_rooms() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            mode: WebhookMode::Production,
+            outbox_path: "switchboard-webhooks.db".into(),
+            synchronous: crate::webhooks::outbox::Synchronous::Normal,
+            timeout: Duration::from_secs(10),
+            max_retries: 5,
+            backoff: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
+            jitter: 0.2,
+            max_retry_after: Duration::from_secs(300),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            rate_limit_per_s: 10,
+            body_hmac_header: crate::webhooks::signing::DEFAULT_BODY_HMAC_HEADER.into(),
+            allow: Vec::new(),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
 /// What applies to one room, resolved from `[history]` and its namespace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoomPolicy {
@@ -388,6 +487,7 @@ impl Config {
         config.router.allow_anonymous = true;
         config.server.allowed_origins = vec!["*".into()];
         config.api.keys = vec![DEV_API_KEY.into()];
+        config.webhooks.mode = WebhookMode::Development;
         config
     }
 
@@ -577,6 +677,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_webhooks()?;
         if !self.conformance.echo_path.is_empty() && !self.conformance.echo_path.starts_with('/') {
             return Err(invalid(
                 "conformance.echo_path",
@@ -584,6 +685,64 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
+        let w = &self.webhooks;
+        if w.timeout.is_zero() {
+            return Err(invalid(
+                "webhooks.timeout".into(),
+                "must be greater than zero".into(),
+            ));
+        }
+        if w.backoff.is_empty() && w.max_retries > 0 {
+            return Err(invalid(
+                "webhooks.backoff".into(),
+                "needs at least one delay when webhooks.max_retries > 0".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&w.jitter) {
+            return Err(invalid(
+                "webhooks.jitter".into(),
+                "must be at least 0 and below 1".into(),
+            ));
+        }
+        if w.rate_limit_per_s == 0 {
+            return Err(invalid(
+                "webhooks.rate_limit_per_s".into(),
+                "must be greater than zero".into(),
+            ));
+        }
+        let policy = self.ssrf_policy();
+        for (id, endpoint) in &w.endpoints {
+            let key = |k: &str| format!("webhooks.endpoints.{id}.{k}");
+            crate::webhooks::validate_endpoint_id(id)
+                .map_err(|e| invalid(format!("webhooks.endpoints.{id}"), e.to_string()))?;
+            crate::webhooks::ssrf::check_url(&endpoint.url, &policy)
+                .map_err(|e| invalid(key("url"), e.to_string()))?;
+            crate::webhooks::event::validate_event_types(&endpoint.events)
+                .map_err(|e| invalid(key("events"), e.to_string()))?;
+            if let Some(secret) = &endpoint.secret {
+                crate::webhooks::normalize_secrets(secret)
+                    .map_err(|e| invalid(key("secret"), e.to_string()))?;
+            }
+            if endpoint.rate_limit_per_s == Some(0) {
+                return Err(invalid(
+                    key("rate_limit_per_s"),
+                    "must be greater than zero".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SSRF guard's settings derived from `[webhooks]`.
+    pub fn ssrf_policy(&self) -> crate::webhooks::ssrf::SsrfPolicy {
+        crate::webhooks::ssrf::SsrfPolicy {
+            allow_http: self.webhooks.mode == WebhookMode::Development,
+            allow: self.webhooks.allow.clone(),
+        }
     }
 
     /// The options that apply to `room`.
@@ -639,7 +798,7 @@ fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Sections that environment overrides may target.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "api",
     "server",
     "auth",
@@ -649,6 +808,7 @@ const SECTIONS: [&str; 9] = [
     "history",
     "resume",
     "conformance",
+    "webhooks",
 ];
 
 type Override = (String, String, String, toml::Value);
@@ -713,6 +873,33 @@ mod opt_duration {
     }
 }
 
+/// Lists of durations, each as [`duration`]: `["1s", "2s"]`.
+mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            list.iter()
+                .map(|d| humantime::format_duration(*d).to_string()),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                humantime::parse_duration(text).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not a duration ({e}); write e.g. \"1s\", \"250ms\""
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
 /// Durations as human strings: `"30s"`, `"2m"`, `"1h 30m"`, `"250ms"`.
 mod duration {
     use std::time::Duration;
@@ -758,11 +945,52 @@ mod tests {
                 .and_then(|s| s.as_table())
                 .unwrap_or_else(|| panic!("section [{section}] missing from example"));
             for key in keys.as_table().unwrap().keys() {
+                if (section.as_str(), key.as_str()) == ("webhooks", "endpoints") {
+                    continue; // a map with no entries by default; see webhook_endpoints_parse
+                }
                 assert!(
                     example_section.contains_key(key),
                     "{section}.{key} missing from config.example.toml"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn webhook_endpoints_parse_and_bad_ones_name_their_key() {
+        let ok = parse(
+            "[auth]\nanonymous = true\n[webhooks]\nmode = \"development\"\nbackoff = [\"50ms\", \"1s\"]\nallow = [\"127.0.0.1/32\"]\n[webhooks.endpoints.orders]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"room.message\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.webhooks.backoff,
+            vec![Duration::from_millis(50), Duration::from_secs(1)]
+        );
+        let orders = &ok.webhooks.endpoints["orders"];
+        assert_eq!(orders.rooms, vec!["*".to_owned()]);
+        assert_eq!(orders.secret, None);
+        let cases = [
+            // https only in production (the default mode).
+            ("[webhooks.endpoints.a]\nurl = \"http://example.com/\"\nevents = [\"room.message\"]\n", "webhooks.endpoints.a.url"),
+            // Loopback without an allowlist entry.
+            ("[webhooks]\nmode = \"development\"\n[webhooks.endpoints.a]\nurl = \"http://127.0.0.1/\"\nevents = [\"room.message\"]\n", "webhooks.endpoints.a.url"),
+            ("[webhooks.endpoints.a]\nurl = \"https://example.com/\"\nevents = [\"room.mesage\"]\n", "webhooks.endpoints.a.events"),
+            ("[webhooks.endpoints.a]\nurl = \"https://example.com/\"\nevents = [\"room.message\"]\nsecret = \"nope\"\n", "webhooks.endpoints.a.secret"),
+            ("[webhooks]\njitter = 1.5\n", "webhooks.jitter"),
+            ("[webhooks]\nrate_limit_per_s = 0\n", "webhooks.rate_limit_per_s"),
+        ];
+        for (text, key) in cases {
+            let text = format!("[auth]\nanonymous = true\n{text}");
+            match parse(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected an error on {key}, got {other:?}"),
+            }
+        }
+        match parse("[auth]\nanonymous = true\n[webhooks]\nbackoff = [\"1s\", \"soon\"]\n") {
+            Err(ConfigError::File { key, line, .. }) => {
+                assert_eq!((key.as_deref(), line), (Some("webhooks.backoff"), 4));
+            }
+            other => panic!("expected a file error, got {other:?}"),
         }
     }
 

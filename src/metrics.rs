@@ -44,6 +44,20 @@ pub struct Metrics {
     pub handler_seconds: HistogramVec,
     /// HTTP requests by route pattern and status.
     pub http_requests: IntCounterVec,
+    /// Webhook delivery attempts by endpoint.
+    pub webhook_attempts: IntCounterVec,
+    /// Webhook attempts answered 2xx, by endpoint.
+    pub webhook_succeeded: IntCounterVec,
+    /// Webhook attempts that failed (any reason), by endpoint.
+    pub webhook_failed: IntCounterVec,
+    /// Deliveries moved to the dead-letter queue (the issue's `webhook.dead_lettered`).
+    pub webhook_dead_lettered: IntCounter,
+    /// Webhook attempt latency by endpoint.
+    pub webhook_latency: HistogramVec,
+    /// Pending webhook deliveries in the outbox.
+    pub webhook_queue_depth: IntGauge,
+    /// Deliveries in the dead-letter queue.
+    pub webhook_dlq_size: IntGauge,
 }
 
 impl Metrics {
@@ -122,9 +136,59 @@ impl Metrics {
                 &["route", "status"],
             )
             .expect("valid metric"),
+            webhook_attempts: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_webhook_attempts_total",
+                    "Webhook delivery attempts by endpoint",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+            webhook_succeeded: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_webhook_succeeded_total",
+                    "Webhook attempts answered 2xx by endpoint",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+            webhook_failed: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_webhook_failed_total",
+                    "Failed webhook attempts by endpoint",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+            webhook_dead_lettered: IntCounter::new(
+                "switchboard_webhook_dead_lettered_total",
+                "Webhook deliveries moved to the dead-letter queue",
+            )
+            .expect("valid metric"),
+            webhook_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchboard_webhook_latency_seconds",
+                    "Webhook attempt latency",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+            webhook_queue_depth: IntGauge::new(
+                "switchboard_webhook_queue_depth",
+                "Pending webhook deliveries",
+            )
+            .expect("valid metric"),
+            webhook_dlq_size: IntGauge::new(
+                "switchboard_webhook_dlq_size",
+                "Webhook deliveries in the dead-letter queue",
+            )
+            .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -137,6 +201,13 @@ impl Metrics {
             Box::new(m.auth_failures.clone()),
             Box::new(m.handler_seconds.clone()),
             Box::new(m.http_requests.clone()),
+            Box::new(m.webhook_attempts.clone()),
+            Box::new(m.webhook_succeeded.clone()),
+            Box::new(m.webhook_failed.clone()),
+            Box::new(m.webhook_dead_lettered.clone()),
+            Box::new(m.webhook_latency.clone()),
+            Box::new(m.webhook_queue_depth.clone()),
+            Box::new(m.webhook_dlq_size.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -7,90 +7,25 @@
 //! unless `SWITCHBOARD_REQUIRE_STANDARDWEBHOOKS=1` is set (CI), which makes that a failure.
 //! `PYTHON` overrides the interpreter.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+#[path = "support/reference.rs"]
+mod reference;
+
+use reference::reference;
+use serde_json::json;
 use switchboard::webhooks::signing::{
     sign, verify, webhook_headers, VerifyError, WebhookSecret, DEFAULT_BODY_HMAC_HEADER,
 };
 
 /// Exit status of the helper when the package cannot be imported.
-const EXIT_SKIP: i32 = 77;
-
-fn script() -> String {
-    format!(
-        "{}/tests/support/standardwebhooks_verify.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// Runs one request through the reference library; `None` means skip (reason printed).
-fn reference(request: &Value) -> Option<Value> {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let skip = |reason: String| {
-        if std::env::var("SWITCHBOARD_REQUIRE_STANDARDWEBHOOKS").as_deref() == Ok("1") {
-            panic!("SWITCHBOARD_REQUIRE_STANDARDWEBHOOKS=1 but: {reason}");
-        }
-        eprintln!("SKIP: {reason}");
-        None
-    };
-    let mut child = match Command::new(&python)
-        .arg(script())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => return skip(format!("cannot run {python}: {e}")),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(request.to_string().as_bytes())
-        .expect("write request to the helper");
-    let output = child.wait_with_output().expect("wait for the helper");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(EXIT_SKIP) {
-        return skip(stderr.trim().trim_start_matches("SKIP: ").to_owned());
-    }
-    assert!(
-        output.status.success(),
-        "helper failed ({}): {stderr}",
-        output.status
-    );
-    Some(serde_json::from_slice(&output.stdout).expect("helper answers JSON"))
-}
-
-fn headers_json(headers: &[(String, String)]) -> Value {
-    Value::Object(
-        headers
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
-
-/// The reference verifier's answer: `Ok(())` or `Err(its message)`.
+/// The reference verifier's answer: `Ok(())` or `Err(its message)`; `None` when skipped.
 fn reference_verify(
     secret: &WebhookSecret,
     headers: &[(String, String)],
     body: &str,
 ) -> Option<Result<(), String>> {
-    let answer = reference(&json!({
-        "op": "verify",
-        "secret": secret.expose_secret(),
-        "headers": headers_json(headers),
-        "body": body,
-    }))?;
-    Some(if answer["ok"] == json!(true) {
-        Ok(())
-    } else {
-        Err(answer["error"].as_str().unwrap_or_default().to_owned())
-    })
+    reference::reference_verify(secret.expose_secret(), headers, body)
 }
 
 fn unix_now() -> u64 {

@@ -6,12 +6,16 @@
 //! - [`room::Room`]: one per room; members, seq, history; encodes each message once.
 //! - [`router::Router`]: message type → handler `Recipient`, plus middleware.
 //! - [`supervisor::Supervisor`]: heartbeats, stale-session cleanup, graceful shutdown.
+//! - [`retry_queue::RetryQueue`]: owns the webhook outbox; schedules attempts and retries.
+//! - [`webhook_target::WebhookTarget`]: one per webhook endpoint; makes the attempts.
 
 pub mod registry;
+pub mod retry_queue;
 pub mod room;
 pub mod router;
 pub mod session;
 pub mod supervisor;
+pub mod webhook_target;
 
 use std::sync::Arc;
 

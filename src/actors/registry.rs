@@ -19,6 +19,8 @@ use super::ConnectionId;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::webhooks::event::{self, WebhookEvent};
+use crate::webhooks::Webhooks;
 
 /// The Registry actor.
 pub struct Registry {
@@ -30,6 +32,7 @@ pub struct Registry {
     engine: Arc<dyn Engine>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    webhooks: Webhooks,
     empty_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -57,6 +60,7 @@ impl Registry {
         engine: Arc<dyn Engine>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        webhooks: Webhooks,
     ) -> Registry {
         Registry {
             sessions: HashMap::new(),
@@ -67,6 +71,7 @@ impl Registry {
             engine,
             config,
             metrics,
+            webhooks,
             empty_waiters: Vec::new(),
         }
     }
@@ -90,14 +95,15 @@ impl Registry {
             let room_name = name.clone();
             let policy = self.config.room_policy(&name);
             let metrics = self.metrics.clone();
+            let webhooks = self.webhooks.clone();
             let addr = if self.shards.is_empty() {
-                Room::new(room_name, policy, engine, registry, metrics).start()
+                Room::new(room_name, policy, engine, registry, metrics, webhooks).start()
             } else {
                 let mut h = DefaultHasher::new();
                 name.hash(&mut h);
                 let shard = &self.shards[(h.finish() % self.shards.len() as u64) as usize];
                 Room::start_in_arbiter(shard, move |_| {
-                    Room::new(room_name, policy, engine, registry, metrics)
+                    Room::new(room_name, policy, engine, registry, metrics, webhooks)
                 })
             };
             self.rooms.insert(
@@ -143,6 +149,13 @@ impl Handler<Register> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        if self.webhooks.wants(event::SESSION_CONNECTED, None) {
+            self.webhooks.notify(WebhookEvent::session(
+                event::SESSION_CONNECTED,
+                &msg.connection_id,
+                &msg.user,
+            ));
+        }
         self.users
             .entry(msg.user.clone())
             .or_default()
@@ -173,6 +186,13 @@ impl Handler<Unregister> for Registry {
 
     fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
         if let Some(entry) = self.sessions.remove(&msg.connection_id) {
+            if self.webhooks.wants(event::SESSION_DISCONNECTED, None) {
+                self.webhooks.notify(WebhookEvent::session(
+                    event::SESSION_DISCONNECTED,
+                    &msg.connection_id,
+                    &entry.user,
+                ));
+            }
             if let Some(conns) = self.users.get_mut(&entry.user) {
                 conns.remove(&msg.connection_id);
                 if conns.is_empty() {

@@ -21,8 +21,10 @@ use crate::config::RoomPolicy;
 use crate::engine::{Appended, Engine, RoomLog};
 use crate::metrics::Metrics;
 use crate::protocol::frame::{self, ReplyTo};
-use crate::protocol::types;
+use crate::protocol::{types, ErrorCode};
 use crate::transport::{Outbound, SendError};
+use crate::webhooks::event::{self as webhook_event, WebhookEvent};
+use crate::webhooks::Webhooks;
 
 /// A room's actor.
 pub struct Room {
@@ -34,6 +36,7 @@ pub struct Room {
     engine: Arc<dyn Engine>,
     registry: Addr<Registry>,
     metrics: Arc<Metrics>,
+    webhooks: Webhooks,
     joins_seen: u64,
     /// Bumped whenever the room empties, so an older retirement timer knows it is stale.
     idle_epoch: u64,
@@ -68,6 +71,7 @@ impl Room {
         engine: Arc<dyn Engine>,
         registry: Addr<Registry>,
         metrics: Arc<Metrics>,
+        webhooks: Webhooks,
     ) -> Room {
         let log = engine.open(&name, &policy);
         Room {
@@ -79,6 +83,7 @@ impl Room {
             engine,
             registry,
             metrics,
+            webhooks,
             joins_seen: 0,
             idle_epoch: 0,
         }
@@ -145,6 +150,7 @@ impl Room {
             };
             if gone {
                 self.presence.remove(&member.user);
+                self.presence_webhook(webhook_event::PRESENCE_LEAVE, &member.user);
                 let event = frame::push(
                     types::PRESENCE_LEAVE,
                     Some(&self.name),
@@ -154,6 +160,14 @@ impl Room {
             }
         }
         Some(member)
+    }
+
+    /// Raises a presence webhook event if an endpoint wants it.
+    fn presence_webhook(&self, event_type: &'static str, user: &str) {
+        if self.webhooks.wants(event_type, Some(&self.name)) {
+            self.webhooks
+                .notify(WebhookEvent::presence(event_type, &self.name, user));
+        }
     }
 
     fn presence_list(&self) -> Vec<PresenceInfo> {
@@ -269,6 +283,7 @@ impl Handler<Join> for Room {
             }
         }
         if new_user {
+            self.presence_webhook(webhook_event::PRESENCE_JOIN, &msg.user);
             let event = frame::push(
                 types::PRESENCE_JOIN,
                 Some(&self.name),
@@ -343,10 +358,17 @@ pub struct Published {
     pub id: String,
     /// Whether the id had been seen before (nothing was delivered this time).
     pub duplicate: bool,
+    /// Set when webhook endpoints wanted the message but the outbox could not store it:
+    /// members got it, webhook receivers will not.
+    pub webhook_error: Option<String>,
 }
 
 /// Publishes a message: sequenced, encoded once, fanned out, acknowledged. A client `id`
 /// already seen in this room is acknowledged with the original seq and not delivered again.
+///
+/// When a webhook endpoint wants the message, the acknowledgement (the ack frame, or the
+/// answer for the HTTP API) waits until the outbox has committed it; members get the message
+/// at once, and the room goes on with the next message meanwhile.
 #[derive(Message)]
 #[rtype(result = "Option<Published>")]
 pub struct Publish {
@@ -361,7 +383,7 @@ pub struct Publish {
 }
 
 impl Handler<Publish> for Room {
-    type Result = MessageResult<Publish>;
+    type Result = Response<Option<Published>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
         let ack_to = match &msg.from {
@@ -369,7 +391,7 @@ impl Handler<Publish> for Room {
                 connection_id,
                 reply_to,
             } => match self.members.get(connection_id) {
-                Some(m) => Some((m.out.clone(), reply_to)),
+                Some(m) => Some((m.out.clone(), reply_to.clone(), m.user.clone())),
                 None => {
                     // The session only publishes to rooms it joined and waits for its joins,
                     // so this publish raced its own leave: nothing to deliver or ack.
@@ -377,7 +399,7 @@ impl Handler<Publish> for Room {
                         "room {}: publish from non-member {connection_id}",
                         self.name
                     );
-                    return MessageResult(None);
+                    return Response::reply(None);
                 }
             },
             Publisher::Server => None,
@@ -390,8 +412,24 @@ impl Handler<Publish> for Room {
         let appended = self.log().append(client_id.as_deref(), &mut |seq| {
             frame::room_message(msg_type, &name, seq, &id, payload.as_deref())
         });
+        let mut webhook = None;
         let (seq, duplicate) = match appended {
             Appended::New { seq, frame } => {
+                if self
+                    .webhooks
+                    .wants(webhook_event::ROOM_MESSAGE, Some(&self.name))
+                {
+                    let user = ack_to.as_ref().map(|(_, _, user)| &**user);
+                    let event = WebhookEvent::room_message(
+                        &self.name,
+                        seq,
+                        &id,
+                        msg_type,
+                        payload.as_deref(),
+                        user,
+                    );
+                    webhook = Some(self.webhooks.emit(event));
+                }
                 self.broadcast(&frame, None);
                 self.metrics.deliveries.inc_by(self.members.len() as u64);
                 if let Ok(c) = self
@@ -405,13 +443,14 @@ impl Handler<Publish> for Room {
             }
             Appended::Duplicate { seq } => (seq, true),
         };
-        if let Some((out, reply_to)) = ack_to {
+        let mut ack = None;
+        if let Some((out, reply_to, _)) = ack_to {
             let mut ack_payload = json!({ "id": &id });
             if duplicate {
                 ack_payload["duplicate"] = json!(true);
             }
-            let ack = frame::reply(
-                reply_to,
+            let frame = frame::reply(
+                &reply_to,
                 types::ACK,
                 Some(&self.name),
                 Some(seq),
@@ -423,14 +462,47 @@ impl Handler<Publish> for Room {
                     result
                 },
             );
-            if let Some(ack) = ack {
-                let _ = out.send(ack);
-            }
+            ack = frame.map(|frame| (out, reply_to, frame));
         }
         if self.members.is_empty() {
             self.report_if_idle(ctx);
         }
-        MessageResult(Some(Published { seq, id, duplicate }))
+        let published = Published {
+            seq,
+            id,
+            duplicate,
+            webhook_error: None,
+        };
+        let Some(webhook) = webhook else {
+            if let Some((out, _, frame)) = ack {
+                let _ = out.send(frame);
+            }
+            return Response::reply(Some(published));
+        };
+        let room = self.name.clone();
+        Response::fut(async move {
+            let mut published = published;
+            let outcome = webhook.await;
+            if let Err(err) = &outcome {
+                log::error!(
+                    "room {room}: message {} (seq {seq}) was delivered to members but not stored for webhooks: {err}",
+                    published.id
+                );
+                published.webhook_error = Some(err.to_string());
+            }
+            if let Some((out, reply_to, frame)) = ack {
+                let frame = match outcome {
+                    Ok(_) => frame,
+                    Err(err) => frame::error(
+                        &reply_to,
+                        ErrorCode::Internal,
+                        &format!("seq {seq} reached the room but not the webhook outbox: {err}"),
+                    ),
+                };
+                let _ = out.send(frame);
+            }
+            Some(published)
+        })
     }
 }
 

@@ -3,9 +3,10 @@
 //! Every `heartbeat.interval` it asks the Registry for the live sessions and sends each a
 //! [`Heartbeat`]: the session pings its peer or, if nothing came in for `heartbeat.timeout`,
 //! closes with 4010. On shutdown it stops accepting, tells every session to close with 1012,
-//! waits for them (bounded by `server.shutdown_timeout`) and only then stops the HTTP server:
-//! open WebSockets would otherwise hold actix-web's own graceful stop until its timeout
-//! (actix-web issue 3169).
+//! waits for them (bounded by `server.shutdown_timeout`), lets the webhook attempts in flight
+//! finish (bounded by the same timeout; undelivered events stay in the outbox), and only then
+//! stops the HTTP server: open WebSockets would otherwise hold actix-web's own graceful stop
+//! until its timeout (actix-web issue 3169).
 
 use std::time::Duration;
 
@@ -13,11 +14,13 @@ use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 
 use super::registry::{ListSessions, Registry, WaitUntilEmpty};
+use super::retry_queue::{Drain, RetryQueue};
 use super::session::{Heartbeat, ServerShutdown};
 
 /// The Supervisor actor.
 pub struct Supervisor {
     registry: Addr<Registry>,
+    webhooks: Addr<RetryQueue>,
     heartbeat_interval: Duration,
     shutdown_timeout: Duration,
     shutting_down: bool,
@@ -27,11 +30,13 @@ impl Supervisor {
     /// A supervisor ticking every `heartbeat_interval`.
     pub fn new(
         registry: Addr<Registry>,
+        webhooks: Addr<RetryQueue>,
         heartbeat_interval: Duration,
         shutdown_timeout: Duration,
     ) -> Supervisor {
         Supervisor {
             registry,
+            webhooks,
             heartbeat_interval,
             shutdown_timeout,
             shutting_down: false,
@@ -78,6 +83,10 @@ pub struct ShutdownReport {
     pub sessions: usize,
     /// Whether all of them closed before the deadline.
     pub drained: bool,
+    /// Webhook attempts in flight when sessions were closed.
+    pub webhook_attempts: usize,
+    /// Whether those attempts finished before the deadline.
+    pub webhooks_drained: bool,
 }
 
 impl Handler<Shutdown> for Supervisor {
@@ -86,6 +95,7 @@ impl Handler<Shutdown> for Supervisor {
     fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
         let registry = self.registry.clone();
+        let webhooks = self.webhooks.clone();
         let deadline = self.shutdown_timeout;
         Box::pin(async move {
             if let Some(server) = &msg.server {
@@ -103,12 +113,15 @@ impl Handler<Shutdown> for Supervisor {
             if !drained {
                 log::warn!("shutdown: deadline of {deadline:?} passed with sessions still open");
             }
+            let webhook_report = webhooks.send(Drain { deadline }).await.ok();
             if let Some(server) = msg.server {
                 server.stop(true).await;
             }
             ShutdownReport {
                 sessions: sessions.len(),
                 drained,
+                webhook_attempts: webhook_report.map_or(0, |r| r.in_flight),
+                webhooks_drained: webhook_report.is_some_and(|r| r.finished),
             }
         })
     }

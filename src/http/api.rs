@@ -33,7 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
         .limit(api.max_body_bytes)
         .error_handler(|err, _| ApiError::from_json_error(err).into());
     let mut cors = Cors::default()
-        .allowed_methods(["GET", "POST", "DELETE"])
+        .allowed_methods(["GET", "POST", "PATCH", "DELETE"])
         .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .max_age(3600);
     for origin in &api.cors_origins {
@@ -61,6 +61,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
             .route("/users/{user}/send", web::post().to(send_to_user))
             .route("/broadcast", web::post().to(broadcast))
             .route("/sessions/{id}", web::delete().to(disconnect))
+            .configure(super::webhooks::configure)
             .default_service(web::to(|| async {
                 Err::<HttpResponse, _>(ApiError::new(ErrorCode::NotFound, "no such API endpoint"))
             })),
@@ -180,7 +181,7 @@ async fn room_actor(broker: &Broker, room: &str) -> Result<actix::Addr<Room>, Ap
         .map_err(mailbox)
 }
 
-fn mailbox(err: actix::MailboxError) -> ApiError {
+pub(crate) fn mailbox(err: actix::MailboxError) -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
         format!("broker actor unavailable: {err}"),
@@ -244,6 +245,15 @@ async fn publish_to(
     for _ in 0..2 {
         let addr = room_actor(broker, &room).await?;
         if let Ok(Some(published)) = addr.send(publish()).await {
+            if let Some(err) = published.webhook_error {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "message {} got seq {} and reached the room's members, but the webhook outbox failed: {err}",
+                        published.id, published.seq
+                    ),
+                ));
+            }
             return Ok(PublishResponse {
                 room,
                 seq: published.seq,
@@ -500,5 +510,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// `GET /api/openapi.json` (no authentication: it describes, it does not act).
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::webhooks::WebhooksDoc::openapi());
+    HttpResponse::Ok().json(doc)
 }

@@ -65,3 +65,16 @@ impl From<actix_web::Error> for ApiError {
         ApiError::new(ErrorCode::BadRequest, err.to_string())
     }
 }
+
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(err: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError as E;
+        let code = match &err {
+            E::Invalid(_) | E::Refused(_) => ErrorCode::BadRequest,
+            E::NotFound(_) => ErrorCode::NotFound,
+            E::Conflict(_) => ErrorCode::Conflict,
+            E::Outbox(_) | E::Unavailable(_) => ErrorCode::Internal,
+        };
+        ApiError::new(code, err.to_string())
+    }
+}

@@ -5,4 +5,5 @@ pub mod api;
 pub mod echo;
 pub mod error;
 pub mod health;
+pub mod webhooks;
 pub mod ws;

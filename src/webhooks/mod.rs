@@ -1,6 +1,142 @@
-//! Outbound webhooks: how deliveries are signed for receivers ([`signing`]) and which
-//! destinations the broker refuses to call ([`ssrf`]).
+//! Outbound webhooks.
+//!
+//! Events ([`event`]) leave the broker as signed HTTP POSTs ([`signing`]) to endpoints that
+//! the SSRF guard allows ([`ssrf`]). Rooms and the Registry check a lock-free snapshot of the
+//! endpoints' filters ([`filter`]) and hand matching events to the `RetryQueue` actor, which
+//! commits them to the SQLite [`outbox`] and schedules attempts; one `WebhookTarget` actor
+//! per endpoint makes them, rate limited, and [`policy`] decides what a failure means.
 
+pub mod event;
+pub mod filter;
 pub mod outbox;
+pub mod policy;
 pub mod signing;
 pub mod ssrf;
+
+use actix::Addr;
+
+use crate::actors::retry_queue::{Emit, RetryQueue};
+use event::WebhookEvent;
+use filter::Filters;
+
+/// Everything that can go wrong managing webhooks; mapped to HTTP statuses in
+/// [`crate::http::error`].
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// A request is malformed: unknown event type, bad secret, bad id.
+    #[error("{0}")]
+    Invalid(String),
+    /// The SSRF guard refuses the URL.
+    #[error("webhook URL refused: {0}")]
+    Refused(#[from] ssrf::SsrfError),
+    /// No such endpoint or delivery.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request does not fit the current state (e.g. replaying a delivered delivery).
+    #[error("{0}")]
+    Conflict(String),
+    /// The outbox failed (disk, corruption).
+    #[error("webhook outbox failed: {0}")]
+    Outbox(String),
+    /// The webhook actors are gone (the broker is shutting down).
+    #[error("webhooks are unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<outbox::OutboxError> for WebhookError {
+    fn from(err: outbox::OutboxError) -> Self {
+        match err {
+            outbox::OutboxError::NotFound(what) => WebhookError::NotFound(what),
+            outbox::OutboxError::InvalidState(what) => WebhookError::Conflict(what),
+            other => WebhookError::Outbox(other.to_string()),
+        }
+    }
+}
+
+impl From<signing::SecretError> for WebhookError {
+    fn from(err: signing::SecretError) -> Self {
+        WebhookError::Invalid(format!("secret: {err}"))
+    }
+}
+
+impl From<actix::MailboxError> for WebhookError {
+    fn from(err: actix::MailboxError) -> Self {
+        WebhookError::Unavailable(err.to_string())
+    }
+}
+
+/// Endpoint ids name TOML tables and URL path segments: 1-64 of `[A-Za-z0-9_-]`.
+/// `dlq` is taken by `/api/webhooks/dlq`.
+pub fn validate_endpoint_id(id: &str) -> Result<(), WebhookError> {
+    let ok = (1..=64).contains(&id.len())
+        && id != "dlq"
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(WebhookError::Invalid(format!(
+            "endpoint id `{id}` must be 1-64 characters of A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
+/// Checks a secret field: one or more `whsec_…`, space-separated, current first (more than
+/// one during a rotation: every one signs). Returns it normalised to single spaces.
+pub fn normalize_secrets(secrets: &str) -> Result<String, WebhookError> {
+    let parsed = secrets
+        .split_whitespace()
+        .map(signing::WebhookSecret::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    if parsed.is_empty() {
+        return Err(WebhookError::Invalid("secret: empty".into()));
+    }
+    Ok(parsed
+        .iter()
+        .map(|s| s.expose_secret())
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// What rooms, the Registry and the HTTP API hold to raise webhook events: cheap to clone.
+#[derive(Clone)]
+pub struct Webhooks {
+    filters: Filters,
+    queue: Addr<RetryQueue>,
+}
+
+impl Webhooks {
+    /// A handle on a running `RetryQueue` and the filter snapshot it publishes.
+    pub fn new(filters: Filters, queue: Addr<RetryQueue>) -> Webhooks {
+        Webhooks { filters, queue }
+    }
+
+    /// Whether any endpoint wants `event_type` (in `room`). Lock-free: rooms call this on
+    /// every publish so that events nobody subscribed to never reach the queue.
+    pub fn wants(&self, event_type: &str, room: Option<&str>) -> bool {
+        self.filters.wants(event_type, room)
+    }
+
+    /// Hands `event` to the queue and resolves once it is committed to the outbox for every
+    /// matching endpoint (the number of deliveries). The event is queued when this is
+    /// *called*, so events raised in order by one actor are committed in that order.
+    pub fn emit(
+        &self,
+        event: WebhookEvent,
+    ) -> impl std::future::Future<Output = Result<usize, WebhookError>> + 'static {
+        let sent = self.queue.send(Emit(event));
+        async move { sent.await? }
+    }
+
+    /// Like [`Webhooks::emit`] for events nobody waits on (presence, sessions): a failure
+    /// is logged by the queue.
+    pub fn notify(&self, event: WebhookEvent) {
+        self.queue.do_send(Emit(event));
+    }
+
+    /// The `RetryQueue` actor, for the management API.
+    pub fn queue(&self) -> &Addr<RetryQueue> {
+        &self.queue
+    }
+}

@@ -123,7 +123,8 @@ pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
 pub type DeliveryId = String;
 
 /// How hard SQLite flushes on commit; see the module docs on durability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     /// Survives a process crash (`kill -9`); the last commits may be lost on power loss.
     #[default]
@@ -201,6 +202,8 @@ pub struct EndpointPatch {
     pub rooms: Option<Vec<String>>,
     /// New rate limit.
     pub rate_limit_per_s: Option<u32>,
+    /// New signing secret(s), current first (space-separated during a rotation).
+    pub secret: Option<String>,
     /// `Some(true)` re-enables (clearing the disabled reason and failure streak);
     /// `Some(false)` disables by hand.
     pub enabled: Option<bool>,
@@ -356,8 +359,37 @@ impl Outbox {
 
     /// Stores a new endpoint, enabled, with a fresh `ep_…` id.
     pub fn insert_endpoint(&mut self, new: NewEndpoint, now_ms: i64) -> Result<Endpoint> {
+        let id = format!("ep_{}", uuid::Uuid::new_v4().simple());
+        self.insert_endpoint_as(&id, new, now_ms)
+    }
+
+    /// Creates the endpoint `id` or, when it exists, updates its URL, events, rooms and rate
+    /// limit (and its secret unless `keep_secret`), keeping its enabled state and deliveries.
+    /// This is how endpoints defined in the config file come back at every start.
+    pub fn upsert_endpoint(
+        &mut self,
+        id: &str,
+        new: NewEndpoint,
+        keep_secret: bool,
+        now_ms: i64,
+    ) -> Result<Endpoint> {
+        if get_endpoint(&self.conn, id).is_err() {
+            return self.insert_endpoint_as(id, new, now_ms);
+        }
+        let patch = EndpointPatch {
+            url: Some(new.url),
+            events: Some(new.events),
+            rooms: Some(new.rooms),
+            rate_limit_per_s: Some(new.rate_limit_per_s),
+            secret: (!keep_secret).then_some(new.secret),
+            enabled: None,
+        };
+        self.update_endpoint(id, patch)
+    }
+
+    fn insert_endpoint_as(&mut self, id: &str, new: NewEndpoint, now_ms: i64) -> Result<Endpoint> {
         let endpoint = Endpoint {
-            id: format!("ep_{}", uuid::Uuid::new_v4().simple()),
+            id: id.to_owned(),
             url: new.url,
             secret: new.secret,
             events: new.events,
@@ -418,6 +450,12 @@ impl Outbox {
             tx.execute(
                 "UPDATE endpoints SET rooms = ?2 WHERE id = ?1",
                 params![id, serde_json::to_string(&rooms)?],
+            )?;
+        }
+        if let Some(secret) = patch.secret {
+            tx.execute(
+                "UPDATE endpoints SET secret = ?2 WHERE id = ?1",
+                params![id, secret],
             )?;
         }
         if let Some(rate) = patch.rate_limit_per_s {
@@ -508,6 +546,22 @@ impl Outbox {
         ))?;
         let rows = stmt.query_map(params![now_ms, sql_limit(limit)], delivery_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// An endpoint's oldest pending delivery, due or not, whether or not the endpoint is
+    /// enabled: the one that must go out before any other of its deliveries.
+    pub fn head(&self, endpoint_id: &str) -> Result<Option<Delivery>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {DELIVERY_COLS} FROM deliveries
+                     WHERE state = 'pending' AND endpoint_id = ?1 ORDER BY seq LIMIT 1"
+                ),
+                params![endpoint_id],
+                delivery_from_row,
+            )
+            .optional()?)
     }
 
     /// One delivery, or [`OutboxError::NotFound`].

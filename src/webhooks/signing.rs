@@ -2,7 +2,8 @@
 //!
 //! Every delivery carries the [Standard Webhooks](https://www.standardwebhooks.com) headers:
 //!
-//! - `webhook-id`: the event id, stable across retries (use it as an idempotency key);
+//! - `webhook-id`: the delivery id (`msg_…`: one event to one endpoint), stable across
+//!   retries (use it as an idempotency key; the body's `id` is the event id, `evt_…`);
 //! - `webhook-timestamp`: the attempt time, integer unix seconds;
 //! - `webhook-signature`: space-separated `v1,<base64>` entries, each the base64 of
 //!   HMAC-SHA256 over `{webhook-id}.{webhook-timestamp}.{raw body}`, one per secret (during
@@ -30,7 +31,7 @@
 //! // What the broker sends (normally done for you on every delivery).
 //! let now = SystemTime::now();
 //! let timestamp = now.duration_since(UNIX_EPOCH)?.as_secs();
-//! let body = br#"{"id":"msg_1","type":"room.message","timestamp":"2025-01-01T00:00:00Z","data":{}}"#;
+//! let body = br#"{"id":"evt_1","type":"room.message","timestamp":"2025-01-01T00:00:00Z","data":{}}"#;
 //! let signature = sign(std::slice::from_ref(&secret), "msg_1", timestamp, body);
 //!
 //! // The receiver: header values as received (use "" for a missing header).

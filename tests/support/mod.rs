@@ -31,6 +31,8 @@ pub fn test_config() -> Config {
     config.server.bind = "127.0.0.1:0".into();
     config.server.workers = 2;
     config.auth.hs256_secret = SECRET.into();
+    // In memory: test brokers must not share (or leave behind) an outbox file.
+    config.webhooks.outbox_path = String::new();
     config
 }
 

@@ -1,0 +1,792 @@
+//! RetryQueue actor: the single owner of the webhook outbox.
+//!
+//! Every webhook event passes through here once: it is committed to the SQLite outbox for
+//! each matching endpoint before [`Emit`] answers, which is what makes a publish's
+//! acknowledgement mean "will be delivered". The queue then hands each endpoint's oldest
+//! pending delivery to that endpoint's [`WebhookTarget`] (one attempt in flight per
+//! endpoint, so deliveries arrive in event order), records each outcome, schedules retries
+//! with backoff, dead-letters what cannot be delivered, and disables endpoints that have
+//! failed for too long.
+//!
+//! It runs on its own arbiter because SQLite calls block; the targets run on another, so a
+//! slow commit never stalls an HTTP attempt and vice versa. On start it picks up whatever
+//! the outbox holds, which is how deliveries pending at a crash go out after the restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::webhook_target::{Attempt, Reconfigure, StopTarget, TargetSettings, WebhookTarget};
+use crate::config::{Config, ConfigError, WebhooksConfig};
+use crate::metrics::Metrics;
+use crate::webhooks::event::{self, WebhookEvent};
+use crate::webhooks::filter::{EndpointFilter, Filters};
+use crate::webhooks::outbox::{
+    Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint, Outbox,
+};
+use crate::webhooks::policy::{RetryPolicy, Verdict};
+use crate::webhooks::signing::WebhookSecret;
+use crate::webhooks::{normalize_secrets, ssrf, WebhookError};
+
+/// How often delivered deliveries older than `webhooks.retention` are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The RetryQueue actor.
+pub struct RetryQueue {
+    outbox: Outbox,
+    targets: HashMap<String, TargetState>,
+    filters: Filters,
+    policy: RetryPolicy,
+    settings: Arc<TargetSettings>,
+    config: WebhooksConfig,
+    delivery_arbiter: ArbiterHandle,
+    metrics: Arc<Metrics>,
+    pending: i64,
+    dead: i64,
+    draining: bool,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// One endpoint as the queue tracks it.
+struct TargetState {
+    endpoint: Endpoint,
+    addr: Addr<WebhookTarget>,
+    /// The delivery being attempted, if any: nothing else of this endpoint goes out until
+    /// its outcome is recorded.
+    in_flight: Option<String>,
+    /// A wake-up for the head's next attempt.
+    timer: Option<SpawnHandle>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn filter_of(endpoint: &Endpoint) -> EndpointFilter {
+    EndpointFilter {
+        endpoint_id: endpoint.id.clone(),
+        events: endpoint.events.clone(),
+        rooms: endpoint.rooms.clone(),
+    }
+}
+
+/// Opens the outbox `[webhooks] outbox_path` names, creates or updates the endpoints the
+/// file defines, and publishes their filters (before any room can raise an event). Errors
+/// name the config key.
+pub fn open_outbox(config: &Config, filters: &Filters) -> Result<Outbox, ConfigError> {
+    let w = &config.webhooks;
+    let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
+    let mut outbox = if w.outbox_path.is_empty() {
+        Outbox::in_memory()
+    } else {
+        Outbox::open_with(&w.outbox_path, w.synchronous)
+    }
+    .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;
+    for (id, endpoint) in &w.endpoints {
+        let key = format!("webhooks.endpoints.{id}");
+        let keep_secret = endpoint.secret.is_none();
+        let secret = match &endpoint.secret {
+            Some(secret) => {
+                normalize_secrets(secret).map_err(|e| invalid(key.clone(), e.to_string()))?
+            }
+            None => WebhookSecret::generate().expose_secret().to_owned(),
+        };
+        let new = NewEndpoint {
+            url: endpoint.url.clone(),
+            secret,
+            events: endpoint.events.clone(),
+            rooms: endpoint.rooms.clone(),
+            rate_limit_per_s: endpoint.rate_limit_per_s.unwrap_or(w.rate_limit_per_s),
+        };
+        outbox
+            .upsert_endpoint(id, new, keep_secret, now_ms())
+            .map_err(|e| invalid(key, e.to_string()))?;
+    }
+    let endpoints = outbox
+        .list_endpoints()
+        .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;
+    filters.publish(endpoints.iter().map(filter_of).collect());
+    Ok(outbox)
+}
+
+impl RetryQueue {
+    /// A queue over `outbox` that publishes endpoint filters to `filters` and starts
+    /// targets on `delivery_arbiter`.
+    pub fn new(
+        outbox: Outbox,
+        config: &Config,
+        filters: Filters,
+        metrics: Arc<Metrics>,
+        delivery_arbiter: ArbiterHandle,
+    ) -> RetryQueue {
+        let w = &config.webhooks;
+        let settings = TargetSettings {
+            timeout: w.timeout,
+            ssrf: config.ssrf_policy(),
+            body_hmac_header: (!w.body_hmac_header.is_empty()).then(|| w.body_hmac_header.clone()),
+            max_retry_after: w.max_retry_after,
+        };
+        RetryQueue {
+            outbox,
+            targets: HashMap::new(),
+            filters,
+            policy: RetryPolicy::from_config(w),
+            settings: Arc::new(settings),
+            config: w.clone(),
+            delivery_arbiter,
+            metrics,
+            pending: 0,
+            dead: 0,
+            draining: false,
+            drain_waiters: Vec::new(),
+        }
+    }
+
+    fn publish_filters(&self) {
+        self.filters.publish(
+            self.targets
+                .values()
+                .map(|t| filter_of(&t.endpoint))
+                .collect(),
+        );
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.webhook_queue_depth.set(self.pending);
+        self.metrics.webhook_dlq_size.set(self.dead);
+    }
+
+    fn recount(&mut self) {
+        self.pending = self.outbox.pending_count().map_or(0, |n| n as i64);
+        self.dead = self.outbox.dlq_count().map_or(0, |n| n as i64);
+        self.update_gauges();
+    }
+
+    fn start_target(&mut self, endpoint: Endpoint, ctx: &mut Context<Self>) {
+        let queue = ctx.address();
+        let settings = self.settings.clone();
+        let for_target = endpoint.clone();
+        let addr = WebhookTarget::start_in_arbiter(&self.delivery_arbiter, move |_| {
+            WebhookTarget::new(&for_target, settings, queue)
+        });
+        self.targets.insert(
+            endpoint.id.clone(),
+            TargetState {
+                endpoint,
+                addr,
+                in_flight: None,
+                timer: None,
+            },
+        );
+    }
+
+    /// Sends `endpoint_id`'s head delivery to its target if it is due, or sets a timer for
+    /// when it will be. Does nothing while an attempt is in flight, the endpoint is
+    /// disabled, or the queue is draining for shutdown.
+    fn pump(&mut self, endpoint_id: &str, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        let Some(target) = self.targets.get_mut(endpoint_id) else {
+            return;
+        };
+        if !target.endpoint.enabled || target.in_flight.is_some() {
+            return;
+        }
+        if let Some(timer) = target.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let head = match self.outbox.head(endpoint_id) {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(err) => {
+                log::error!("webhooks: reading the outbox for {endpoint_id} failed: {err}");
+                Self::wake_later(target, endpoint_id, Duration::from_secs(1), ctx);
+                return;
+            }
+        };
+        let wait = head.next_attempt_at - now_ms();
+        if wait <= 0 {
+            target.in_flight = Some(head.id.clone());
+            target.addr.do_send(Attempt(head));
+        } else {
+            let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+            Self::wake_later(target, endpoint_id, wait, ctx);
+        }
+    }
+
+    fn wake_later(
+        target: &mut TargetState,
+        endpoint_id: &str,
+        wait: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let id = endpoint_id.to_owned();
+        target.timer = Some(ctx.run_later(wait, move |act, ctx| {
+            if let Some(t) = act.targets.get_mut(&id) {
+                t.timer = None;
+            }
+            act.pump(&id, ctx);
+        }));
+    }
+
+    fn pump_all(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<String> = self.targets.keys().cloned().collect();
+        for id in ids {
+            self.pump(&id, ctx);
+        }
+    }
+
+    fn record(&mut self, done: &AttemptDone) -> Result<(), WebhookError> {
+        let latency_ms = i64::try_from(done.latency.as_millis()).unwrap_or(i64::MAX);
+        let now = now_ms();
+        let label = [done.endpoint_id.as_str()];
+        let m = &self.metrics;
+        m.webhook_attempts.with_label_values(&label).inc();
+        m.webhook_latency
+            .with_label_values(&label)
+            .observe(done.latency.as_secs_f64());
+        let (status, error) = match &done.verdict {
+            Verdict::Delivered { status } => {
+                self.outbox
+                    .record_success(&done.delivery_id, *status, latency_ms, now)?;
+                m.webhook_succeeded.with_label_values(&label).inc();
+                self.pending -= 1;
+                if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
+                    t.endpoint.failing_since = None;
+                }
+                return Ok(());
+            }
+            Verdict::Retry {
+                status,
+                error,
+                retry_after,
+            } => {
+                let unit: f64 = rand::random();
+                match self.policy.delay(done.attempt, *retry_after, unit) {
+                    Some(delay) => {
+                        let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                        self.outbox.record_retry(
+                            &done.delivery_id,
+                            *status,
+                            error,
+                            latency_ms,
+                            at,
+                            now,
+                        )?;
+                        log::debug!(
+                            "webhooks: {} attempt {} to {} failed ({error}); retry in {delay:?}",
+                            done.delivery_id,
+                            done.attempt,
+                            done.endpoint_id
+                        );
+                        (None, None)
+                    }
+                    None => (
+                        Some(*status),
+                        Some(format!("{error} (gave up after {} attempts)", done.attempt)),
+                    ),
+                }
+            }
+            Verdict::Dead { status, error } => (Some(*status), Some(error.clone())),
+        };
+        m.webhook_failed.with_label_values(&label).inc();
+        if let (Some(status), Some(error)) = (status, error) {
+            self.outbox
+                .record_dead(&done.delivery_id, status, &error, latency_ms, now)?;
+            m.webhook_dead_lettered.inc();
+            self.pending -= 1;
+            self.dead += 1;
+            log::warn!(
+                "webhooks: delivery {} to endpoint {} dead-lettered after {} attempt(s): {error}",
+                done.delivery_id,
+                done.endpoint_id,
+                done.attempt
+            );
+        }
+        self.check_failing(&done.endpoint_id, now)
+    }
+
+    /// Disables an endpoint whose failure streak has lasted `disable_after`.
+    fn check_failing(&mut self, endpoint_id: &str, now: i64) -> Result<(), WebhookError> {
+        let disable_after =
+            i64::try_from(self.config.disable_after.as_millis()).unwrap_or(i64::MAX);
+        let Some(target) = self.targets.get_mut(endpoint_id) else {
+            return Ok(());
+        };
+        let since = *target.endpoint.failing_since.get_or_insert(now);
+        if target.endpoint.enabled && now - since >= disable_after {
+            let reason = format!(
+                "failing continuously since {} (webhooks.disable_after = {})",
+                humantime::format_rfc3339_millis(
+                    SystemTime::UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(since).unwrap_or(0))
+                ),
+                humantime::format_duration(self.config.disable_after)
+            );
+            self.outbox.disable_endpoint(endpoint_id, &reason)?;
+            target.endpoint.enabled = false;
+            target.endpoint.disabled_reason = Some(reason.clone());
+            log::warn!("webhooks: endpoint {endpoint_id} disabled: {reason}");
+        }
+        Ok(())
+    }
+
+    fn validate(&self, url: Option<&str>, events: Option<&[String]>) -> Result<(), WebhookError> {
+        if let Some(url) = url {
+            ssrf::check_url(url, &self.settings.ssrf)?;
+        }
+        if let Some(events) = events {
+            event::validate_event_types(events)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, endpoint: Endpoint) -> EndpointStatus {
+        let pending = self.outbox.pending_count_for(&endpoint.id).unwrap_or(0);
+        EndpointStatus { endpoint, pending }
+    }
+
+    fn finish_drain_if_idle(&mut self) {
+        if self.draining && self.targets.values().all(|t| t.in_flight.is_none()) {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+impl Actor for RetryQueue {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Publishes wait on Emit; a burst must queue here rather than fail.
+        ctx.set_mailbox_capacity(64 * 1024);
+        match self.outbox.list_endpoints() {
+            Ok(endpoints) => {
+                for endpoint in endpoints {
+                    self.start_target(endpoint, ctx);
+                }
+            }
+            Err(err) => log::error!("webhooks: cannot list endpoints: {err}"),
+        }
+        self.publish_filters();
+        self.recount();
+        if self.pending > 0 {
+            log::info!(
+                "webhooks: {} pending deliveries in the outbox; resuming",
+                self.pending
+            );
+        }
+        self.pump_all(ctx);
+        ctx.run_interval(PURGE_EVERY, |act, _| {
+            let retention = i64::try_from(act.config.retention.as_millis()).unwrap_or(i64::MAX);
+            match act
+                .outbox
+                .purge_delivered_before(now_ms().saturating_sub(retention))
+            {
+                Ok(0) => {}
+                Ok(n) => log::info!("webhooks: purged {n} delivered deliveries"),
+                Err(err) => log::error!("webhooks: purge failed: {err}"),
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for target in self.targets.values() {
+            target.addr.do_send(StopTarget);
+        }
+    }
+}
+
+/// Raises an event: committed to the outbox for every matching endpoint before the answer
+/// (how many deliveries were created).
+#[derive(Message)]
+#[rtype(result = "Result<usize, WebhookError>")]
+pub struct Emit(pub WebhookEvent);
+
+impl Handler<Emit> for RetryQueue {
+    type Result = Result<usize, WebhookError>;
+
+    fn handle(&mut self, Emit(event): Emit, ctx: &mut Self::Context) -> Self::Result {
+        let room = event.room.as_deref();
+        let mut matching: Vec<String> = self
+            .targets
+            .values()
+            .filter(|t| filter_of(&t.endpoint).matches(event.event_type, room))
+            .map(|t| t.endpoint.id.clone())
+            .collect();
+        matching.sort();
+        let now = now_ms();
+        let mut created = 0;
+        for endpoint_id in &matching {
+            if let Err(err) = self
+                .outbox
+                .enqueue(endpoint_id, event.event_type, &event.body, now)
+            {
+                log::error!(
+                    "webhooks: could not store {} event {} for {endpoint_id}: {err}",
+                    event.event_type,
+                    event.id
+                );
+                self.update_gauges();
+                return Err(err.into());
+            }
+            created += 1;
+            self.pending += 1;
+            self.pump(endpoint_id, ctx);
+        }
+        self.update_gauges();
+        Ok(created)
+    }
+}
+
+/// A target's report on one attempt.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct AttemptDone {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The delivery.
+    pub delivery_id: String,
+    /// Which attempt this was (1-based).
+    pub attempt: u32,
+    /// How it ended.
+    pub verdict: Verdict,
+    /// How long it took (excluding the rate-limit wait).
+    pub latency: Duration,
+    /// When it started.
+    pub started_at: SystemTime,
+}
+
+impl Handler<AttemptDone> for RetryQueue {
+    type Result = ();
+
+    fn handle(&mut self, done: AttemptDone, ctx: &mut Self::Context) {
+        let ours = self
+            .targets
+            .get(&done.endpoint_id)
+            .is_some_and(|t| t.in_flight.as_deref() == Some(done.delivery_id.as_str()));
+        if !ours {
+            // The endpoint was deleted (or replaced) while the attempt ran.
+            return;
+        }
+        if let Err(err) = self.record(&done) {
+            log::error!(
+                "webhooks: recording attempt {} of {} failed: {err}",
+                done.attempt,
+                done.delivery_id
+            );
+        }
+        if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
+            t.in_flight = None;
+        }
+        self.update_gauges();
+        self.finish_drain_if_idle();
+        self.pump(&done.endpoint_id, ctx);
+    }
+}
+
+/// An endpoint with its backlog, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct EndpointStatus {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// Its pending deliveries.
+    pub pending: u64,
+}
+
+/// `POST /api/webhooks`. The URL must already have passed the SSRF guard with DNS
+/// resolution (the API does that off this actor's thread).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Endpoint, WebhookError>")]
+pub struct CreateEndpoint {
+    /// Where to POST.
+    pub url: String,
+    /// `whsec_…` (space-separated for several); generated when `None`.
+    pub secret: Option<String>,
+    /// Event types.
+    pub events: Vec<String>,
+    /// Room globs; every room when `None`.
+    pub rooms: Option<Vec<String>>,
+    /// Deliveries per second; `webhooks.rate_limit_per_s` when `None`.
+    pub rate_limit_per_s: Option<u32>,
+}
+
+impl Handler<CreateEndpoint> for RetryQueue {
+    type Result = Result<Endpoint, WebhookError>;
+
+    fn handle(&mut self, msg: CreateEndpoint, ctx: &mut Self::Context) -> Self::Result {
+        self.validate(Some(&msg.url), Some(&msg.events))?;
+        let secret = match &msg.secret {
+            Some(s) => normalize_secrets(s)?,
+            None => WebhookSecret::generate().expose_secret().to_owned(),
+        };
+        let rate = msg.rate_limit_per_s.unwrap_or(self.config.rate_limit_per_s);
+        if rate == 0 {
+            return Err(WebhookError::Invalid(
+                "rate_limit_per_s must be greater than zero".into(),
+            ));
+        }
+        let endpoint = self.outbox.insert_endpoint(
+            NewEndpoint {
+                url: msg.url,
+                secret,
+                events: msg.events,
+                rooms: msg.rooms.unwrap_or_else(|| vec!["*".into()]),
+                rate_limit_per_s: rate,
+            },
+            now_ms(),
+        )?;
+        log::info!(
+            "webhooks: endpoint {} created for {}",
+            endpoint.id,
+            endpoint.url
+        );
+        self.start_target(endpoint.clone(), ctx);
+        self.publish_filters();
+        Ok(endpoint)
+    }
+}
+
+/// `GET /api/webhooks`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<EndpointStatus>, WebhookError>")]
+pub struct ListEndpoints;
+
+impl Handler<ListEndpoints> for RetryQueue {
+    type Result = Result<Vec<EndpointStatus>, WebhookError>;
+
+    fn handle(&mut self, _: ListEndpoints, _: &mut Self::Context) -> Self::Result {
+        let endpoints = self.outbox.list_endpoints()?;
+        Ok(endpoints.into_iter().map(|e| self.status(e)).collect())
+    }
+}
+
+/// `GET /api/webhooks/{id}`.
+#[derive(Message)]
+#[rtype(result = "Result<EndpointStatus, WebhookError>")]
+pub struct GetEndpoint(pub String);
+
+impl Handler<GetEndpoint> for RetryQueue {
+    type Result = Result<EndpointStatus, WebhookError>;
+
+    fn handle(&mut self, GetEndpoint(id): GetEndpoint, _: &mut Self::Context) -> Self::Result {
+        let endpoint = self.outbox.get_endpoint(&id)?;
+        Ok(self.status(endpoint))
+    }
+}
+
+/// `PATCH /api/webhooks/{id}`. A new URL must already have passed the SSRF guard with DNS
+/// resolution.
+#[derive(Message)]
+#[rtype(result = "Result<EndpointStatus, WebhookError>")]
+pub struct UpdateEndpoint {
+    /// The endpoint.
+    pub id: String,
+    /// What changes.
+    pub patch: EndpointPatch,
+}
+
+impl Handler<UpdateEndpoint> for RetryQueue {
+    type Result = Result<EndpointStatus, WebhookError>;
+
+    fn handle(&mut self, msg: UpdateEndpoint, ctx: &mut Self::Context) -> Self::Result {
+        let mut patch = msg.patch;
+        self.validate(patch.url.as_deref(), patch.events.as_deref())?;
+        if let Some(secret) = &patch.secret {
+            patch.secret = Some(normalize_secrets(secret)?);
+        }
+        if patch.rate_limit_per_s == Some(0) {
+            return Err(WebhookError::Invalid(
+                "rate_limit_per_s must be greater than zero".into(),
+            ));
+        }
+        let endpoint = self.outbox.update_endpoint(&msg.id, patch)?;
+        if let Some(target) = self.targets.get_mut(&msg.id) {
+            target.addr.do_send(Reconfigure(endpoint.clone()));
+            target.endpoint = endpoint.clone();
+        }
+        self.publish_filters();
+        log::info!(
+            "webhooks: endpoint {} updated (enabled: {})",
+            endpoint.id,
+            endpoint.enabled
+        );
+        self.pump(&msg.id, ctx);
+        Ok(self.status(endpoint))
+    }
+}
+
+/// `DELETE /api/webhooks/{id}`: the endpoint, its pending deliveries and its DLQ entries.
+#[derive(Message)]
+#[rtype(result = "Result<(), WebhookError>")]
+pub struct DeleteEndpoint(pub String);
+
+impl Handler<DeleteEndpoint> for RetryQueue {
+    type Result = Result<(), WebhookError>;
+
+    fn handle(
+        &mut self,
+        DeleteEndpoint(id): DeleteEndpoint,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        self.outbox.delete_endpoint(&id)?;
+        if let Some(target) = self.targets.remove(&id) {
+            if let Some(timer) = target.timer {
+                ctx.cancel_future(timer);
+            }
+            target.addr.do_send(StopTarget);
+        }
+        self.publish_filters();
+        self.recount();
+        self.finish_drain_if_idle();
+        log::info!("webhooks: endpoint {id} deleted");
+        Ok(())
+    }
+}
+
+/// `GET /api/webhooks/{id}/deliveries`: newest first, with attempts.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<DeliveryHistory>, WebhookError>")]
+pub struct ListDeliveries {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl Handler<ListDeliveries> for RetryQueue {
+    type Result = Result<Vec<DeliveryHistory>, WebhookError>;
+
+    fn handle(&mut self, msg: ListDeliveries, _: &mut Self::Context) -> Self::Result {
+        self.outbox.get_endpoint(&msg.endpoint_id)?;
+        Ok(self.outbox.deliveries_for(&msg.endpoint_id, msg.limit)?)
+    }
+}
+
+/// `GET /api/webhooks/dlq`: newest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Delivery>, WebhookError>")]
+pub struct ListDeadLetters {
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl Handler<ListDeadLetters> for RetryQueue {
+    type Result = Result<Vec<Delivery>, WebhookError>;
+
+    fn handle(&mut self, msg: ListDeadLetters, _: &mut Self::Context) -> Self::Result {
+        Ok(self.outbox.dead_letters(msg.limit)?)
+    }
+}
+
+/// `POST /api/webhooks/dlq/{delivery_id}/replay`: back to pending, attempts reset.
+#[derive(Message)]
+#[rtype(result = "Result<Delivery, WebhookError>")]
+pub struct Replay(pub String);
+
+impl Handler<Replay> for RetryQueue {
+    type Result = Result<Delivery, WebhookError>;
+
+    fn handle(&mut self, Replay(id): Replay, ctx: &mut Self::Context) -> Self::Result {
+        self.outbox.replay(&id, now_ms())?;
+        let delivery = self.outbox.get_delivery(&id)?;
+        self.dead -= 1;
+        self.pending += 1;
+        self.update_gauges();
+        log::info!(
+            "webhooks: delivery {id} replayed to endpoint {}",
+            delivery.endpoint_id
+        );
+        self.pump(&delivery.endpoint_id, ctx);
+        Ok(delivery)
+    }
+}
+
+/// `POST /api/webhooks/{id}/test`: queues a `webhook.ping` for one endpoint.
+#[derive(Message)]
+#[rtype(result = "Result<String, WebhookError>")]
+pub struct SendTest(pub String);
+
+impl Handler<SendTest> for RetryQueue {
+    type Result = Result<String, WebhookError>;
+
+    fn handle(&mut self, SendTest(id): SendTest, ctx: &mut Self::Context) -> Self::Result {
+        if !self.targets.contains_key(&id) {
+            return Err(WebhookError::NotFound(format!("endpoint {id}")));
+        }
+        let event = WebhookEvent::ping(&id);
+        let delivery_id = self
+            .outbox
+            .enqueue(&id, event.event_type, &event.body, now_ms())?;
+        self.pending += 1;
+        self.update_gauges();
+        self.pump(&id, ctx);
+        Ok(delivery_id)
+    }
+}
+
+/// Shutdown: start no more attempts and wait (up to `deadline`) for those in flight; what
+/// is left stays pending in the outbox for the next start.
+#[derive(Message)]
+#[rtype(result = "DrainReport")]
+pub struct Drain {
+    /// How long in-flight attempts get.
+    pub deadline: Duration,
+}
+
+/// What a drain saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Attempts in flight when the drain began.
+    pub in_flight: usize,
+    /// Whether they all finished in time.
+    pub finished: bool,
+    /// Deliveries left pending in the outbox.
+    pub pending: u64,
+}
+
+impl Handler<Drain> for RetryQueue {
+    type Result = ResponseActFuture<Self, DrainReport>;
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        for target in self.targets.values_mut() {
+            if let Some(timer) = target.timer.take() {
+                ctx.cancel_future(timer);
+            }
+        }
+        let in_flight = self
+            .targets
+            .values()
+            .filter(|t| t.in_flight.is_some())
+            .count();
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.finish_drain_if_idle();
+        if in_flight > 0 {
+            log::info!("shutdown: waiting for {in_flight} webhook attempt(s) in flight");
+        }
+        Box::pin(
+            async move { tokio::time::timeout(msg.deadline, rx).await.is_ok() }
+                .into_actor(self)
+                .map(move |finished, act, _| {
+                    let pending = act.outbox.pending_count().unwrap_or(0);
+                    if !finished {
+                        log::warn!("shutdown: webhook attempts still in flight at the deadline; they stay pending");
+                    }
+                    DrainReport {
+                        in_flight,
+                        finished,
+                        pending,
+                    }
+                }),
+        )
+    }
+}

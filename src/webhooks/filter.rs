@@ -1,0 +1,121 @@
+//! Which endpoints want which events: a snapshot every room can read without a lock.
+//!
+//! The `RetryQueue` owns the endpoints and republishes the snapshot whenever one changes;
+//! rooms and the Registry only read it, so a publish that no endpoint wants costs one
+//! atomic load and a few string compares, and never a message to the queue.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::event;
+
+/// One endpoint's subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointFilter {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Event types it receives.
+    pub events: Vec<String>,
+    /// Room globs (`*` matches any run of characters) for room events.
+    pub rooms: Vec<String>,
+}
+
+impl EndpointFilter {
+    /// Whether this endpoint receives `event_type` raised in `room` (session events have
+    /// no room and ignore the globs).
+    pub fn matches(&self, event_type: &str, room: Option<&str>) -> bool {
+        if !self.events.iter().any(|e| e == event_type) {
+            return false;
+        }
+        match room {
+            Some(room) if event::is_room_event(event_type) => {
+                self.rooms.iter().any(|glob| glob_match(glob, room))
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The shared, swappable list of subscriptions.
+#[derive(Clone, Default)]
+pub struct Filters(Arc<ArcSwap<Vec<EndpointFilter>>>);
+
+impl Filters {
+    /// Whether any endpoint receives `event_type` in `room`.
+    pub fn wants(&self, event_type: &str, room: Option<&str>) -> bool {
+        self.0.load().iter().any(|f| f.matches(event_type, room))
+    }
+
+    /// Replaces the snapshot.
+    pub fn publish(&self, filters: Vec<EndpointFilter>) {
+        self.0.store(Arc::new(filters));
+    }
+}
+
+/// Glob match where `*` matches any (possibly empty) run of characters and everything else
+/// matches itself: `conversation:*`, `*:eu`, `*`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty(); // no `*` at all: exact match
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("*", "", true),
+            ("*", "anything:at all", true),
+            ("conversation:*", "conversation:1", true),
+            ("conversation:*", "conversation:", true),
+            ("conversation:*", "conversations:1", false),
+            ("conversation:*", "lobby", false),
+            ("lobby", "lobby", true),
+            ("lobby", "lobby2", false),
+            ("*:eu", "orders:eu", true),
+            ("*:eu", "orders:eu:x", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "a-b-b-c", true),
+            ("a*b*c", "a-c-b", false),
+            ("ab*ba", "aba", false),
+            ("**", "x", true),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(glob_match(pattern, text), expected, "{pattern} vs {text}");
+        }
+    }
+
+    #[test]
+    fn filters_match_type_then_room_for_room_events_only() {
+        let f = EndpointFilter {
+            endpoint_id: "e".into(),
+            events: vec!["presence.join".into(), "session.connected".into()],
+            rooms: vec!["conversation:*".into()],
+        };
+        assert!(f.matches("presence.join", Some("conversation:9")));
+        assert!(!f.matches("presence.join", Some("lobby")));
+        assert!(!f.matches("presence.leave", Some("conversation:9")));
+        assert!(f.matches("session.connected", None));
+        let filters = Filters::default();
+        assert!(!filters.wants("presence.join", Some("conversation:9")));
+        filters.publish(vec![f]);
+        assert!(filters.wants("presence.join", Some("conversation:9")));
+    }
+}
