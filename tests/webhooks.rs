@@ -1100,3 +1100,71 @@ async fn graceful_shutdown_lets_the_in_flight_attempt_finish() {
     assert_eq!((d.attempts, d.last_status), (1, Some(200)));
     assert_eq!(rx.count(), 1);
 }
+
+#[actix_rt::test]
+async fn a_rotation_signs_with_every_secret_and_the_secret_route_reads_them() {
+    let broker = TestBroker::start(config());
+    let api = api_of(&broker);
+    let rx = Receiver::start();
+    let ep = register_for(&api, &rx, &["room.message"]).await;
+    let read = api
+        .expect(200, "GET", &format!("/api/webhooks/{}/secret", ep.id), None)
+        .await;
+    assert_eq!(read["secret"], ep.secret.expose_secret());
+
+    // Rotate: the new secret first, the old one kept while receivers switch over.
+    let new = WebhookSecret::generate();
+    let both = format!("{} {}", new.expose_secret(), ep.secret.expose_secret());
+    api.expect(
+        200,
+        "PATCH",
+        &format!("/api/webhooks/{}", ep.id),
+        Some(json!({ "secret": format!("  {both} ") })),
+    )
+    .await;
+    let read = api
+        .expect(200, "GET", &format!("/api/webhooks/{}/secret", ep.id), None)
+        .await;
+    assert_eq!(read["secret"], both.as_str(), "normalised, current first");
+    api.publish("lobby:rotate", None, json!({"n": 1})).await;
+    let reqs = rx.wait_for(1).await;
+    let (_, _, signature) = reqs[0].signature_headers();
+    assert_eq!(signature.split(' ').count(), 2, "{signature}");
+    // The old secret verifies the Standard Webhooks signature (the body HMAC header carries
+    // only the current secret's, checked below).
+    assert_eq!(
+        switchboard::webhooks::signing::verify(
+            &ep.secret,
+            reqs[0].signature_headers(),
+            reqs[0].text().as_bytes(),
+            SystemTime::now()
+        ),
+        Ok(()),
+        "old secret still verifies"
+    );
+    assert_eq!(reqs[0].verify(&new), Ok(()), "new secret verifies");
+    let body_hmac = reqs[0]
+        .header("x-asap-signature")
+        .expect("body HMAC header");
+    assert_eq!(
+        switchboard::webhooks::signing::verify_body_hmac(
+            &new,
+            body_hmac,
+            reqs[0].text().as_bytes()
+        ),
+        Ok(()),
+        "the body HMAC uses the current (first) secret"
+    );
+
+    // A bad secret in a rotation is refused as a whole.
+    let (status, body) = api
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{}", ep.id),
+            Some(json!({ "secret": format!("{} whsec_x", new.expose_secret()) })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    api.expect(404, "GET", "/api/webhooks/ep_nope/secret", None)
+        .await;
+}

@@ -23,7 +23,7 @@ use super::webhook_target::{Attempt, Reconfigure, StopTarget, TargetSettings, We
 use crate::config::{Config, ConfigError, WebhooksConfig};
 use crate::metrics::Metrics;
 use crate::webhooks::event::{self, WebhookEvent};
-use crate::webhooks::filter::{EndpointFilter, Filters};
+use crate::webhooks::filter::{subscribed, EndpointFilter, Filters};
 use crate::webhooks::outbox::{
     Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint, Outbox,
 };
@@ -404,21 +404,48 @@ impl Actor for RetryQueue {
     }
 }
 
-/// Raises an event: committed to the outbox for every matching endpoint before the answer
-/// (how many deliveries were created).
+/// Raises an event: committed to the outbox for every matching endpoint before `reply`
+/// hears how many deliveries were created. Sent with `do_send` (see
+/// [`crate::webhooks::Webhooks::emit`] for why).
 #[derive(Message)]
-#[rtype(result = "Result<usize, WebhookError>")]
-pub struct Emit(pub WebhookEvent);
+#[rtype(result = "()")]
+pub struct Emit {
+    /// The event.
+    pub event: WebhookEvent,
+    /// Who waits for the commit, if anyone.
+    pub reply: Option<oneshot::Sender<Result<usize, WebhookError>>>,
+}
 
 impl Handler<Emit> for RetryQueue {
-    type Result = Result<usize, WebhookError>;
+    type Result = ();
 
-    fn handle(&mut self, Emit(event): Emit, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Emit, ctx: &mut Self::Context) {
+        let outcome = self.store(&msg.event, ctx);
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+impl RetryQueue {
+    /// Commits `event` for every endpoint that wants it and wakes those endpoints.
+    fn store(
+        &mut self,
+        event: &WebhookEvent,
+        ctx: &mut Context<Self>,
+    ) -> Result<usize, WebhookError> {
         let room = event.room.as_deref();
         let mut matching: Vec<String> = self
             .targets
             .values()
-            .filter(|t| filter_of(&t.endpoint).matches(event.event_type, room))
+            .filter(|t| {
+                subscribed(
+                    &t.endpoint.events,
+                    &t.endpoint.rooms,
+                    event.event_type,
+                    room,
+                )
+            })
             .map(|t| t.endpoint.id.clone())
             .collect();
         matching.sort();
@@ -476,19 +503,27 @@ impl Handler<AttemptDone> for RetryQueue {
             // The endpoint was deleted (or replaced) while the attempt ran.
             return;
         }
-        if let Err(err) = self.record(&done) {
-            log::error!(
-                "webhooks: recording attempt {} of {} failed: {err}",
-                done.attempt,
-                done.delivery_id
-            );
-        }
+        let recorded = self.record(&done);
         if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
             t.in_flight = None;
         }
         self.update_gauges();
         self.finish_drain_if_idle();
-        self.pump(&done.endpoint_id, ctx);
+        match recorded {
+            Ok(()) => self.pump(&done.endpoint_id, ctx),
+            Err(err) => {
+                // The delivery is still the pending head: sending it again at once would
+                // hammer the receiver while the outbox is failing.
+                log::error!(
+                    "webhooks: recording attempt {} of {} failed: {err}; pausing the endpoint 1 s",
+                    done.attempt,
+                    done.delivery_id
+                );
+                if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
+                    Self::wake_later(t, &done.endpoint_id, Duration::from_secs(1), ctx);
+                }
+            }
+        }
     }
 }
 

@@ -25,15 +25,25 @@ impl EndpointFilter {
     /// Whether this endpoint receives `event_type` raised in `room` (session events have
     /// no room and ignore the globs).
     pub fn matches(&self, event_type: &str, room: Option<&str>) -> bool {
-        if !self.events.iter().any(|e| e == event_type) {
-            return false;
+        subscribed(&self.events, &self.rooms, event_type, room)
+    }
+}
+
+/// Whether a subscription to `events` in `rooms` (globs) covers `event_type` in `room`.
+pub fn subscribed(
+    events: &[String],
+    rooms: &[String],
+    event_type: &str,
+    room: Option<&str>,
+) -> bool {
+    if !events.iter().any(|e| e == event_type) {
+        return false;
+    }
+    match room {
+        Some(room) if event::is_room_event(event_type) => {
+            rooms.iter().any(|glob| glob_match(glob, room))
         }
-        match room {
-            Some(room) if event::is_room_event(event_type) => {
-                self.rooms.iter().any(|glob| glob_match(glob, room))
-            }
-            _ => true,
-        }
+        _ => true,
     }
 }
 

@@ -119,20 +119,30 @@ impl Webhooks {
     }
 
     /// Hands `event` to the queue and resolves once it is committed to the outbox for every
-    /// matching endpoint (the number of deliveries). The event is queued when this is
-    /// *called*, so events raised in order by one actor are committed in that order.
+    /// matching endpoint (the number of deliveries).
+    ///
+    /// The event enters the queue's mailbox when this is *called* (`do_send`, which never
+    /// defers a message the way `send` does when a mailbox is full), so events raised in
+    /// order by one actor are committed, and delivered, in that order.
     pub fn emit(
         &self,
         event: WebhookEvent,
     ) -> impl std::future::Future<Output = Result<usize, WebhookError>> + 'static {
-        let sent = self.queue.send(Emit(event));
-        async move { sent.await? }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue.do_send(Emit {
+            event,
+            reply: Some(tx),
+        });
+        async move {
+            rx.await
+                .map_err(|_| WebhookError::Unavailable("the webhook queue stopped".into()))?
+        }
     }
 
     /// Like [`Webhooks::emit`] for events nobody waits on (presence, sessions): a failure
     /// is logged by the queue.
     pub fn notify(&self, event: WebhookEvent) {
-        self.queue.do_send(Emit(event));
+        self.queue.do_send(Emit { event, reply: None });
     }
 
     /// The `RetryQueue` actor, for the management API.
