@@ -223,6 +223,10 @@ async fn deliveries_are_signed_and_verify_with_ours_and_the_reference_verifier()
     alice
         .publish("conversation:7", "m-2", json!({"n": 2}))
         .await;
+    // The ack comes once the outbox holds the event.
+    let ack = alice.skip_until("ack").await;
+    assert_eq!(ack["correlation_id"], "m-2", "{ack}");
+    assert_eq!(ack["seq"], seq + 1, "{ack}");
     let r2 = rx.wait_for(2).await.remove(1);
     assert_eq!(r2.verify(&ep.secret), Ok(()));
     let body2 = r2.json();
@@ -305,6 +309,26 @@ async fn a_500_then_200_is_delivered_on_the_first_retry() {
 
     assert_eq!(count_id(&rx.requests(), &first), 2, "exactly two requests");
     assert_eq!(rx.count(), 3);
+
+    // The first two outcomes are recorded (the third attempt waited for them); the third
+    // may or may not be yet.
+    let text = api.metrics().await;
+    let series = |name: &str| format!("{name}{{endpoint=\"{}\"}}", ep.id);
+    let value = |name: &str| sample(&text, &series(name)).unwrap_or(-1.0);
+    assert_eq!(value("switchboard_webhook_failed_total"), 1.0, "{text}");
+    assert!(value("switchboard_webhook_attempts_total") >= 2.0, "{text}");
+    assert!(
+        value("switchboard_webhook_succeeded_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value("switchboard_webhook_latency_seconds_count") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "switchboard_webhook_queue_depth").is_some(),
+        "{text}"
+    );
 }
 
 #[actix_rt::test]
@@ -349,6 +373,35 @@ async fn a_400_is_dead_lettered_without_a_retry() {
     let all = rx.requests();
     assert_eq!(count_id(&all, &dead), 1, "no retry after a 400");
     assert_eq!(all.len(), 2, "{}", receiver::summarize(&all));
+}
+
+#[actix_rt::test]
+async fn a_redirect_is_not_followed_and_is_dead_lettered() {
+    let broker = TestBroker::start(config());
+    let api = api_of(&broker);
+    let rx = Receiver::start();
+    // Redirect to another path on the same (allowlisted) receiver: following it would show
+    // up as a request to /elsewhere.
+    rx.push([Reply::status(307).header("Location", &rx.url("/elsewhere"))]);
+    let ep = register_for(&api, &rx, &["room.message"]).await;
+
+    api.publish("conversation:1", None, json!({"n": 1})).await;
+    api.publish("conversation:1", None, json!({"n": 2})).await;
+    let reqs = rx.wait_for(2).await;
+    assert_eq!(reqs[0].status, 307);
+    assert_eq!(seq_of(&reqs[1]), 2, "{}", receiver::summarize(&reqs));
+    assert!(
+        reqs.iter().all(|r| r.path == "/hook"),
+        "{}",
+        receiver::summarize(&reqs)
+    );
+    let d = delivery(&api, &ep.id, reqs[0].webhook_id()).await;
+    assert_eq!(d["state"], "failed");
+    assert_eq!(attempt_statuses(&d), vec![json!(307)]);
+    assert!(
+        d["last_error"].as_str().unwrap_or("").contains("redirect"),
+        "{d}"
+    );
 }
 
 #[actix_rt::test]
@@ -1167,4 +1220,54 @@ async fn a_rotation_signs_with_every_secret_and_the_secret_route_reads_them() {
     assert_eq!(status, 400, "{body}");
     api.expect(404, "GET", "/api/webhooks/ep_nope/secret", None)
         .await;
+}
+
+/// When the outbox cannot store an event, the publisher is told: members got the message,
+/// webhook receivers will not. (The endpoint's row is deleted behind the broker's back, so
+/// the commit fails the way a broken disk would make it fail.)
+#[actix_rt::test]
+async fn a_failed_outbox_commit_is_reported_to_the_publisher() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("outbox.db");
+    let mut config = config();
+    config.webhooks.outbox_path = path.to_string_lossy().into_owned();
+    let broker = TestBroker::start(config);
+    let api = api_of(&broker);
+    let rx = Receiver::start();
+    let ep = register_for(&api, &rx, &["room.message"]).await;
+    let mut bob = broker.client("bob", &["conversation:*"]).await;
+    bob.join("conversation:9").await;
+
+    Outbox::open(&path)
+        .expect("open the broker's outbox")
+        .delete_endpoint(&ep.id)
+        .expect("delete the endpoint row");
+
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/rooms/conversation:9/publish",
+            Some(json!({"payload": {"n": 1}})),
+        )
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("seq 1") && message.contains("outbox"),
+        "{body}"
+    );
+    // The member got it all the same.
+    let got = bob.skip_until("room.message").await;
+    assert_eq!(got["seq"], 1, "{got}");
+
+    // A WebSocket publisher gets an error instead of its ack.
+    bob.publish("conversation:9", "m-2", json!({"n": 2})).await;
+    let echoed = bob.skip_until("room.message").await;
+    assert_eq!(echoed["seq"], 2, "{echoed}");
+    let reply = bob.recv().await;
+    assert_eq!(reply["type"], "system.error", "{reply}");
+    assert_eq!(reply["correlation_id"], "m-2", "{reply}");
+    assert_eq!(reply["payload"]["code"], "internal", "{reply}");
+    assert_eq!(rx.count(), 0, "nothing was stored, so nothing was sent");
 }

@@ -110,6 +110,15 @@ pub fn open_outbox(config: &Config, filters: &Filters) -> Result<Outbox, ConfigE
     let endpoints = outbox
         .list_endpoints()
         .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;
+    if w.outbox_path.is_empty() {
+        log::warn!("webhooks: the outbox is in memory (webhooks.outbox_path = \"\"): pending deliveries do not survive a restart");
+    } else {
+        log::info!(
+            "webhooks: outbox {} ({} endpoints)",
+            w.outbox_path,
+            endpoints.len()
+        );
+    }
     filters.publish(endpoints.iter().map(filter_of).collect());
     Ok(outbox)
 }
