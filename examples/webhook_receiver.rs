@@ -48,8 +48,8 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use clap::Parser;
 use lru::LruCache;
 use switchboard::webhooks::signing::{
-    verify, verify_body_hmac, WebhookSecret, DEFAULT_BODY_HMAC_HEADER, HEADER_WEBHOOK_ID,
-    HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP,
+    verify, verify_body_hmac, WebhookSecret, HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE,
+    HEADER_WEBHOOK_TIMESTAMP,
 };
 
 /// A switchboard webhook receiver that verifies, dedupes and logs deliveries.
@@ -62,9 +62,12 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9000")]
     bind: String,
-    /// Name of the body-HMAC header to check when a delivery carries it (the broker's
-    /// `webhooks.body_hmac_header`); "" to ignore it.
-    #[arg(long, default_value = DEFAULT_BODY_HMAC_HEADER)]
+    /// Also check this body-HMAC header when a delivery carries it (the broker's
+    /// `webhooks.body_hmac_header`, e.g. X-ASAP-Signature). Off by default: it adds nothing
+    /// once the Standard Webhooks signature verified, and the broker computes it with the
+    /// endpoint's *current* secret only, so during a secret rotation a receiver still on
+    /// the old secret would refuse every delivery.
+    #[arg(long, default_value = "")]
     body_hmac_header: String,
     /// How many recent `webhook-id`s to remember for deduplication.
     #[arg(long, default_value_t = NonZeroUsize::new(10_000).unwrap())]
@@ -102,8 +105,9 @@ async fn receive(req: HttpRequest, body: web::Bytes, rx: web::Data<Receiver>) ->
         log::warn!("rejected delivery {id:?}: {e}");
         return HttpResponse::Unauthorized().body(e.to_string());
     }
-    // The body-only HMAC adds nothing once `verify` passed; it is checked here to show how
-    // (receivers that cannot compute the Standard Webhooks signature check only this one).
+    // The body-only HMAC adds nothing once `verify` passed; with --body-hmac-header it is
+    // checked here to show how (receivers that cannot compute the Standard Webhooks
+    // signature check only this one, and must switch secrets when the broker does).
     if !rx.body_hmac_header.is_empty() {
         if let Some(value) = req.headers().get(rx.body_hmac_header.as_str()) {
             let value = value.to_str().unwrap_or("");

@@ -237,5 +237,15 @@ async fn check_and_resolve(
     settings: &TargetSettings,
 ) -> Result<Vec<std::net::SocketAddr>, SsrfError> {
     let target = ssrf::check_url(url, &settings.ssrf)?;
-    ssrf::resolve_checked_async(&target, &settings.ssrf).await
+    tokio::time::timeout(
+        settings.timeout,
+        ssrf::resolve_checked_async(&target, &settings.ssrf),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(SsrfError::Resolve(format!(
+            "{}: no answer within {:?}",
+            target.host, settings.timeout
+        )))
+    })
 }

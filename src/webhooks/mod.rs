@@ -68,8 +68,12 @@ impl From<actix::MailboxError> for WebhookError {
 /// Endpoint ids name TOML tables and URL path segments: 1-64 of `[A-Za-z0-9_-]`.
 /// `dlq` is taken by `/api/webhooks/dlq`.
 pub fn validate_endpoint_id(id: &str) -> Result<(), WebhookError> {
+    if id == "dlq" {
+        return Err(WebhookError::Invalid(
+            "endpoint id `dlq` is reserved (it names /api/webhooks/dlq)".into(),
+        ));
+    }
     let ok = (1..=64).contains(&id.len())
-        && id != "dlq"
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
