@@ -48,7 +48,12 @@ pub struct RetryQueue {
     dead: i64,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Events received since the last commit; see [`Emit`].
+    batch: Vec<Emit>,
 }
+
+/// Who waits for an event's commit.
+type EmitReply = oneshot::Sender<Result<usize, WebhookError>>;
 
 /// One endpoint as the queue tracks it.
 struct TargetState {
@@ -153,6 +158,7 @@ impl RetryQueue {
             dead: 0,
             draining: false,
             drain_waiters: Vec::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -416,69 +422,95 @@ impl Actor for RetryQueue {
 /// Raises an event: committed to the outbox for every matching endpoint before `reply`
 /// hears how many deliveries were created. Sent with `do_send` (see
 /// [`crate::webhooks::Webhooks::emit`] for why).
+///
+/// Group commit: the handler only collects; the events that arrived together (everything
+/// actix takes from the mailbox in one turn, up to 256 messages) are committed in one
+/// transaction right after, and only then answered.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Emit {
     /// The event.
     pub event: WebhookEvent,
     /// Who waits for the commit, if anyone.
-    pub reply: Option<oneshot::Sender<Result<usize, WebhookError>>>,
+    pub reply: Option<EmitReply>,
 }
 
 impl Handler<Emit> for RetryQueue {
     type Result = ();
 
     fn handle(&mut self, msg: Emit, ctx: &mut Self::Context) {
-        let outcome = self.store(&msg.event, ctx);
-        if let Some(reply) = msg.reply {
-            let _ = reply.send(outcome);
+        self.batch.push(msg);
+        if self.batch.len() == 1 {
+            // Spawned items run after the mailbox turn, so this sees the whole batch.
+            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, ctx| act.commit_batch(ctx)));
         }
     }
 }
 
 impl RetryQueue {
-    /// Commits `event` for every endpoint that wants it and wakes those endpoints.
-    fn store(
-        &mut self,
-        event: &WebhookEvent,
-        ctx: &mut Context<Self>,
-    ) -> Result<usize, WebhookError> {
-        let room = event.room.as_deref();
-        let mut matching: Vec<String> = self
-            .targets
-            .values()
-            .filter(|t| {
-                subscribed(
-                    &t.endpoint.events,
-                    &t.endpoint.rooms,
-                    event.event_type,
-                    room,
-                )
-            })
-            .map(|t| t.endpoint.id.clone())
-            .collect();
-        matching.sort();
-        let now = now_ms();
-        let mut created = 0;
-        for endpoint_id in &matching {
-            if let Err(err) = self
-                .outbox
-                .enqueue(endpoint_id, event.event_type, &event.body, now)
-            {
-                log::error!(
-                    "webhooks: could not store {} event {} for {endpoint_id}: {err}",
-                    event.event_type,
-                    event.id
-                );
-                self.update_gauges();
-                return Err(err.into());
+    /// Commits the collected events for every endpoint that wants each (matched now, so a
+    /// just-deleted endpoint is skipped), answers their senders, and wakes the endpoints.
+    fn commit_batch(&mut self, ctx: &mut Context<Self>) {
+        let batch = std::mem::take(&mut self.batch);
+        let mut items: Vec<(&str, &str, &str)> = Vec::new();
+        let mut counts = Vec::with_capacity(batch.len());
+        for emit in &batch {
+            let event = &emit.event;
+            let room = event.room.as_deref();
+            let before = items.len();
+            let mut matching: Vec<&TargetState> = self
+                .targets
+                .values()
+                .filter(|t| {
+                    subscribed(
+                        &t.endpoint.events,
+                        &t.endpoint.rooms,
+                        event.event_type,
+                        room,
+                    )
+                })
+                .collect();
+            matching.sort_by(|a, b| a.endpoint.id.cmp(&b.endpoint.id));
+            for t in matching {
+                items.push((&t.endpoint.id, event.event_type, &event.body));
             }
-            created += 1;
-            self.pending += 1;
-            self.pump(endpoint_id, ctx);
+            counts.push(items.len() - before);
+        }
+        let mut woken: Vec<String> = items.iter().map(|(id, _, _)| id.to_string()).collect();
+        let outcome = if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.outbox.enqueue_many(&items, now_ms())
+        };
+        match outcome {
+            Ok(ids) => {
+                self.pending += ids.len() as i64;
+                for (emit, n) in batch.into_iter().zip(counts) {
+                    if let Some(reply) = emit.reply {
+                        let _ = reply.send(Ok(n));
+                    }
+                }
+            }
+            Err(err) => {
+                log::error!(
+                    "webhooks: could not store {} event(s) in the outbox: {err}",
+                    batch.len()
+                );
+                let message = err.to_string();
+                for emit in batch {
+                    if let Some(reply) = emit.reply {
+                        let _ = reply.send(Err(WebhookError::Outbox(message.clone())));
+                    }
+                }
+                woken.clear();
+            }
         }
         self.update_gauges();
-        Ok(created)
+        woken.sort();
+        woken.dedup();
+        for endpoint_id in woken {
+            self.pump(&endpoint_id, ctx);
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -38,8 +39,10 @@ pub struct Room {
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
     joins_seen: u64,
-    /// Bumped whenever the room empties, so an older retirement timer knows it is stale.
-    idle_epoch: u64,
+    /// When the room, empty, may retire (pushed back by each message while empty).
+    idle_deadline: Instant,
+    /// Whether the one idle timer is running.
+    idle_timer: bool,
 }
 
 struct Member {
@@ -85,7 +88,8 @@ impl Room {
             metrics,
             webhooks,
             joins_seen: 0,
-            idle_epoch: 0,
+            idle_deadline: Instant::now(),
+            idle_timer: false,
         }
     }
 
@@ -96,28 +100,50 @@ impl Room {
     }
 
     /// When the room has no members: asks the Registry to retire it, at once if it holds
-    /// no messages, else once `history_ttl` has passed with nobody joining (so replay and
-    /// the sequence survive short gaps).
+    /// no messages, else once `history_ttl` has passed since the last activity with nobody
+    /// joining (so replay and the sequence survive short gaps).
+    ///
+    /// One timer at most: a member-less room that keeps getting messages (HTTP publishes,
+    /// the webhook-only case) moves the deadline instead of piling up timers, which actix
+    /// would poll on every wake-up.
     fn report_if_idle(&mut self, ctx: &mut Context<Self>) {
         if !self.members.is_empty() {
             return;
         }
-        self.idle_epoch += 1;
-        let epoch = self.idle_epoch;
-        let report = move |act: &mut Room, ctx: &mut Context<Room>| {
-            if act.members.is_empty() && act.idle_epoch == epoch {
-                act.registry.do_send(RoomIdle {
-                    room: act.name.clone(),
-                    addr: ctx.address(),
-                    joins_seen: act.joins_seen,
-                });
-            }
-        };
         if self.log().last_seq() == 0 {
-            report(self, ctx);
-        } else {
-            ctx.run_later(self.policy.history_ttl, report);
+            self.report_idle(ctx);
+            return;
         }
+        self.idle_deadline = Instant::now() + self.policy.history_ttl;
+        if !self.idle_timer {
+            self.idle_timer = true;
+            self.wait_idle(self.policy.history_ttl, ctx);
+        }
+    }
+
+    fn wait_idle(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(wait, |act, ctx| {
+            act.idle_timer = false;
+            if !act.members.is_empty() {
+                return; // a join came; the last leave starts the wait again
+            }
+            let now = Instant::now();
+            if act.idle_deadline > now {
+                act.idle_timer = true;
+                let rest = act.idle_deadline - now;
+                act.wait_idle(rest, ctx);
+            } else {
+                act.report_idle(ctx);
+            }
+        });
+    }
+
+    fn report_idle(&self, ctx: &mut Context<Self>) {
+        self.registry.do_send(RoomIdle {
+            room: self.name.clone(),
+            addr: ctx.address(),
+            joins_seen: self.joins_seen,
+        });
     }
 
     /// Queues `frame` to every member except `except`; members whose queue overflowed are
@@ -236,7 +262,6 @@ impl Handler<Join> for Room {
 
     fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
         self.joins_seen += 1;
-        self.idle_epoch += 1;
         let replay = msg.since_seq.map(|since| self.log().since(since));
         let seq = self.log().last_seq();
         let recovered = !msg.position_unknown && replay.as_ref().is_none_or(|r| r.recovered);

@@ -511,23 +511,41 @@ impl Outbox {
         payload: &str,
         now_ms: i64,
     ) -> Result<DeliveryId> {
-        let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let mut ids = self.enqueue_many(&[(endpoint_id, event_type, payload)], now_ms)?;
+        Ok(ids.pop().expect("one delivery per item"))
+    }
+
+    /// [`Outbox::enqueue`] for several `(endpoint_id, event_type, payload)` items in one
+    /// transaction (group commit: one WAL append and, under [`Synchronous::Full`], one fsync
+    /// for all of them). All or nothing; each endpoint's items keep their order.
+    pub fn enqueue_many(
+        &mut self,
+        items: &[(&str, &str, &str)],
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryId>> {
         let tx = self.conn.transaction()?;
-        let seq: i64 = tx
-            .query_row(
+        let mut ids = Vec::with_capacity(items.len());
+        {
+            let mut next_seq = tx.prepare_cached(
                 "UPDATE endpoints SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq",
-                params![endpoint_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| OutboxError::NotFound(format!("endpoint {endpoint_id}")))?;
-        tx.execute(
-            "INSERT INTO deliveries (id, endpoint_id, seq, event_type, payload, state, attempts, \
-             next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)",
-            params![id, endpoint_id, seq, event_type, payload, now_ms],
-        )?;
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO deliveries (id, endpoint_id, seq, event_type, payload, state, \
+                 attempts, next_attempt_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)",
+            )?;
+            for &(endpoint_id, event_type, payload) in items {
+                let seq: i64 = next_seq
+                    .query_row(params![endpoint_id], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| OutboxError::NotFound(format!("endpoint {endpoint_id}")))?;
+                let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+                insert.execute(params![id, endpoint_id, seq, event_type, payload, now_ms])?;
+                ids.push(id);
+            }
+        }
         tx.commit()?;
-        Ok(id)
+        Ok(ids)
     }
 
     /// Deliveries to attempt now: at most one per enabled endpoint, that endpoint's oldest
@@ -553,14 +571,11 @@ impl Outbox {
     pub fn head(&self, endpoint_id: &str) -> Result<Option<Delivery>> {
         Ok(self
             .conn
-            .query_row(
-                &format!(
-                    "SELECT {DELIVERY_COLS} FROM deliveries
-                     WHERE state = 'pending' AND endpoint_id = ?1 ORDER BY seq LIMIT 1"
-                ),
-                params![endpoint_id],
-                delivery_from_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLS} FROM deliveries
+                 WHERE state = 'pending' AND endpoint_id = ?1 ORDER BY seq LIMIT 1"
+            ))?
+            .query_row(params![endpoint_id], delivery_from_row)
             .optional()?)
     }
 
@@ -867,11 +882,10 @@ fn get_endpoint(conn: &Connection, id: &str) -> Result<Endpoint> {
 }
 
 fn get_delivery(conn: &Connection, id: &str) -> Result<Delivery> {
-    conn.query_row(
-        &format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id = ?1"),
-        params![id],
-        delivery_from_row,
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLS} FROM deliveries WHERE id = ?1"
+    ))?
+    .query_row(params![id], delivery_from_row)
     .optional()?
     .ok_or_else(|| OutboxError::NotFound(format!("delivery {id}")))
 }
@@ -897,18 +911,18 @@ fn insert_attempt(
     latency_ms: i64,
     now_ms: i64,
 ) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO attempts (delivery_id, attempt, started_at, status, error, latency_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            delivery_id,
-            attempt,
-            now_ms.saturating_sub(latency_ms),
-            status,
-            error,
-            latency_ms
-        ],
-    )?;
+    )?
+    .execute(params![
+        delivery_id,
+        attempt,
+        now_ms.saturating_sub(latency_ms),
+        status,
+        error,
+        latency_ms
+    ])?;
     Ok(())
 }
 
@@ -1050,6 +1064,50 @@ mod tests {
             Err(OutboxError::NotFound(_))
         ));
         assert_eq!(ob.pending_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn enqueue_many_is_all_or_nothing_and_keeps_each_endpoints_order() {
+        let mut ob = Outbox::in_memory().unwrap();
+        let a = ob
+            .insert_endpoint(new_endpoint("https://a.example"), 0)
+            .unwrap();
+        let b = ob
+            .insert_endpoint(new_endpoint("https://b.example"), 0)
+            .unwrap();
+        let ids = ob
+            .enqueue_many(
+                &[
+                    (&a.id, "room.message", "1"),
+                    (&b.id, "room.message", "1"),
+                    (&a.id, "presence.join", "2"),
+                ],
+                10,
+            )
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        let seqs: Vec<i64> = ids
+            .iter()
+            .map(|id| ob.get_delivery(id).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 1, 2]);
+        assert_eq!(ob.head(&a.id).unwrap().unwrap().id, ids[0]);
+
+        // One unknown endpoint fails the whole batch: nothing of it is stored.
+        let err = ob
+            .enqueue_many(
+                &[
+                    (&a.id, "room.message", "3"),
+                    ("ep_gone", "room.message", "3"),
+                ],
+                20,
+            )
+            .unwrap_err();
+        assert!(matches!(err, OutboxError::NotFound(_)), "{err}");
+        assert_eq!(ob.pending_count().unwrap(), 3);
+        // The failed batch did not use up a seq.
+        let next = ob.enqueue(&a.id, "room.message", "4", 30).unwrap();
+        assert_eq!(ob.get_delivery(&next).unwrap().seq, 3);
     }
 
     #[test]

@@ -618,6 +618,11 @@ pub async fn resolve_checked_async(
     target: &Target,
     policy: &SsrfPolicy,
 ) -> Result<Vec<SocketAddr>, SsrfError> {
+    let host = target.host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_ok() {
+        // An IP literal needs no lookup: no trip to the blocking pool.
+        return resolve_checked(target, policy);
+    }
     let (target, policy) = (target.clone(), policy.clone());
     actix_rt::task::spawn_blocking(move || resolve_checked(&target, &policy))
         .await
