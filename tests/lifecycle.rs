@@ -75,3 +75,63 @@ async fn shutdown_does_not_wait_past_its_deadline_for_unresponsive_clients() {
         started.elapsed()
     );
 }
+
+/// A room nobody is in retires `history_ttl` after its *last* message: a later publish moves
+/// the deadline (one timer re-armed, not one timer per publish).
+#[actix_rt::test]
+async fn an_empty_room_retires_history_ttl_after_its_last_message() {
+    const KEY: &str = "lifecycle-test-api-key-0123";
+    let ttl = Duration::from_millis(400);
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    config.api.requests_per_second = 0;
+    config.namespaces.insert(
+        "brief".into(),
+        switchboard::config::NamespaceConfig {
+            history_ttl: Some(ttl),
+            ..Default::default()
+        },
+    );
+    let broker = TestBroker::start(config);
+    let http = awc::Client::default();
+    let publish = || async {
+        let resp = http
+            .post(broker.http_url("/api/rooms/brief:1/publish"))
+            .bearer_auth(KEY)
+            .send_json(&json!({"payload": {}}))
+            .await
+            .expect("publish");
+        assert_eq!(resp.status(), 200);
+    };
+    let listed = || async {
+        let mut resp = http
+            .get(broker.http_url("/api/rooms"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("list rooms");
+        let body: serde_json::Value = resp.json().await.expect("JSON");
+        body["rooms"]
+            .as_array()
+            .is_some_and(|rooms| rooms.iter().any(|r| r["room"] == "brief:1"))
+    };
+    publish().await;
+    // Not synchronisation: the second publish must come well after the first.
+    actix_rt::time::sleep(ttl * 5 / 8).await;
+    publish().await;
+    let last = std::time::Instant::now();
+    assert!(listed().await, "the room is up after its last publish");
+    let deadline = last + Duration::from_secs(10);
+    while listed().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the empty room never retired"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retired_after = last.elapsed();
+    assert!(
+        retired_after >= ttl,
+        "retired {retired_after:?} after the last message, before history_ttl {ttl:?}"
+    );
+}
