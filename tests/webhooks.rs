@@ -336,7 +336,7 @@ async fn a_400_is_dead_lettered_without_a_retry() {
     let broker = TestBroker::start(config());
     let api = api_of(&broker);
     let rx = Receiver::start();
-    rx.push([Reply::status(400)]);
+    rx.push([Reply::status(400).body("{\"error\":\"unknown customer\"}")]);
     let ep = register_for(&api, &rx, &["room.message"]).await;
 
     api.publish("conversation:1", None, json!({"n": 1})).await;
@@ -369,6 +369,11 @@ async fn a_400_is_dead_lettered_without_a_retry() {
     );
     let d = delivery(&api, &ep.id, &dead).await;
     assert_eq!(attempt_statuses(&d), vec![json!(400)]);
+    // The receiver's answer is kept, to show why.
+    assert_eq!(
+        d["last_error"], "HTTP 400: not retried; response: {\"error\":\"unknown customer\"}",
+        "{d}"
+    );
 
     let all = rx.requests();
     assert_eq!(count_id(&all, &dead), 1, "no retry after a 400");

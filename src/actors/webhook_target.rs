@@ -154,6 +154,40 @@ impl Handler<StopTarget> for WebhookTarget {
     }
 }
 
+/// How much of a receiver's answer is read.
+const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+
+/// How much of a failed attempt's answer is kept in its error.
+const SNIPPET_CHARS: usize = 200;
+
+/// Appends the start of the receiver's answer to a failure's error.
+fn with_response_snippet(verdict: Verdict, body: Option<&[u8]>) -> Verdict {
+    let Some(body) = body.filter(|b| !b.is_empty()) else {
+        return verdict;
+    };
+    let text = String::from_utf8_lossy(body);
+    let mut snippet: String = text.chars().take(SNIPPET_CHARS).collect();
+    if text.chars().nth(SNIPPET_CHARS).is_some() {
+        snippet.push('…');
+    }
+    match verdict {
+        Verdict::Retry {
+            status,
+            error,
+            retry_after,
+        } => Verdict::Retry {
+            status,
+            error: format!("{error}; response: {snippet}"),
+            retry_after,
+        },
+        Verdict::Dead { status, error } => Verdict::Dead {
+            status,
+            error: format!("{error}; response: {snippet}"),
+        },
+        delivered => delivered,
+    }
+}
+
 /// One attempt: SSRF check and resolve, POST to a checked address, classify.
 async fn attempt(
     client: &awc::Client,
@@ -199,17 +233,28 @@ async fn attempt(
             request = request.insert_header((name.as_str(), value.as_str()));
         }
         match request.send_body(body.clone()).await {
-            Ok(response) => {
+            Ok(mut response) => {
                 let retry_after = response
                     .headers()
                     .get(actix_web::http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok());
-                return classify_status(
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let verdict = classify_status(
                     response.status().as_u16(),
-                    retry_after,
+                    retry_after.as_deref(),
                     SystemTime::now(),
                     settings.max_retry_after,
                 );
+                // Reading the (bounded) body lets the connection be reused, and a failure's
+                // body usually says why.
+                let body = tokio::time::timeout(
+                    settings.timeout,
+                    response.body().limit(RESPONSE_BODY_LIMIT),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok);
+                return with_response_snippet(verdict, body.as_deref());
             }
             // Nothing was sent: the next address may answer.
             Err(SendRequestError::Connect(err)) => {

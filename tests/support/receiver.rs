@@ -49,6 +49,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     /// How long to wait before answering ([`HANG`]: effectively never).
     pub delay: Duration,
+    /// The response body (empty by default).
+    pub body: String,
 }
 
 impl Reply {
@@ -58,6 +60,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: String::new(),
         }
     }
 
@@ -74,6 +77,12 @@ impl Reply {
     /// Adds a response header.
     pub fn header(mut self, name: &str, value: &str) -> Reply {
         self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Answers with `body`.
+    pub fn body(mut self, body: &str) -> Reply {
+        self.body = body.to_owned();
         self
     }
 
@@ -456,7 +465,7 @@ async fn handle(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
     for (name, value) in &reply.headers {
         response.insert_header((name.as_str(), value.as_str()));
     }
-    response.finish()
+    response.body(reply.body)
 }
 
 // ---- the HTTP API, bounded polling, time ----
