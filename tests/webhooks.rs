@@ -866,6 +866,7 @@ async fn endpoints_can_be_listed_read_patched_disabled_and_deleted() {
     assert_eq!(created["rooms"], json!(["conversation:*"]));
     assert_eq!(created["rate_limit_per_s"], 50);
     assert_eq!(created["enabled"], true);
+    assert_eq!(created["source"], "api");
 
     // A generated secret and the default rooms.
     let other = api

@@ -112,6 +112,14 @@ pub fn open_outbox(config: &Config, filters: &Filters) -> Result<Outbox, ConfigE
             .upsert_endpoint(id, new, keep_secret, now_ms())
             .map_err(|e| invalid(key, e.to_string()))?;
     }
+    let keep: Vec<&str> = w.endpoints.keys().map(String::as_str).collect();
+    let removed = outbox
+        .disable_removed_config_endpoints(&keep)
+        .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;
+    for id in removed {
+        let pending = outbox.pending_count_for(&id).unwrap_or(0);
+        log::warn!("webhooks: endpoint {id} was removed from the config file: disabled, {pending} pending deliveries kept (DELETE /api/webhooks/{id} drops them)");
+    }
     let endpoints = outbox
         .list_endpoints()
         .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;

@@ -104,6 +104,9 @@ pub struct EndpointView {
     pub created_at: i64,
     /// Deliveries waiting to go out.
     pub pending: u64,
+    /// `config` for an endpoint the config file defines (the file wins at the next start),
+    /// `api` for one made through the API.
+    pub source: &'static str,
     /// The signing secret (creation only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -123,6 +126,7 @@ impl EndpointView {
             failing_since: e.failing_since,
             created_at: e.created_at,
             pending: status.pending,
+            source: if e.from_config { "config" } else { "api" },
             secret: None,
         }
     }

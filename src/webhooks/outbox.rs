@@ -38,7 +38,7 @@ use std::str::FromStr;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 /// Current schema version, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Schema version 1: endpoints, deliveries and attempts.
 ///
@@ -91,8 +91,17 @@ CREATE TABLE attempts (
 CREATE INDEX attempts_delivery ON attempts (delivery_id, id);
 ";
 
+/// Schema version 2: endpoints remember whether the config file defines them, so one that
+/// leaves the file can be told apart from one made through the API.
+const SCHEMA_V2: &str = "
+ALTER TABLE endpoints ADD COLUMN from_config INTEGER NOT NULL DEFAULT 0;
+";
+
+/// The disabled reason of a config-file endpoint whose table was removed from the file.
+pub const REMOVED_FROM_CONFIG: &str = "removed from the config file";
+
 const ENDPOINT_COLS: &str = "id, url, secret, events, rooms, rate_limit_per_s, enabled, \
-     disabled_reason, failing_since, created_at";
+     disabled_reason, failing_since, created_at, from_config";
 
 const DELIVERY_COLS: &str = "id, endpoint_id, seq, event_type, payload, state, attempts, \
      next_attempt_at, created_at, last_status, last_error, last_latency_ms, delivered_at";
@@ -156,6 +165,8 @@ pub struct Endpoint {
     pub failing_since: Option<i64>,
     /// Unix ms of registration.
     pub created_at: i64,
+    /// Defined by the config file (`[webhooks.endpoints.<id>]`), not through the API.
+    pub from_config: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -172,6 +183,7 @@ impl std::fmt::Debug for Endpoint {
             .field("disabled_reason", &self.disabled_reason)
             .field("failing_since", &self.failing_since)
             .field("created_at", &self.created_at)
+            .field("from_config", &self.from_config)
             .finish()
     }
 }
@@ -363,9 +375,10 @@ impl Outbox {
         self.insert_endpoint_as(&id, new, now_ms)
     }
 
-    /// Creates the endpoint `id` or, when it exists, updates its URL, events, rooms and rate
-    /// limit (and its secret unless `keep_secret`), keeping its enabled state and deliveries.
-    /// This is how endpoints defined in the config file come back at every start.
+    /// Creates the config-file endpoint `id` or, when it exists, updates its URL, events,
+    /// rooms and rate limit (and its secret unless `keep_secret`), keeping its enabled state
+    /// and deliveries; one disabled because it had left the file is enabled again. This is
+    /// how endpoints defined in the config file come back at every start.
     pub fn upsert_endpoint(
         &mut self,
         id: &str,
@@ -373,18 +386,40 @@ impl Outbox {
         keep_secret: bool,
         now_ms: i64,
     ) -> Result<Endpoint> {
-        if get_endpoint(&self.conn, id).is_err() {
-            return self.insert_endpoint_as(id, new, now_ms);
+        let existing = get_endpoint(&self.conn, id).ok();
+        if existing.is_none() {
+            self.insert_endpoint_as(id, new.clone(), now_ms)?;
         }
+        let returned = existing.is_some_and(|e| {
+            !e.enabled && e.disabled_reason.as_deref() == Some(REMOVED_FROM_CONFIG)
+        });
         let patch = EndpointPatch {
             url: Some(new.url),
             events: Some(new.events),
             rooms: Some(new.rooms),
             rate_limit_per_s: Some(new.rate_limit_per_s),
             secret: (!keep_secret).then_some(new.secret),
-            enabled: None,
+            enabled: returned.then_some(true),
         };
+        self.conn.execute(
+            "UPDATE endpoints SET from_config = 1 WHERE id = ?1",
+            params![id],
+        )?;
         self.update_endpoint(id, patch)
+    }
+
+    /// Disables the config-file endpoints whose ids are not in `keep` (their tables left
+    /// the file), with the reason [`REMOVED_FROM_CONFIG`]. Their deliveries stay: DELETE
+    /// the endpoint to drop them. Returns the ids disabled now.
+    pub fn disable_removed_config_endpoints(&mut self, keep: &[&str]) -> Result<Vec<String>> {
+        let mut disabled = Vec::new();
+        for endpoint in self.list_endpoints()? {
+            if endpoint.from_config && endpoint.enabled && !keep.contains(&endpoint.id.as_str()) {
+                self.disable_endpoint(&endpoint.id, REMOVED_FROM_CONFIG)?;
+                disabled.push(endpoint.id);
+            }
+        }
+        Ok(disabled)
     }
 
     fn insert_endpoint_as(&mut self, id: &str, new: NewEndpoint, now_ms: i64) -> Result<Endpoint> {
@@ -399,6 +434,7 @@ impl Outbox {
             disabled_reason: None,
             failing_since: None,
             created_at: now_ms,
+            from_config: false,
         };
         self.conn.execute(
             "INSERT INTO endpoints (id, url, secret, events, rooms, rate_limit_per_s, enabled, \
@@ -802,7 +838,13 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.pragma_update(None, "user_version", 1)?;
         tx.commit()?;
     }
-    // Future migrations: `if version < 2 { … user_version = 2 }`.
+    if version < 2 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    // Future migrations: `if version < 3 { … user_version = 3 }`.
     Ok(())
 }
 
@@ -846,6 +888,7 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         disabled_reason: row.get(7)?,
         failing_since: row.get(8)?,
         created_at: row.get(9)?,
+        from_config: row.get(10)?,
     })
 }
 
@@ -1361,6 +1404,76 @@ mod tests {
         // Sequences keep growing after a purge.
         let next = ob.enqueue(&ep.id, "room.message", "{}", 50).unwrap();
         assert_eq!(ob.get_delivery(&next).unwrap().seq, 4);
+    }
+
+    #[test]
+    fn config_endpoints_are_upserted_and_disabled_when_they_leave_the_file() {
+        let mut ob = Outbox::in_memory().unwrap();
+        let api = ob
+            .insert_endpoint(new_endpoint("https://api.example"), 0)
+            .unwrap();
+        assert!(!api.from_config);
+        let cfg = ob
+            .upsert_endpoint("orders", new_endpoint("https://a.example"), false, 0)
+            .unwrap();
+        assert!(cfg.from_config && cfg.enabled);
+        let pending = ob.enqueue("orders", "room.message", "{}", 1).unwrap();
+        // Next start: the file changes the URL; no secret in the file keeps the stored one.
+        let mut changed = new_endpoint("https://b.example");
+        changed.secret = "whsec_other".into();
+        let again = ob.upsert_endpoint("orders", changed, true, 5).unwrap();
+        assert_eq!(again.url, "https://b.example");
+        assert_eq!(again.secret, cfg.secret);
+        assert_eq!(again.created_at, 0);
+        // The table leaves the file: disabled with a reason, deliveries kept; API
+        // endpoints are not touched.
+        assert_eq!(
+            ob.disable_removed_config_endpoints(&[]).unwrap(),
+            vec!["orders".to_owned()]
+        );
+        let gone = ob.get_endpoint("orders").unwrap();
+        assert!(!gone.enabled);
+        assert_eq!(gone.disabled_reason.as_deref(), Some(REMOVED_FROM_CONFIG));
+        assert_eq!(
+            ob.get_delivery(&pending).unwrap().state,
+            DeliveryState::Pending
+        );
+        assert!(ob.get_endpoint(&api.id).unwrap().enabled);
+        assert!(ob.disable_removed_config_endpoints(&[]).unwrap().is_empty());
+        // Back in the file: enabled again. A hand-disabled one would stay disabled.
+        let back = ob
+            .upsert_endpoint("orders", new_endpoint("https://b.example"), true, 9)
+            .unwrap();
+        assert!(back.enabled && back.disabled_reason.is_none());
+        ob.disable_endpoint("orders", "paused by hand").unwrap();
+        let still = ob
+            .upsert_endpoint("orders", new_endpoint("https://b.example"), true, 9)
+            .unwrap();
+        assert!(!still.enabled);
+    }
+
+    #[test]
+    fn a_version_1_outbox_is_migrated() {
+        let db = TempDb::new();
+        {
+            let conn = Connection::open(&db.0).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO endpoints (id, url, secret, events, rooms, rate_limit_per_s, created_at) \
+                 VALUES ('ep_old', 'https://a.example', 's', '[]', '[\"*\"]', 10, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let ob = Outbox::open(&db.0).unwrap();
+        let old = ob.get_endpoint("ep_old").unwrap();
+        assert!(!old.from_config && old.enabled);
+        let version: i64 = ob
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
