@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::webhooks::event::{self, WebhookEvent};
 use crate::webhooks::filter::{subscribed, EndpointFilter, Filters};
 use crate::webhooks::outbox::{
-    Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint, Outbox,
+    AttemptRecord, Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint, Outbox, Outcome,
 };
 use crate::webhooks::policy::{RetryPolicy, Verdict};
 use crate::webhooks::signing::WebhookSecret;
@@ -50,6 +50,41 @@ pub struct RetryQueue {
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// Events received since the last commit; see [`Emit`].
     batch: Vec<Emit>,
+    /// Attempt outcomes received since the last commit.
+    done_batch: Vec<AttemptDone>,
+}
+
+/// An attempt's outcome with the retry schedule applied.
+enum Decision {
+    Delivered {
+        status: u16,
+    },
+    Retry {
+        status: Option<u16>,
+        error: String,
+        at: i64,
+    },
+    Dead {
+        status: Option<u16>,
+        error: String,
+    },
+}
+
+impl Decision {
+    fn outcome(&self) -> Outcome<'_> {
+        match self {
+            Decision::Delivered { status } => Outcome::Delivered { status: *status },
+            Decision::Retry { status, error, at } => Outcome::Retry {
+                status: *status,
+                error,
+                next_attempt_at_ms: *at,
+            },
+            Decision::Dead { status, error } => Outcome::Dead {
+                status: *status,
+                error,
+            },
+        }
+    }
 }
 
 /// Who waits for an event's commit.
@@ -167,6 +202,7 @@ impl RetryQueue {
             draining: false,
             drain_waiters: Vec::new(),
             batch: Vec::new(),
+            done_batch: Vec::new(),
         }
     }
 
@@ -265,26 +301,11 @@ impl RetryQueue {
         }
     }
 
-    fn record(&mut self, done: &AttemptDone) -> Result<(), WebhookError> {
-        let latency_ms = i64::try_from(done.latency.as_millis()).unwrap_or(i64::MAX);
-        let now = now_ms();
-        let label = [done.endpoint_id.as_str()];
-        let m = &self.metrics;
-        m.webhook_attempts.with_label_values(&label).inc();
-        m.webhook_latency
-            .with_label_values(&label)
-            .observe(done.latency.as_secs_f64());
-        let (status, error) = match &done.verdict {
-            Verdict::Delivered { status } => {
-                self.outbox
-                    .record_success(&done.delivery_id, *status, latency_ms, now)?;
-                m.webhook_succeeded.with_label_values(&label).inc();
-                self.pending -= 1;
-                if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
-                    t.endpoint.failing_since = None;
-                }
-                return Ok(());
-            }
+    /// What to record for an attempt: the verdict with the retry schedule applied (a
+    /// retry past `max_retries` becomes a dead letter).
+    fn decide(&self, done: &AttemptDone, now: i64) -> Decision {
+        match &done.verdict {
+            Verdict::Delivered { status } => Decision::Delivered { status: *status },
             Verdict::Retry {
                 status,
                 error,
@@ -292,47 +313,121 @@ impl RetryQueue {
             } => {
                 let unit: f64 = rand::random();
                 match self.policy.delay(done.attempt, *retry_after, unit) {
-                    Some(delay) => {
-                        let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-                        self.outbox.record_retry(
-                            &done.delivery_id,
-                            *status,
-                            error,
-                            latency_ms,
-                            at,
-                            now,
-                        )?;
-                        log::debug!(
-                            "webhooks: {} attempt {} to {} failed ({error}); retry in {delay:?}",
-                            done.delivery_id,
-                            done.attempt,
-                            done.endpoint_id
-                        );
-                        (None, None)
-                    }
-                    None => (
-                        Some(*status),
-                        Some(format!("{error} (gave up after {} attempts)", done.attempt)),
-                    ),
+                    Some(delay) => Decision::Retry {
+                        status: *status,
+                        error: error.clone(),
+                        at: now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                    },
+                    None => Decision::Dead {
+                        status: *status,
+                        error: format!("{error} (gave up after {} attempts)", done.attempt),
+                    },
                 }
             }
-            Verdict::Dead { status, error } => (Some(*status), Some(error.clone())),
+            Verdict::Dead { status, error } => Decision::Dead {
+                status: *status,
+                error: error.clone(),
+            },
+        }
+    }
+
+    /// Records the collected outcomes in one transaction (group commit), then updates
+    /// counters, metrics and failure streaks, and sends each endpoint its next delivery.
+    fn record_batch(&mut self, ctx: &mut Context<Self>) {
+        let batch = std::mem::take(&mut self.done_batch);
+        let now = now_ms();
+        let decisions: Vec<Decision> = batch.iter().map(|d| self.decide(d, now)).collect();
+        let records: Vec<AttemptRecord<'_>> = batch
+            .iter()
+            .zip(&decisions)
+            .map(|(done, decision)| AttemptRecord {
+                delivery_id: &done.delivery_id,
+                outcome: decision.outcome(),
+                latency_ms: i64::try_from(done.latency.as_millis()).unwrap_or(i64::MAX),
+                now_ms: now,
+            })
+            .collect();
+        let results = self.outbox.record_outcomes(&records);
+        drop(records);
+        let results: Vec<Result<(), String>> = match results {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect(),
+            Err(err) => vec![Err(err.to_string()); batch.len()],
         };
+        for ((done, decision), result) in batch.iter().zip(&decisions).zip(results) {
+            if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
+                t.in_flight = None;
+            }
+            match result {
+                Ok(()) => {
+                    self.account(done, decision, now);
+                    self.pump(&done.endpoint_id, ctx);
+                }
+                Err(err) => {
+                    // The delivery is still the pending head: sending it again at once would
+                    // hammer the receiver while the outbox is failing.
+                    log::error!(
+                        "webhooks: recording attempt {} of {} failed: {err}; pausing the endpoint 1 s",
+                        done.attempt,
+                        done.delivery_id
+                    );
+                    if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
+                        Self::wake_later(t, &done.endpoint_id, Duration::from_secs(1), ctx);
+                    }
+                }
+            }
+        }
+        self.update_gauges();
+        self.finish_drain_if_idle();
+    }
+
+    /// The in-memory side of a recorded outcome: counters, metrics, logs, failure streak.
+    fn account(&mut self, done: &AttemptDone, decision: &Decision, now: i64) {
+        let label = [done.endpoint_id.as_str()];
+        let m = &self.metrics;
+        m.webhook_attempts.with_label_values(&label).inc();
+        m.webhook_latency
+            .with_label_values(&label)
+            .observe(done.latency.as_secs_f64());
+        match decision {
+            Decision::Delivered { .. } => {
+                m.webhook_succeeded.with_label_values(&label).inc();
+                self.pending -= 1;
+                if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
+                    t.endpoint.failing_since = None;
+                }
+                return;
+            }
+            Decision::Retry { error, at, .. } => {
+                log::debug!(
+                    "webhooks: {} attempt {} to {} failed ({error}); retry in {} ms",
+                    done.delivery_id,
+                    done.attempt,
+                    done.endpoint_id,
+                    at - now
+                );
+            }
+            Decision::Dead { error, .. } => {
+                m.webhook_dead_lettered.inc();
+                self.pending -= 1;
+                self.dead += 1;
+                log::warn!(
+                    "webhooks: delivery {} to endpoint {} dead-lettered after {} attempt(s): {error}",
+                    done.delivery_id,
+                    done.endpoint_id,
+                    done.attempt
+                );
+            }
+        }
         m.webhook_failed.with_label_values(&label).inc();
-        if let (Some(status), Some(error)) = (status, error) {
-            self.outbox
-                .record_dead(&done.delivery_id, status, &error, latency_ms, now)?;
-            m.webhook_dead_lettered.inc();
-            self.pending -= 1;
-            self.dead += 1;
-            log::warn!(
-                "webhooks: delivery {} to endpoint {} dead-lettered after {} attempt(s): {error}",
-                done.delivery_id,
-                done.endpoint_id,
-                done.attempt
+        if let Err(err) = self.check_failing(&done.endpoint_id, now) {
+            log::error!(
+                "webhooks: could not disable failing endpoint {}: {err}",
+                done.endpoint_id
             );
         }
-        self.check_failing(&done.endpoint_id, now)
     }
 
     /// Disables an endpoint whose failure streak has lasted `disable_after`.
@@ -552,26 +647,10 @@ impl Handler<AttemptDone> for RetryQueue {
             // The endpoint was deleted (or replaced) while the attempt ran.
             return;
         }
-        let recorded = self.record(&done);
-        if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
-            t.in_flight = None;
-        }
-        self.update_gauges();
-        self.finish_drain_if_idle();
-        match recorded {
-            Ok(()) => self.pump(&done.endpoint_id, ctx),
-            Err(err) => {
-                // The delivery is still the pending head: sending it again at once would
-                // hammer the receiver while the outbox is failing.
-                log::error!(
-                    "webhooks: recording attempt {} of {} failed: {err}; pausing the endpoint 1 s",
-                    done.attempt,
-                    done.delivery_id
-                );
-                if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
-                    Self::wake_later(t, &done.endpoint_id, Duration::from_secs(1), ctx);
-                }
-            }
+        // Group commit, as for `Emit`: outcomes that arrive together share a transaction.
+        self.done_batch.push(done);
+        if self.done_batch.len() == 1 {
+            ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, ctx| act.record_batch(ctx)));
         }
     }
 }

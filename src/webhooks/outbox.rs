@@ -315,6 +315,45 @@ pub struct DeliveryHistory {
     pub attempts: Vec<Attempt>,
 }
 
+/// How one attempt ended, for [`Outbox::record_outcomes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// A 2xx: delivered; the endpoint's failure streak ends.
+    Delivered {
+        /// The status.
+        status: u16,
+    },
+    /// Failed; try again at `next_attempt_at_ms`. Starts the failure streak if none runs.
+    Retry {
+        /// The status, if there was a response.
+        status: Option<u16>,
+        /// What went wrong.
+        error: &'a str,
+        /// When to try again (unix ms).
+        next_attempt_at_ms: i64,
+    },
+    /// Failed for good: dead-lettered.
+    Dead {
+        /// The status, if there was a response.
+        status: Option<u16>,
+        /// What went wrong.
+        error: &'a str,
+    },
+}
+
+/// One attempt's outcome to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptRecord<'a> {
+    /// The delivery (must be pending).
+    pub delivery_id: &'a str,
+    /// How it ended.
+    pub outcome: Outcome<'a>,
+    /// How long it took.
+    pub latency_ms: i64,
+    /// When it finished (unix ms).
+    pub now_ms: i64,
+}
+
 /// The SQLite-backed outbox. Synchronous and `&mut self` by design: it is owned by a single
 /// writer (the `RetryQueue` actor), which serialises all access.
 pub struct Outbox {
@@ -629,29 +668,12 @@ impl Outbox {
         latency_ms: i64,
         now_ms: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        let d = pending_delivery(&tx, delivery_id)?;
-        let attempt = d.attempts + 1;
-        tx.execute(
-            "UPDATE deliveries SET state = 'delivered', attempts = ?2, last_status = ?3, \
-             last_error = NULL, last_latency_ms = ?4, delivered_at = ?5 WHERE id = ?1",
-            params![delivery_id, attempt, status, latency_ms, now_ms],
-        )?;
-        insert_attempt(
-            &tx,
+        self.record_one(AttemptRecord {
             delivery_id,
-            attempt,
-            Some(status),
-            None,
+            outcome: Outcome::Delivered { status },
             latency_ms,
             now_ms,
-        )?;
-        tx.execute(
-            "UPDATE endpoints SET failing_since = NULL WHERE id = ?1",
-            params![d.endpoint_id],
-        )?;
-        tx.commit()?;
-        Ok(())
+        })
     }
 
     /// Records a failed attempt that will be retried at `next_attempt_at_ms` (the caller
@@ -666,33 +688,16 @@ impl Outbox {
         next_attempt_at_ms: i64,
         now_ms: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        let d = pending_delivery(&tx, delivery_id)?;
-        let attempt = d.attempts + 1;
-        tx.execute(
-            "UPDATE deliveries SET attempts = ?2, next_attempt_at = ?3, last_status = ?4, \
-             last_error = ?5, last_latency_ms = ?6 WHERE id = ?1",
-            params![
-                delivery_id,
-                attempt,
-                next_attempt_at_ms,
+        self.record_one(AttemptRecord {
+            delivery_id,
+            outcome: Outcome::Retry {
                 status,
                 error,
-                latency_ms
-            ],
-        )?;
-        insert_attempt(
-            &tx,
-            delivery_id,
-            attempt,
-            status,
-            Some(error),
+                next_attempt_at_ms,
+            },
             latency_ms,
             now_ms,
-        )?;
-        mark_failing(&tx, &d.endpoint_id, now_ms)?;
-        tx.commit()?;
-        Ok(())
+        })
     }
 
     /// Records a final failure: the delivery becomes `failed`, i.e. dead-lettered, and the
@@ -705,26 +710,41 @@ impl Outbox {
         latency_ms: i64,
         now_ms: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        let d = pending_delivery(&tx, delivery_id)?;
-        let attempt = d.attempts + 1;
-        tx.execute(
-            "UPDATE deliveries SET state = 'failed', attempts = ?2, last_status = ?3, \
-             last_error = ?4, last_latency_ms = ?5 WHERE id = ?1",
-            params![delivery_id, attempt, status, error, latency_ms],
-        )?;
-        insert_attempt(
-            &tx,
+        self.record_one(AttemptRecord {
             delivery_id,
-            attempt,
-            status,
-            Some(error),
+            outcome: Outcome::Dead { status, error },
             latency_ms,
             now_ms,
-        )?;
-        mark_failing(&tx, &d.endpoint_id, now_ms)?;
+        })
+    }
+
+    fn record_one(&mut self, record: AttemptRecord<'_>) -> Result<()> {
+        self.record_outcomes(std::slice::from_ref(&record))?
+            .pop()
+            .expect("one result per record")
+    }
+
+    /// Records several attempts' outcomes in one transaction (group commit). Each record
+    /// gets its own result: one whose delivery is gone or no longer pending is skipped with
+    /// [`OutboxError::NotFound`] / [`OutboxError::InvalidState`] and the others are kept.
+    /// The outer error is a database failure, and then nothing was recorded.
+    pub fn record_outcomes(&mut self, records: &[AttemptRecord<'_>]) -> Result<Vec<Result<()>>> {
+        let tx = self.conn.transaction()?;
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            let d = match pending_delivery(&tx, record.delivery_id) {
+                Ok(d) => d,
+                Err(err @ (OutboxError::NotFound(_) | OutboxError::InvalidState(_))) => {
+                    results.push(Err(err));
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            apply_outcome(&tx, &d, record)?;
+            results.push(Ok(()));
+        }
         tx.commit()?;
-        Ok(())
+        Ok(results)
     }
 
     /// The dead-letter queue, most recent events first.
@@ -931,6 +951,54 @@ fn get_delivery(conn: &Connection, id: &str) -> Result<Delivery> {
     .query_row(params![id], delivery_from_row)
     .optional()?
     .ok_or_else(|| OutboxError::NotFound(format!("delivery {id}")))
+}
+
+/// Writes one outcome for the pending delivery `d` inside `tx`.
+fn apply_outcome(tx: &Transaction<'_>, d: &Delivery, record: &AttemptRecord<'_>) -> Result<()> {
+    let attempt = d.attempts + 1;
+    let (id, latency_ms, now_ms) = (record.delivery_id, record.latency_ms, record.now_ms);
+    let (status, error) = match record.outcome {
+        Outcome::Delivered { status } => {
+            tx.prepare_cached(
+                "UPDATE deliveries SET state = 'delivered', attempts = ?2, last_status = ?3, \
+                 last_error = NULL, last_latency_ms = ?4, delivered_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![id, attempt, status, latency_ms, now_ms])?;
+            tx.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1")?
+                .execute(params![d.endpoint_id])?;
+            (Some(status), None)
+        }
+        Outcome::Retry {
+            status,
+            error,
+            next_attempt_at_ms,
+        } => {
+            tx.prepare_cached(
+                "UPDATE deliveries SET attempts = ?2, next_attempt_at = ?3, last_status = ?4, \
+                 last_error = ?5, last_latency_ms = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                attempt,
+                next_attempt_at_ms,
+                status,
+                error,
+                latency_ms
+            ])?;
+            mark_failing(tx, &d.endpoint_id, now_ms)?;
+            (status, Some(error))
+        }
+        Outcome::Dead { status, error } => {
+            tx.prepare_cached(
+                "UPDATE deliveries SET state = 'failed', attempts = ?2, last_status = ?3, \
+                 last_error = ?4, last_latency_ms = ?5 WHERE id = ?1",
+            )?
+            .execute(params![id, attempt, status, error, latency_ms])?;
+            mark_failing(tx, &d.endpoint_id, now_ms)?;
+            (status, Some(error))
+        }
+    };
+    insert_attempt(tx, id, attempt, status, error, latency_ms, now_ms)
 }
 
 /// The delivery, which must be pending: outcomes are only recorded for in-flight attempts.
@@ -1450,6 +1518,51 @@ mod tests {
             .upsert_endpoint("orders", new_endpoint("https://b.example"), true, 9)
             .unwrap();
         assert!(!still.enabled);
+    }
+
+    #[test]
+    fn outcomes_are_recorded_together_and_a_stale_one_is_skipped_alone() {
+        let mut ob = Outbox::in_memory().unwrap();
+        let a = ob
+            .insert_endpoint(new_endpoint("https://a.example"), 0)
+            .unwrap();
+        let b = ob
+            .insert_endpoint(new_endpoint("https://b.example"), 0)
+            .unwrap();
+        let da = ob.enqueue(&a.id, "room.message", "{}", 1).unwrap();
+        let db = ob.enqueue(&b.id, "room.message", "{}", 1).unwrap();
+        let delivered = ob.enqueue(&b.id, "room.message", "{}", 1).unwrap();
+        ob.record_success(&delivered, 200, 1, 2).unwrap();
+        let record = |delivery_id, outcome| AttemptRecord {
+            delivery_id,
+            outcome,
+            latency_ms: 3,
+            now_ms: 10,
+        };
+        let results = ob
+            .record_outcomes(&[
+                record(&da, Outcome::Delivered { status: 204 }),
+                record(&delivered, Outcome::Delivered { status: 200 }),
+                record(
+                    &db,
+                    Outcome::Retry {
+                        status: Some(503),
+                        error: "HTTP 503",
+                        next_attempt_at_ms: 500,
+                    },
+                ),
+            ])
+            .unwrap();
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(results[1], Err(OutboxError::InvalidState(_))));
+        assert_eq!(
+            ob.get_delivery(&da).unwrap().state,
+            DeliveryState::Delivered
+        );
+        let retried = ob.get_delivery(&db).unwrap();
+        assert_eq!((retried.attempts, retried.next_attempt_at), (1, 500));
+        assert_eq!(ob.get_endpoint(&b.id).unwrap().failing_since, Some(10));
+        assert_eq!(ob.get_endpoint(&a.id).unwrap().failing_since, None);
     }
 
     #[test]
