@@ -12,21 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[path = "support/reference.rs"]
 mod reference;
 
-use reference::reference;
+use reference::{reference, reference_verify};
 use serde_json::json;
 use switchboard::webhooks::signing::{
     sign, verify, webhook_headers, VerifyError, WebhookSecret, DEFAULT_BODY_HMAC_HEADER,
 };
-
-/// Exit status of the helper when the package cannot be imported.
-/// The reference verifier's answer: `Ok(())` or `Err(its message)`; `None` when skipped.
-fn reference_verify(
-    secret: &WebhookSecret,
-    headers: &[(String, String)],
-    body: &str,
-) -> Option<Result<(), String>> {
-    reference::reference_verify(secret.expose_secret(), headers, body)
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()

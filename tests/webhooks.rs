@@ -21,6 +21,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use receiver::{is_prefixed_hex32, poll_until, sample, unix_now, Api, Receiver, Recorded, Reply};
+use reference::reference_verify;
 use serde_json::{json, Value};
 use support::{test_config, token, Client, TestBroker};
 use switchboard::config::{Config, NamespaceConfig, WebhookEndpointConfig, WebhookMode};
@@ -117,16 +118,6 @@ fn count_id(requests: &[Recorded], webhook_id: &str) -> usize {
         .iter()
         .filter(|r| r.webhook_id() == webhook_id)
         .count()
-}
-
-/// Verifies a captured delivery with the Standard Webhooks reference library (see
-/// tests/support/reference.rs); `None` when skipped.
-fn reference_verify(
-    secret: &WebhookSecret,
-    headers: &[(String, String)],
-    body: &str,
-) -> Option<Result<(), String>> {
-    reference::reference_verify(secret.expose_secret(), headers, body)
 }
 
 // ---- tests ----

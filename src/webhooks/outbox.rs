@@ -1079,6 +1079,18 @@ mod tests {
         }
     }
 
+    /// An in-memory outbox with endpoints `a.example` and `b.example`.
+    fn two_endpoints() -> (Outbox, Endpoint, Endpoint) {
+        let mut ob = Outbox::in_memory().unwrap();
+        let a = ob
+            .insert_endpoint(new_endpoint("https://a.example"), 0)
+            .unwrap();
+        let b = ob
+            .insert_endpoint(new_endpoint("https://b.example"), 0)
+            .unwrap();
+        (ob, a, b)
+    }
+
     fn ids(ds: &[Delivery]) -> Vec<String> {
         ds.iter().map(|d| d.id.clone()).collect()
     }
@@ -1179,13 +1191,7 @@ mod tests {
 
     #[test]
     fn enqueue_many_is_all_or_nothing_and_keeps_each_endpoints_order() {
-        let mut ob = Outbox::in_memory().unwrap();
-        let a = ob
-            .insert_endpoint(new_endpoint("https://a.example"), 0)
-            .unwrap();
-        let b = ob
-            .insert_endpoint(new_endpoint("https://b.example"), 0)
-            .unwrap();
+        let (mut ob, a, b) = two_endpoints();
         let ids = ob
             .enqueue_many(
                 &[
@@ -1223,13 +1229,7 @@ mod tests {
 
     #[test]
     fn due_returns_only_the_head_per_endpoint_in_order() {
-        let mut ob = Outbox::in_memory().unwrap();
-        let a = ob
-            .insert_endpoint(new_endpoint("https://a.example"), 0)
-            .unwrap();
-        let b = ob
-            .insert_endpoint(new_endpoint("https://b.example"), 0)
-            .unwrap();
+        let (mut ob, a, b) = two_endpoints();
         let a_ids: Vec<_> = (0..3)
             .map(|i| {
                 ob.enqueue(&a.id, "room.message", &format!(r#"{{"a":{i}}}"#), 100 + i)
@@ -1432,13 +1432,7 @@ mod tests {
 
     #[test]
     fn delete_endpoint_removes_its_deliveries() {
-        let mut ob = Outbox::in_memory().unwrap();
-        let a = ob
-            .insert_endpoint(new_endpoint("https://a.example"), 0)
-            .unwrap();
-        let b = ob
-            .insert_endpoint(new_endpoint("https://b.example"), 0)
-            .unwrap();
+        let (mut ob, a, b) = two_endpoints();
         let dead = ob.enqueue(&a.id, "room.message", "{}", 0).unwrap();
         ob.record_dead(&dead, Some(410), "HTTP 410", 1, 1).unwrap();
         for i in 0..3 {
@@ -1522,13 +1516,7 @@ mod tests {
 
     #[test]
     fn outcomes_are_recorded_together_and_a_stale_one_is_skipped_alone() {
-        let mut ob = Outbox::in_memory().unwrap();
-        let a = ob
-            .insert_endpoint(new_endpoint("https://a.example"), 0)
-            .unwrap();
-        let b = ob
-            .insert_endpoint(new_endpoint("https://b.example"), 0)
-            .unwrap();
+        let (mut ob, a, b) = two_endpoints();
         let da = ob.enqueue(&a.id, "room.message", "{}", 1).unwrap();
         let db = ob.enqueue(&b.id, "room.message", "{}", 1).unwrap();
         let delivered = ob.enqueue(&b.id, "room.message", "{}", 1).unwrap();

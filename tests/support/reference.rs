@@ -11,6 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
+use switchboard::webhooks::signing::WebhookSecret;
 
 /// Exit status of the helper script when the package cannot be imported.
 const EXIT_SKIP: i32 = 77;
@@ -71,13 +72,13 @@ pub fn headers_json(headers: &[(String, String)]) -> Value {
 /// Verifies with the reference library: `Some(Ok(()))`, `Some(Err(message))`, or `None`
 /// (skipped).
 pub fn reference_verify(
-    secret: &str,
+    secret: &WebhookSecret,
     headers: &[(String, String)],
     body: &str,
 ) -> Option<Result<(), String>> {
     let answer = reference(&json!({
         "op": "verify",
-        "secret": secret,
+        "secret": secret.expose_secret(),
         "headers": headers_json(headers),
         "body": body,
     }))?;
