@@ -483,7 +483,8 @@ impl Actor for RetryQueue {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Publishes wait on Emit; a burst must queue here rather than fail.
+        // Emit and AttemptDone come with do_send and never wait; management calls (send)
+        // wait only when this much is queued.
         ctx.set_mailbox_capacity(64 * 1024);
         match self.outbox.list_endpoints() {
             Ok(endpoints) => {

@@ -3,7 +3,7 @@
 //!
 //! An event that matches an endpoint counts as *accepted* only once [`Outbox::enqueue`] has
 //! returned: the row is committed before the call returns, so a `kill -9` of the broker at any
-//! later point cannot lose it, and a restart finds it again through [`Outbox::due`].
+//! later point cannot lose it, and a restart finds it again through [`Outbox::head`].
 //!
 //! # Durability
 //!
@@ -19,13 +19,14 @@
 //! # Ordering
 //!
 //! Every delivery gets a per-endpoint `seq` (the order of acceptance, never reused, even after
-//! deliveries are pruned). [`Outbox::due`] returns at most one delivery per endpoint: that
-//! endpoint's oldest pending one, and only when it is due. A later event for an endpoint is
-//! therefore never attempted while an earlier one is still pending (retrying or waiting);
-//! once the head is delivered or dead-lettered the next one becomes the head.
+//! deliveries are pruned). [`Outbox::head`] is an endpoint's oldest pending delivery, and the
+//! `RetryQueue` only ever attempts the head, when its `next_attempt_at` has come. A later
+//! event for an endpoint is therefore never attempted while an earlier one is still pending
+//! (retrying or waiting); once the head is delivered or dead-lettered the next one becomes
+//! the head.
 //!
-//! `due` does not lease: the caller (the single-writer `RetryQueue` actor) must remember which
-//! deliveries it has in flight and skip them until it records their outcome.
+//! `head` does not lease: the caller (the single-writer `RetryQueue` actor) remembers which
+//! delivery it has in flight and records its outcome before asking again.
 //!
 //! # Schema
 //!
@@ -157,7 +158,8 @@ pub struct Endpoint {
     pub rooms: Vec<String>,
     /// Maximum attempts per second towards this endpoint.
     pub rate_limit_per_s: u32,
-    /// Disabled endpoints keep their pending deliveries but [`Outbox::due`] skips them.
+    /// Disabled endpoints keep (and keep receiving) pending deliveries; the `RetryQueue`
+    /// does not attempt them.
     pub enabled: bool,
     /// Why the endpoint was disabled (e.g. failing continuously), if it was.
     pub disabled_reason: Option<String>,
@@ -623,24 +625,6 @@ impl Outbox {
         Ok(ids)
     }
 
-    /// Deliveries to attempt now: at most one per enabled endpoint, that endpoint's oldest
-    /// pending delivery, and only if its `next_attempt_at <= now_ms`. Earliest due first.
-    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {cols} FROM deliveries d
-             JOIN (SELECT endpoint_id, MIN(seq) AS seq FROM deliveries
-                   WHERE state = 'pending' GROUP BY endpoint_id) h
-               ON h.endpoint_id = d.endpoint_id AND h.seq = d.seq
-             JOIN endpoints e ON e.id = d.endpoint_id
-             WHERE e.enabled = 1 AND d.next_attempt_at <= ?1
-             ORDER BY d.next_attempt_at, d.endpoint_id
-             LIMIT ?2",
-            cols = prefixed_delivery_cols("d")
-        ))?;
-        let rows = stmt.query_map(params![now_ms, sql_limit(limit)], delivery_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// An endpoint's oldest pending delivery, due or not, whether or not the endpoint is
     /// enabled: the one that must go out before any other of its deliveries.
     pub fn head(&self, endpoint_id: &str) -> Result<Option<Delivery>> {
@@ -872,14 +856,6 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-fn prefixed_delivery_cols(alias: &str) -> String {
-    DELIVERY_COLS
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn count(conn: &Connection, filter: &str, endpoint_id: Option<&str>) -> Result<u64> {
     let sql = format!("SELECT COUNT(*) FROM deliveries WHERE {filter}");
     let n: i64 = match endpoint_id {
@@ -1091,6 +1067,22 @@ mod tests {
         (ob, a, b)
     }
 
+    /// What the RetryQueue would send at `now_ms`: each enabled endpoint's head, if due,
+    /// earliest first, at most `limit`.
+    fn due_now(ob: &Outbox, now_ms: i64, limit: usize) -> Vec<Delivery> {
+        let mut due: Vec<Delivery> = ob
+            .list_endpoints()
+            .unwrap()
+            .iter()
+            .filter(|e| e.enabled)
+            .filter_map(|e| ob.head(&e.id).unwrap())
+            .filter(|d| d.next_attempt_at <= now_ms)
+            .collect();
+        due.sort_by_key(|d| (d.next_attempt_at, d.endpoint_id.clone()));
+        due.truncate(limit);
+        due
+    }
+
     fn ids(ds: &[Delivery]) -> Vec<String> {
         ds.iter().map(|d| d.id.clone()).collect()
     }
@@ -1247,9 +1239,9 @@ mod tests {
         assert_eq!(ob.pending_count_for(&a.id).unwrap(), 3);
 
         // Nothing is due before acceptance time.
-        assert!(ob.due(99, 10).unwrap().is_empty());
+        assert!(due_now(&ob, 99, 10).is_empty());
 
-        let due = ob.due(1_000, 10).unwrap();
+        let due = due_now(&ob, 1_000, 10);
         assert_eq!(due.len(), 2);
         let mut got = ids(&due);
         got.sort();
@@ -1262,11 +1254,11 @@ mod tests {
         assert_eq!(head_a.state, DeliveryState::Pending);
 
         // The limit caps the number of endpoints served.
-        assert_eq!(ob.due(1_000, 1).unwrap().len(), 1);
+        assert_eq!(due_now(&ob, 1_000, 1).len(), 1);
 
         // Success on a's head makes a's second event the head; b is unchanged.
         ob.record_success(&a_ids[0], 200, 12, 1_010).unwrap();
-        let due = ob.due(1_020, 10).unwrap();
+        let due = due_now(&ob, 1_020, 10);
         let mut got = ids(&due);
         got.sort();
         let mut want = vec![a_ids[1].clone(), b_ids[0].clone()];
@@ -1287,7 +1279,7 @@ mod tests {
         for id in a_ids[1..].iter().chain(b_ids.iter()) {
             ob.record_success(id, 204, 5, 2_000).unwrap();
         }
-        assert!(ob.due(i64::MAX, 10).unwrap().is_empty());
+        assert!(due_now(&ob, i64::MAX, 10).is_empty());
         assert_eq!(ob.pending_count().unwrap(), 0);
     }
 
@@ -1303,8 +1295,8 @@ mod tests {
         ob.record_retry(&first, Some(503), "HTTP 503", 40, 3_000, 1_040)
             .unwrap();
         // Neither the retrying head nor the later event goes out before the retry time.
-        assert!(ob.due(2_999, 10).unwrap().is_empty());
-        let due = ob.due(3_000, 10).unwrap();
+        assert!(due_now(&ob, 2_999, 10).is_empty());
+        let due = due_now(&ob, 3_000, 10);
         assert_eq!(ids(&due), vec![first.clone()]);
         let d = &due[0];
         assert_eq!(d.attempts, 1);
@@ -1319,7 +1311,7 @@ mod tests {
         assert_eq!(ob.get_endpoint(&ep.id).unwrap().failing_since, Some(1_040));
         ob.record_success(&first, 200, 30, 20_030).unwrap();
         assert_eq!(ob.get_endpoint(&ep.id).unwrap().failing_since, None);
-        assert_eq!(ids(&ob.due(20_030, 10).unwrap()), vec![second]);
+        assert_eq!(ids(&due_now(&ob, 20_030, 10)), vec![second]);
     }
 
     #[test]
@@ -1330,10 +1322,10 @@ mod tests {
             .unwrap();
         let id = ob.enqueue(&ep.id, "room.message", "{}", 0).unwrap();
         ob.disable_endpoint(&ep.id, "failing").unwrap();
-        assert!(ob.due(10, 10).unwrap().is_empty());
+        assert!(due_now(&ob, 10, 10).is_empty());
         assert_eq!(ob.pending_count_for(&ep.id).unwrap(), 1);
         ob.enable_endpoint(&ep.id).unwrap();
-        assert_eq!(ids(&ob.due(10, 10).unwrap()), vec![id]);
+        assert_eq!(ids(&due_now(&ob, 10, 10)), vec![id]);
     }
 
     #[test]
@@ -1357,7 +1349,7 @@ mod tests {
         assert_eq!(dlq[0].state, DeliveryState::Failed);
         assert_eq!(dlq[0].last_status, Some(400));
         // The dead head no longer blocks the endpoint.
-        assert_eq!(ids(&ob.due(100, 10).unwrap()), vec![second.clone()]);
+        assert_eq!(ids(&due_now(&ob, 100, 10)), vec![second.clone()]);
 
         ob.replay(&first, 200).unwrap();
         assert_eq!(ob.dlq_count().unwrap(), 0);
@@ -1367,9 +1359,9 @@ mod tests {
             (DeliveryState::Pending, 0, 200)
         );
         // Original seq: the replayed event is the head again, ahead of the later one.
-        assert_eq!(ids(&ob.due(200, 10).unwrap()), vec![first.clone()]);
+        assert_eq!(ids(&due_now(&ob, 200, 10)), vec![first.clone()]);
         ob.record_success(&first, 200, 7, 210).unwrap();
-        assert_eq!(ids(&ob.due(210, 10).unwrap()), vec![second]);
+        assert_eq!(ids(&due_now(&ob, 210, 10)), vec![second]);
 
         assert!(matches!(
             ob.replay(&first, 300),
@@ -1444,7 +1436,7 @@ mod tests {
         assert_eq!(ob.pending_count().unwrap(), 1);
         assert_eq!(ob.dlq_count().unwrap(), 0);
         assert!(ob.deliveries_for(&a.id, 10).unwrap().is_empty());
-        assert_eq!(ids(&ob.due(10, 10).unwrap()), vec![kept]);
+        assert_eq!(ids(&due_now(&ob, 10, 10)), vec![kept]);
     }
 
     #[test]
@@ -1597,12 +1589,12 @@ mod tests {
         // A second, independent connection sees everything that enqueue returned for.
         let mut ob = Outbox::open_with(&db.0, Synchronous::Full).unwrap();
         assert_eq!(ob.pending_count_for(&ep_id).unwrap(), 3);
-        assert!(ob.due(499, 10).unwrap().is_empty());
-        let due = ob.due(500, 10).unwrap();
+        assert!(due_now(&ob, 499, 10).is_empty());
+        let due = due_now(&ob, 500, 10);
         assert_eq!(ids(&due), vec![ids_before[0].clone()]);
         assert_eq!(due[0].attempts, 1);
         ob.record_success(&ids_before[0], 200, 3, 510).unwrap();
-        assert_eq!(ids(&ob.due(510, 10).unwrap()), vec![ids_before[1].clone()]);
+        assert_eq!(ids(&due_now(&ob, 510, 10)), vec![ids_before[1].clone()]);
         // Sequences continue after reopen.
         let id = ob.enqueue(&ep_id, "room.message", "{}", 600).unwrap();
         assert_eq!(ob.get_delivery(&id).unwrap().seq, 4);
