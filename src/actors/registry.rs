@@ -149,13 +149,10 @@ impl Handler<Register> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) {
-        if self.webhooks.wants(event::SESSION_CONNECTED, None) {
-            self.webhooks.notify(WebhookEvent::session(
-                event::SESSION_CONNECTED,
-                &msg.connection_id,
-                &msg.user,
-            ));
-        }
+        self.webhooks
+            .notify_if_wanted(event::SESSION_CONNECTED, None, || {
+                WebhookEvent::session(event::SESSION_CONNECTED, &msg.connection_id, &msg.user)
+            });
         self.users
             .entry(msg.user.clone())
             .or_default()
@@ -186,13 +183,14 @@ impl Handler<Unregister> for Registry {
 
     fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
         if let Some(entry) = self.sessions.remove(&msg.connection_id) {
-            if self.webhooks.wants(event::SESSION_DISCONNECTED, None) {
-                self.webhooks.notify(WebhookEvent::session(
-                    event::SESSION_DISCONNECTED,
-                    &msg.connection_id,
-                    &entry.user,
-                ));
-            }
+            self.webhooks
+                .notify_if_wanted(event::SESSION_DISCONNECTED, None, || {
+                    WebhookEvent::session(
+                        event::SESSION_DISCONNECTED,
+                        &msg.connection_id,
+                        &entry.user,
+                    )
+                });
             if let Some(conns) = self.users.get_mut(&entry.user) {
                 conns.remove(&msg.connection_id);
                 if conns.is_empty() {

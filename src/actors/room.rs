@@ -190,10 +190,10 @@ impl Room {
 
     /// Raises a presence webhook event if an endpoint wants it.
     fn presence_webhook(&self, event_type: &'static str, user: &str) {
-        if self.webhooks.wants(event_type, Some(&self.name)) {
-            self.webhooks
-                .notify(WebhookEvent::presence(event_type, &self.name, user));
-        }
+        self.webhooks
+            .notify_if_wanted(event_type, Some(&self.name), || {
+                WebhookEvent::presence(event_type, &self.name, user)
+            });
     }
 
     fn presence_list(&self) -> Vec<PresenceInfo> {

@@ -149,6 +149,19 @@ impl Webhooks {
         self.queue.do_send(Emit { event, reply: None });
     }
 
+    /// Raises an event nobody waits on, rendering it (`make`) only when an endpoint wants
+    /// `event_type` in `room`: what rooms and the Registry call for presence and sessions.
+    pub fn notify_if_wanted(
+        &self,
+        event_type: &str,
+        room: Option<&str>,
+        make: impl FnOnce() -> WebhookEvent,
+    ) {
+        if self.wants(event_type, room) {
+            self.notify(make());
+        }
+    }
+
     /// The `RetryQueue` actor, for the management API.
     pub fn queue(&self) -> &Addr<RetryQueue> {
         &self.queue
