@@ -6,16 +6,15 @@
 //! outbox must deliver all 50: each one at least once, first deliveries in order, duplicates
 //! only as repeats of the same `webhook-id` with the same bytes.
 
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/receiver.rs"]
 mod receiver;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use process::{free_port, BrokerProcess};
 use receiver::{Api, Receiver, Recorded, Reply};
 use serde_json::json;
 use switchboard::webhooks::signing::WebhookSecret;
@@ -24,98 +23,6 @@ const KEY: &str = "durability-test-api-key-0123456789";
 const HS256_SECRET: &str = "durability-test-secret-0123456789";
 /// Events published before the kill.
 const N: u64 = 50;
-/// Bound on start-up (process spawn to a 200 from /healthz).
-const STARTUP: Duration = Duration::from_secs(10);
-
-/// A broker process, SIGKILLed and reaped on drop (also when the test panics, when the end
-/// of its log is printed).
-struct BrokerProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl BrokerProcess {
-    fn spawn(config: &Path, log: PathBuf) -> BrokerProcess {
-        let out = File::create(&log).expect("create the broker log");
-        let err = out.try_clone().expect("clone the log handle");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        // Only the file configures this broker (e.g. CI's SWITCHBOARD_REQUIRE_… is not ours).
-        for (var, _) in std::env::vars() {
-            if var.starts_with("SWITCHBOARD_") {
-                cmd.env_remove(var);
-            }
-        }
-        let child = cmd.spawn().expect("start the switchboard binary");
-        BrokerProcess { child, log }
-    }
-
-    /// Polls `GET /healthz` until 200, at most [`STARTUP`]; panics if the process exits.
-    async fn wait_ready(&mut self, base: &str) {
-        let deadline = Instant::now() + STARTUP;
-        let client = awc::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .finish();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the child") {
-                panic!(
-                    "the broker exited during start-up ({status}):\n{}",
-                    log_tail(&self.log)
-                );
-            }
-            if let Ok(resp) = client.get(format!("{base}/healthz")).send().await {
-                if resp.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the broker was not ready within {STARTUP:?}:\n{}",
-                log_tail(&self.log)
-            );
-            // Start-up polling only: nothing to wait on before the process listens.
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on unix) and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} (end) ---\n{}",
-                self.log.display(),
-                log_tail(&self.log)
-            );
-        }
-    }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// A port that was free a moment ago (bound to :0, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 fn seq_of(r: &Recorded) -> u64 {
     r.json()["data"]["seq"]

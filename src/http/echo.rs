@@ -5,7 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
-use crate::transport::{Assembler, InboundEvent};
+use crate::transport::{self, Assembler, InboundEvent};
 use crate::Broker;
 
 /// `GET <echo_path>`: a WebSocket that sends back what it receives.
@@ -15,6 +15,7 @@ pub async fn echo(
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let max = broker.config().conformance.echo_max_message_bytes;
+    let body = transport::limit_frames(&req, body, max)?;
     let (response, mut ws, stream) = actix_ws::handle(&req, body)?;
     let mut stream = stream.max_frame_size(max);
     actix_rt::spawn(async move {

@@ -14,6 +14,7 @@ use actix_ws::CloseReason;
 use super::error::ApiError;
 use crate::actors::session::Session;
 use crate::protocol::{close, frame, ErrorCode};
+use crate::transport;
 use crate::Broker;
 
 /// The subprotocol of protocol v1 (also assumed when the client names none).
@@ -40,6 +41,7 @@ pub async fn connect(
     let token = state.auth.extract_token(&req);
     let connection_id = frame::new_id();
     let identity = state.auth.authenticate(token.as_deref(), &connection_id);
+    let body = transport::limit_frames(&req, body, state.config.limits.max_frame_bytes)?;
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
     match identity {
         Ok(identity) => {

@@ -10,6 +10,7 @@
 //! be told apart, so both close with 1002 (RFC 6455 §7.4.1; Autobahn 7.5.1 accepts 1002 or
 //! 1007) and a reason that says what actually happened.
 
+use actix_http::error::PayloadError;
 use actix_ws::{CloseReason, Item, Message, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
@@ -73,6 +74,16 @@ impl From<ProtocolError> for TransportError {
         match err {
             ProtocolError::Overflow => TransportError::TooBig,
             ProtocolError::Io(io) => {
+                // The frame guard ends the body with `Overflow` at an oversized header.
+                let overflow = io.get_ref().is_some_and(|inner| {
+                    matches!(
+                        inner.downcast_ref::<PayloadError>(),
+                        Some(PayloadError::Overflow)
+                    )
+                });
+                if overflow {
+                    return TransportError::TooBig;
+                }
                 let utf8 = io
                     .get_ref()
                     .is_some_and(|inner| inner.is::<std::str::Utf8Error>());
@@ -276,6 +287,10 @@ mod tests {
         .into();
         assert_eq!(err.close_code(), Some(close::PROTOCOL_ERROR));
         let err: TransportError = ProtocolError::Overflow.into();
+        assert_eq!(err.close_code(), Some(close::MESSAGE_TOO_BIG));
+        // What actix-ws makes of the frame guard's error.
+        let err: TransportError =
+            ProtocolError::Io(std::io::Error::other(PayloadError::Overflow)).into();
         assert_eq!(err.close_code(), Some(close::MESSAGE_TOO_BIG));
         let err: TransportError = ProtocolError::BadOpCode.into();
         assert_eq!(err.close_code(), Some(close::PROTOCOL_ERROR));
