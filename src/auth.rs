@@ -69,12 +69,16 @@ pub enum AuthError {
     /// The token's algorithm is not in `auth.algorithms`.
     #[error("token algorithm not allowed")]
     AlgorithmNotAllowed,
-    /// `iss` does not match `auth.issuer`.
+    /// `iss` is absent or does not match `auth.issuer`.
     #[error("token issuer not accepted")]
     BadIssuer,
-    /// `aud` does not match `auth.audience`.
+    /// `aud` is absent or does not name `auth.audience`.
     #[error("token audience not accepted")]
     BadAudience,
+    /// The query string carries more than one `token` parameter: which one is meant cannot
+    /// be told, and picking one would let a proxy's and a client's tokens be confused.
+    #[error("token given more than once in the query string")]
+    Repeated,
     /// The token is not a well-formed JWT or lacks a required claim.
     #[error("malformed token: {0}")]
     Malformed(&'static str),
@@ -91,6 +95,7 @@ impl AuthError {
             AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
             AuthError::BadIssuer => "bad_issuer",
             AuthError::BadAudience => "bad_audience",
+            AuthError::Repeated => "repeated",
             AuthError::Malformed(_) => "malformed",
         }
     }
@@ -118,12 +123,22 @@ pub struct Claims {
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    /// Audience.
+    /// Audience: one string or several (RFC 7519 §4.1.3 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Whether the bearer may use the server HTTP API.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+}
+
+/// The `aud` claim: a single audience or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "api"`.
+    One(String),
+    /// `"aud": ["api", "web"]`.
+    Many(Vec<String>),
 }
 
 /// Who a session is and what it may do.
@@ -133,6 +148,9 @@ pub struct Identity {
     pub user: Arc<str>,
     /// Whether the session has no token.
     pub anonymous: bool,
+    /// Whether the token carries `admin: true`; only such a token may join another user's
+    /// personal room (and only where its room patterns match).
+    pub admin: bool,
     rooms: Vec<String>,
     publish: Vec<String>,
 }
@@ -143,6 +161,7 @@ impl Identity {
         Identity {
             user: format!("anonymous:{connection_id}").into(),
             anonymous: true,
+            admin: false,
             rooms: vec!["*".into()],
             publish: vec!["*".into()],
         }
@@ -155,6 +174,7 @@ impl Identity {
         Identity {
             user: claims.sub.into(),
             anonymous: false,
+            admin: claims.admin,
             rooms,
             publish,
         }
@@ -163,29 +183,39 @@ impl Identity {
     /// The user's personal room, joined automatically (none for anonymous sessions, or
     /// when `sub` does not make a valid room name).
     pub fn personal_room(&self) -> Option<String> {
-        let room = format!("user:{}", self.user);
+        let room = format!("{PERSONAL_PREFIX}{}", self.user);
         (!self.anonymous && crate::protocol::valid_room_name(&room)).then_some(room)
     }
 
     /// Whether the session may join `room`.
+    ///
+    /// A personal room (`user:…`) is its user's: another user's token gets in only with
+    /// `admin: true` and a pattern that matches, whatever a broad glob like `*` says, so a
+    /// token for "every room" does not read everybody's private messages.
     pub fn may_join(&self, room: &str) -> bool {
         if self.personal_room().as_deref() == Some(room) {
             return true;
         }
-        if self.anonymous && room.starts_with("user:") {
+        if room.starts_with(PERSONAL_PREFIX) && !self.admin {
             return false;
         }
         self.rooms.iter().any(|p| glob_match(p, room))
     }
 
-    /// Whether the session may publish to `room`.
+    /// Whether the session may publish to `room` (the same rule for personal rooms).
     pub fn may_publish(&self, room: &str) -> bool {
-        if self.anonymous && room.starts_with("user:") {
+        if room.starts_with(PERSONAL_PREFIX)
+            && !self.admin
+            && self.personal_room().as_deref() != Some(room)
+        {
             return false;
         }
         self.publish.iter().any(|p| glob_match(p, room))
     }
 }
+
+/// The prefix of personal rooms: `user:{sub}`.
+pub const PERSONAL_PREFIX: &str = "user:";
 
 /// `*` matches any run of characters, `?` exactly one; everything else literally.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -261,17 +291,22 @@ impl Authenticator {
             let mut v = Validation::new(alg);
             v.leeway = config.leeway.as_secs();
             v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp", "sub"]);
+            // A configured issuer or audience is required, not only compared when present:
+            // a token without the claim was minted for something else.
+            let mut required = vec!["exp", "sub"];
             if config.issuer.is_empty() {
                 v.iss = None;
             } else {
                 v.set_issuer(&[&config.issuer]);
+                required.push("iss");
             }
             if config.audience.is_empty() {
                 v.validate_aud = false;
             } else {
                 v.set_audience(&[&config.audience]);
+                required.push("aud");
             }
+            v.set_required_spec_claims(&required);
             validations.insert(name.clone(), v);
         }
         Ok(Authenticator {
@@ -317,6 +352,8 @@ impl Authenticator {
                 ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
                 ErrorKind::InvalidIssuer => AuthError::BadIssuer,
                 ErrorKind::InvalidAudience => AuthError::BadAudience,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::BadIssuer,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::BadAudience,
                 ErrorKind::MissingRequiredClaim(_) => AuthError::Malformed("missing claim"),
                 ErrorKind::Json(_) => AuthError::Malformed("bad claims"),
                 _ => AuthError::Malformed("undecodable"),
@@ -328,23 +365,30 @@ impl Authenticator {
     }
 
     /// The token of a request: `Authorization: Bearer`, then `?token=`, then the cookie.
-    pub fn extract_token(&self, req: &HttpRequest) -> Option<String> {
+    /// A query string with several `token` parameters is refused.
+    pub fn extract_token(&self, req: &HttpRequest) -> Result<Option<String>, AuthError> {
         if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
             if let Some(token) = value.to_str().ok().and_then(bearer_token) {
-                return Some(token.trim().to_owned());
+                return Ok(Some(token.trim().to_owned()));
             }
         }
-        #[derive(Deserialize)]
-        struct TokenQuery {
-            token: Option<String>,
+        if let Some(token) = query_token(req.query_string())? {
+            return Ok(Some(token));
         }
-        if let Ok(q) = actix_web::web::Query::<TokenQuery>::from_query(req.query_string()) {
-            if let Some(token) = q.into_inner().token.filter(|t| !t.is_empty()) {
-                return Some(token);
-            }
-        }
-        req.cookie(&self.cookie_name).map(|c| c.value().to_owned())
+        Ok(req.cookie(&self.cookie_name).map(|c| c.value().to_owned()))
     }
+}
+
+/// The `token` query parameter (empty counts as absent); an error when it is repeated.
+pub fn query_token(query: &str) -> Result<Option<String>, AuthError> {
+    let mut tokens = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned());
+    let first = tokens.next();
+    if tokens.next().is_some() {
+        return Err(AuthError::Repeated);
+    }
+    Ok(first.filter(|t| !t.is_empty()))
 }
 
 /// The credentials of an `Authorization: Bearer …` header value (the scheme is
@@ -440,6 +484,122 @@ mod tests {
         assert!(!id.may_join("task:1"));
         assert!(id.may_publish("conversation:1"));
         assert!(!id.may_publish("conversation:2"));
+    }
+
+    /// A token with exactly these claims (plus `sub` and a future `exp`).
+    fn token_with(extra: serde_json::Value) -> String {
+        let mut claims = serde_json::json!({"sub": "alice", "exp": u64::MAX / 2});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn authenticator_for(issuer: &str, audience: &str) -> Authenticator {
+        Authenticator::from_config(&AuthConfig {
+            hs256_secret: SECRET.into(),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_configured_issuer_and_audience_are_required() {
+        let a = authenticator_for("https://idp.example", "switchboard");
+        // Neither claim: refused for one of them.
+        let neither = a.verify(&token_with(serde_json::json!({}))).unwrap_err();
+        assert!(
+            matches!(neither, AuthError::BadIssuer | AuthError::BadAudience),
+            "{neither:?}"
+        );
+        let cases = [
+            (
+                serde_json::json!({"iss": "https://idp.example"}),
+                Err(AuthError::BadAudience),
+            ),
+            (
+                serde_json::json!({"aud": "switchboard"}),
+                Err(AuthError::BadIssuer),
+            ),
+            (
+                serde_json::json!({"iss": "https://evil.example", "aud": "switchboard"}),
+                Err(AuthError::BadIssuer),
+            ),
+            (
+                serde_json::json!({"iss": "https://idp.example", "aud": "other"}),
+                Err(AuthError::BadAudience),
+            ),
+            (
+                serde_json::json!({"iss": "https://idp.example", "aud": ["other", "switchboard"]}),
+                Ok(()),
+            ),
+            (
+                serde_json::json!({"iss": "https://idp.example", "aud": "switchboard"}),
+                Ok(()),
+            ),
+        ];
+        for (claims, expected) in cases {
+            let got = a.verify(&token_with(claims.clone())).map(|_| ());
+            assert_eq!(got, expected, "{claims}");
+        }
+        // Neither configured: neither required.
+        assert!(authenticator_for("", "")
+            .verify(&token_with(serde_json::json!({})))
+            .is_ok());
+    }
+
+    #[test]
+    fn an_audience_list_is_accepted() {
+        let token = token_with(serde_json::json!({"aud": ["a", "b"]}));
+        let claims = authenticator().verify(&token).unwrap();
+        assert_eq!(
+            claims.aud,
+            Some(Audience::Many(vec!["a".into(), "b".into()]))
+        );
+        let a = authenticator_for("", "c");
+        assert_eq!(a.verify(&token).unwrap_err(), AuthError::BadAudience);
+    }
+
+    #[test]
+    fn a_repeated_token_parameter_is_refused() {
+        assert_eq!(query_token("token=a"), Ok(Some("a".into())));
+        assert_eq!(query_token("x=1&token="), Ok(None));
+        assert_eq!(query_token(""), Ok(None));
+        assert_eq!(query_token("token=a&token=b"), Err(AuthError::Repeated));
+        assert_eq!(query_token("token=a&token=a"), Err(AuthError::Repeated));
+        assert_eq!(query_token("tok%65n=a&token=b"), Err(AuthError::Repeated));
+    }
+
+    #[test]
+    fn personal_rooms_need_their_user_or_an_admin_grant() {
+        let a = authenticator();
+        let everything = a
+            .verify(&token_with(serde_json::json!({"rooms": ["*"]})))
+            .map(Identity::from_claims)
+            .unwrap();
+        assert!(everything.may_join("user:alice"));
+        assert!(!everything.may_join("user:bob"));
+        assert!(!everything.may_publish("user:bob"));
+        assert!(everything.may_join("conversation:1"));
+        let admin = a
+            .verify(&token_with(
+                serde_json::json!({"rooms": ["user:*"], "admin": true}),
+            ))
+            .map(Identity::from_claims)
+            .unwrap();
+        assert!(admin.may_join("user:bob"));
+        assert!(
+            !admin.may_join("conversation:1"),
+            "only where its patterns match"
+        );
+        assert!(!Identity::anonymous("c").may_join("user:bob"));
     }
 
     #[test]

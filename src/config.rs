@@ -166,6 +166,13 @@ pub struct LimitsConfig {
     pub abuse_window: Duration,
     /// Rooms one session may be in (its personal room not counted).
     pub max_rooms_per_session: usize,
+    /// Sessions one user may have open at once; 0: no limit.
+    pub max_sessions_per_user: usize,
+    /// Rooms this broker runs at once (the automatic `broadcast` and personal rooms not
+    /// counted); 0: no limit.
+    pub max_rooms: usize,
+    /// Deepest nesting of arrays and objects in a payload.
+    pub max_json_depth: usize,
     /// Frames queued for one session before it is closed as a slow consumer (4009).
     pub outbound_queue_messages: usize,
     /// Bytes queued for one session before it is closed as a slow consumer (4009).
@@ -191,11 +198,15 @@ pub struct RouterConfig {
 pub struct HistoryConfig {
     /// Messages kept per room.
     pub size: usize,
+    /// Bytes of messages kept per room; the oldest go first when a new one would pass it.
+    pub max_bytes: usize,
     /// How long messages are kept, and how long an idle room keeps its sequence.
     #[serde(with = "duration")]
     pub ttl: Duration,
     /// Client message ids remembered per room, so a retried publish is not delivered twice.
     pub dedup_size: usize,
+    /// Bytes of remembered ids (with their publishers) per room.
+    pub dedup_max_bytes: usize,
 }
 
 /// `[api]`
@@ -355,10 +366,14 @@ impl Default for WebhooksConfig {
 pub struct RoomPolicy {
     /// Messages kept.
     pub history_size: usize,
+    /// Bytes of messages kept.
+    pub history_max_bytes: usize,
     /// How long they are kept.
     pub history_ttl: Duration,
     /// Client ids remembered for idempotent publish.
     pub dedup_size: usize,
+    /// Bytes of remembered ids.
+    pub dedup_max_bytes: usize,
     /// Presence on.
     pub presence: bool,
     /// Clients may publish.
@@ -432,6 +447,9 @@ impl Default for LimitsConfig {
             abuse_threshold: 50,
             abuse_window: Duration::from_secs(10),
             max_rooms_per_session: 100,
+            max_sessions_per_user: 100,
+            max_rooms: 100_000,
+            max_json_depth: 64,
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
         }
@@ -452,8 +470,10 @@ impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig {
             size: 100,
+            max_bytes: 1024 * 1024,
             ttl: Duration::from_secs(300),
             dedup_size: 1000,
+            dedup_max_bytes: 128 * 1024,
         }
     }
 }
@@ -643,6 +663,7 @@ impl Config {
                 "limits.max_rooms_per_session",
                 self.limits.max_rooms_per_session,
             ),
+            ("limits.max_json_depth", self.limits.max_json_depth),
             (
                 "limits.outbound_queue_messages",
                 self.limits.outbound_queue_messages,
@@ -652,7 +673,9 @@ impl Config {
                 self.limits.outbound_queue_bytes,
             ),
             ("history.size", self.history.size),
+            ("history.max_bytes", self.history.max_bytes),
             ("history.dedup_size", self.history.dedup_size),
+            ("history.dedup_max_bytes", self.history.dedup_max_bytes),
             (
                 "conformance.echo_max_message_bytes",
                 self.conformance.echo_max_message_bytes,
@@ -754,8 +777,10 @@ impl Config {
             .unwrap_or_default();
         RoomPolicy {
             history_size: ns.history_size.unwrap_or(self.history.size),
+            history_max_bytes: self.history.max_bytes,
             history_ttl: ns.history_ttl.unwrap_or(self.history.ttl),
             dedup_size: self.history.dedup_size,
+            dedup_max_bytes: self.history.dedup_max_bytes,
             presence: ns.presence,
             client_publish: ns.client_publish,
             anonymous: ns.anonymous,

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Authentication failures by reason.
     pub auth_failures: IntCounterVec,
+    /// Requests refused by a size or capacity limit, by limit (`sessions_per_user`, `rooms`,
+    /// `message_id`, `json_depth`).
+    pub limit_refusals: IntCounterVec,
     /// Application handler latency by message type.
     pub handler_seconds: HistogramVec,
     /// HTTP requests by route pattern and status.
@@ -117,6 +120,14 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            limit_refusals: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_limit_refusals_total",
+                    "Requests refused by a size or capacity limit",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
             handler_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "switchboard_handler_duration_seconds",
@@ -188,7 +199,7 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -199,6 +210,7 @@ impl Metrics {
             Box::new(m.slow_consumer_closes.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.auth_failures.clone()),
+            Box::new(m.limit_refusals.clone()),
             Box::new(m.handler_seconds.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.webhook_attempts.clone()),
@@ -220,6 +232,13 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    /// Counts a request refused by `limit`.
+    pub fn limit_refused(&self, limit: &str) {
+        self.limit_refusals.with_label_values(&[limit]).inc();
     }
 }
 

@@ -16,14 +16,16 @@ const BATCH: usize = 100;
 #[actix_rt::test]
 async fn a_thousand_clients_each_receive_every_message_in_order() {
     let broker = TestBroker::start(test_config());
-    let token = support::token("fan", &["fanout"]);
-    let url = broker.ws_url(Some(&token));
+    // One user per client: a user may only have limits.max_sessions_per_user sessions.
+    let urls: Vec<String> = (0..CLIENTS)
+        .map(|i| broker.ws_url(Some(&support::token(&format!("fan{i}"), &["fanout"]))))
+        .collect();
 
     let started = Instant::now();
     let mut clients: Vec<Client> = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS / BATCH {
-        let batch = join_all((0..BATCH).map(|_| async {
-            let mut c = Client::connect(&url).await;
+    for batch in urls.chunks(BATCH) {
+        let batch = join_all(batch.iter().map(|url| async move {
+            let mut c = Client::connect(url).await;
             c.recv_type("system.connection.established").await;
             c.join("fanout").await;
             c

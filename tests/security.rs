@@ -8,9 +8,11 @@ mod process;
 mod raw;
 mod support;
 
+use awc::ws::Frame;
 use process::{free_port, BrokerProcess};
 use raw::RawWs;
-use support::{test_config, token, TestBroker};
+use serde_json::{json, Value};
+use support::{test_config, token, Client, TestBroker, SECRET};
 use switchboard::protocol::close;
 
 /// 1 GiB: far more than any limit, and than the test could ever send.
@@ -130,4 +132,384 @@ async fn streaming_an_oversized_frame_does_not_grow_the_broker() {
         after < before + 8 * 1024,
         "the broker grew from {before} KiB to {after} KiB"
     );
+}
+
+// ---- HTTP helpers ----
+
+const KEY: &str = "security-test-api-key-0123456789";
+
+/// `method path` with `Authorization: Bearer <bearer>`; the status and the JSON body.
+async fn call(
+    broker: &TestBroker,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = awc::Client::new();
+    let url = broker.http_url(path);
+    let req = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        other => panic!("{other}"),
+    }
+    .bearer_auth(bearer);
+    let mut resp = match body {
+        Some(b) => req.send_json(&b).await,
+        None => req.send().await,
+    }
+    .expect("request");
+    let bytes = resp.body().limit(1 << 22).await.expect("body");
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (resp.status().as_u16(), value)
+}
+
+/// A token with exactly these claims besides `sub` and a future `exp`.
+fn token_with(sub: &str, extra: Value) -> String {
+    let mut claims = json!({"sub": sub, "exp": u64::MAX / 2, "rooms": ["*"]});
+    for (k, v) in extra.as_object().expect("an object") {
+        claims[k] = v.clone();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// Connects with `token`; `Ok` once established, `Err(close reason)` when refused.
+async fn connect_with(broker: &TestBroker, token: &str) -> Result<Client, (Option<u16>, String)> {
+    let mut c = Client::connect(&broker.ws_url(Some(token))).await;
+    match c.next_frame().await {
+        Some(Frame::Text(bytes)) => {
+            let msg: Value = serde_json::from_slice(&bytes).expect("JSON");
+            assert_eq!(msg["type"], "system.connection.established", "{msg}");
+            Ok(c)
+        }
+        Some(Frame::Close(reason)) => Err((
+            reason.as_ref().map(|r| u16::from(r.code)),
+            reason.and_then(|r| r.description).unwrap_or_default(),
+        )),
+        other => panic!("unexpected first frame {other:?}"),
+    }
+}
+
+// ---- 2. a configured issuer and audience are required ----
+
+#[actix_rt::test]
+async fn a_configured_issuer_and_audience_are_required_on_websocket_and_http() {
+    let mut config = test_config();
+    config.auth.issuer = "https://idp.example".into();
+    config.auth.audience = "switchboard".into();
+    let broker = TestBroker::start(config);
+    let iss = "https://idp.example";
+    let cases = [
+        (json!({}), Some("token")),
+        (
+            json!({"aud": "switchboard"}),
+            Some("token issuer not accepted"),
+        ),
+        (json!({"iss": iss}), Some("token audience not accepted")),
+        (
+            json!({"iss": "https://evil.example", "aud": "switchboard"}),
+            Some("token issuer not accepted"),
+        ),
+        (
+            json!({"iss": iss, "aud": "other"}),
+            Some("token audience not accepted"),
+        ),
+        (json!({"iss": iss, "aud": "switchboard"}), None),
+        (json!({"iss": iss, "aud": ["other", "switchboard"]}), None),
+    ];
+    for (claims, refusal) in cases {
+        let mut admin_claims = claims.clone();
+        admin_claims["admin"] = json!(true);
+        let token = token_with("alice", admin_claims);
+        let ws = connect_with(&broker, &token).await;
+        let (status, body) = call(&broker, "GET", "/api/rooms", &token, None).await;
+        match refusal {
+            Some(reason) => {
+                let (code, got) = ws.err().expect("refused");
+                assert_eq!(code, Some(close::AUTH_FAILED), "{claims}");
+                assert!(got.starts_with(reason), "{claims}: {got}");
+                assert_eq!(status, 401, "{claims}: {body}");
+            }
+            None => {
+                assert!(ws.is_ok(), "{claims}: {:?}", ws.err());
+                assert_eq!(status, 200, "{claims}: {body}");
+            }
+        }
+    }
+}
+
+// ---- 3. memory amplification: id length, sessions per user, rooms, bytes ----
+
+#[actix_rt::test]
+async fn a_long_message_id_is_refused_on_websocket_and_http() {
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    let broker = TestBroker::start(config);
+    let mut c = broker.client("a", &["r"]).await;
+    c.join("r").await;
+    let long = "i".repeat(129);
+    c.publish("r", &long, json!(1)).await;
+    let err = c.recv_type("system.error").await;
+    assert_eq!(err["payload"]["code"], "bad_request");
+    assert!(
+        err["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 128"),
+        "{err}"
+    );
+    let (status, body) = call(
+        &broker,
+        "POST",
+        "/api/rooms/r/publish",
+        KEY,
+        Some(json!({"id": long, "payload": 1})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // 128 bytes is fine, and nothing of the refused ones was stored.
+    c.publish("r", &"i".repeat(128), json!(2)).await;
+    assert_eq!(c.recv_type("room.message").await["seq"], 1);
+}
+
+#[actix_rt::test]
+async fn sessions_per_user_and_rooms_overall_are_capped() {
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    config.limits.max_sessions_per_user = 2;
+    config.limits.max_rooms = 2;
+    let broker = TestBroker::start(config);
+    let t = token("a", &["*"]);
+    let mut first = connect_with(&broker, &t).await.expect("first session");
+    let _second = connect_with(&broker, &t).await.expect("second session");
+    let (code, reason) = connect_with(&broker, &t)
+        .await
+        .err()
+        .expect("third refused");
+    assert_eq!(code, Some(close::TOO_MANY_SESSIONS));
+    assert!(reason.contains("max_sessions_per_user"), "{reason}");
+    // Another user is not affected; the refused session left no trace.
+    connect_with(&broker, &token("b", &[]))
+        .await
+        .expect("another user");
+
+    first.join("r1").await;
+    first.join("r2").await;
+    first
+        .send_json(json!({"type": "room.join", "room": "r3", "id": "j3"}))
+        .await;
+    let err = first.recv_type("system.error").await;
+    assert_eq!(err["payload"]["code"], "limit_exceeded", "{err}");
+    assert_eq!(err["correlation_id"], "j3");
+    let (status, body) = call(
+        &broker,
+        "POST",
+        "/api/rooms/r4/publish",
+        KEY,
+        Some(json!({"payload": 1})),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "limit_exceeded");
+    // Personal rooms and broadcast are not counted: a user send still works.
+    let (status, body) = call(
+        &broker,
+        "POST",
+        "/api/users/a/send",
+        KEY,
+        Some(json!({"payload": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = awc::Client::new()
+        .get(broker.http_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .body()
+        .await
+        .expect("body");
+    let metrics = String::from_utf8_lossy(&metrics);
+    for limit in ["sessions_per_user", "rooms"] {
+        assert!(
+            metrics.contains(&format!(
+                "switchboard_limit_refusals_total{{limit=\"{limit}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_room_keeps_at_most_its_byte_budget_of_history() {
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    config.history.max_bytes = 64 * 1024;
+    let broker = TestBroker::start(config);
+    let big = "x".repeat(16 * 1024);
+    for i in 0..20 {
+        let (status, body) = call(
+            &broker,
+            "POST",
+            "/api/rooms/big/publish",
+            KEY,
+            Some(json!({"id": format!("m{i}"), "payload": big})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, history) = call(&broker, "GET", "/api/rooms/big/history", KEY, None).await;
+    let kept = history["messages"].as_array().expect("messages");
+    // 16 KiB payloads plus their envelopes: three fit in 64 KiB.
+    assert_eq!(kept.len(), 3, "{}", kept.len());
+    assert_eq!(kept.last().expect("newest")["seq"], 20);
+    assert_eq!(history["recovered"], false);
+}
+
+// ---- 6. payload nesting depth ----
+
+#[actix_rt::test]
+async fn deeply_nested_payloads_are_refused_on_websocket_and_http() {
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    let broker = TestBroker::start(config);
+    let mut c = broker.client("a", &["r"]).await;
+    c.join("r").await;
+    let deep = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    for (levels, framing) in [(65, "native"), (32_000, "native"), (65, "jsonrpc")] {
+        let frame = match framing {
+            "native" => format!(
+                r#"{{"type":"room.publish","room":"r","id":"d{levels}","payload":{}}}"#,
+                deep(levels)
+            ),
+            _ => format!(
+                r#"{{"jsonrpc":"2.0","method":"room.publish","params":{{"room":"r","payload":{}}},"id":1}}"#,
+                deep(levels)
+            ),
+        };
+        c.send_text(&frame).await;
+        let err = c.recv().await;
+        let message = err["payload"]["message"]
+            .as_str()
+            .or(err["error"]["message"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains("nests deeper than 64"), "{levels}: {err}");
+    }
+    c.publish("r", "ok", serde_json::from_str(&deep(63)).unwrap())
+        .await;
+    assert_eq!(c.recv_type("room.message").await["seq"], 1);
+    let body = format!(r#"{{"payload":{}}}"#, deep(20_000));
+    let resp = awc::Client::new()
+        .post(broker.http_url("/api/rooms/r/publish"))
+        .bearer_auth(KEY)
+        .content_type("application/json")
+        .send_body(body)
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 400);
+    let (_, history) = call(&broker, "GET", "/api/rooms/r/history", KEY, None).await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(1));
+}
+
+// ---- 7. aud as an array ----
+
+#[actix_rt::test]
+async fn an_audience_array_is_accepted_without_an_audience_configured() {
+    let broker = TestBroker::start(test_config());
+    let t = token_with("a", json!({"aud": ["x", "y"]}));
+    connect_with(&broker, &t).await.expect("accepted");
+}
+
+// ---- 8. a repeated token parameter ----
+
+#[actix_rt::test]
+async fn a_repeated_token_parameter_is_refused_with_a_reason() {
+    let broker = TestBroker::start(test_config());
+    let good = token("a", &[]);
+    let url = format!("ws://{}/ws?token={good}&token={good}", broker.addr);
+    let mut c = Client::connect(&url).await;
+    let closed = c.expect_close().await;
+    assert_eq!(closed.code, Some(close::AUTH_FAILED));
+    assert_eq!(
+        closed.reason,
+        "token given more than once in the query string"
+    );
+}
+
+// ---- 14. id squatting and personal rooms ----
+
+#[actix_rt::test]
+async fn message_ids_are_deduplicated_per_publisher() {
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    let broker = TestBroker::start(config);
+    let mut mallory = broker.client("mallory", &["r"]).await;
+    let mut alice = broker.client("alice", &["r"]).await;
+    mallory.join("r").await;
+    alice.join("r").await;
+    // Mallory claims "x" first; Alice's "x" is still delivered, and so is the API's.
+    mallory.publish("r", "x", json!("squat")).await;
+    assert_eq!(mallory.skip_until("ack").await["seq"], 1);
+    alice.recv_type("room.message").await;
+    alice.publish("r", "x", json!("mine")).await;
+    let delivered = alice.recv_type("room.message").await;
+    assert_eq!(
+        (delivered["seq"].as_u64(), &delivered["payload"]),
+        (Some(2), &json!("mine"))
+    );
+    let ack = alice.recv_type("ack").await;
+    assert_eq!(ack["seq"], 2);
+    assert!(ack["payload"].get("duplicate").is_none(), "{ack}");
+    let (_, api) = call(
+        &broker,
+        "POST",
+        "/api/rooms/r/publish",
+        KEY,
+        Some(json!({"id": "x", "payload": "api"})),
+    )
+    .await;
+    assert_eq!(
+        (api["seq"].as_u64(), &api["duplicate"]),
+        (Some(3), &json!(false))
+    );
+    // A retry by the same publisher is still a duplicate.
+    alice.publish("r", "x", json!("mine")).await;
+    let ack = alice.skip_until("ack").await;
+    assert_eq!(
+        (ack["seq"].as_u64(), &ack["payload"]["duplicate"]),
+        (Some(2), &json!(true))
+    );
+    let (_, api) = call(
+        &broker,
+        "POST",
+        "/api/rooms/r/publish",
+        KEY,
+        Some(json!({"id": "x", "payload": "api"})),
+    )
+    .await;
+    assert_eq!(
+        (api["seq"].as_u64(), &api["duplicate"]),
+        (Some(3), &json!(true))
+    );
+}
+
+#[actix_rt::test]
+async fn a_wildcard_token_cannot_join_another_users_personal_room() {
+    let broker = TestBroker::start(test_config());
+    let mut mallory = broker.client("mallory", &["*"]).await;
+    mallory
+        .send_json(json!({"type": "room.join", "room": "user:alice", "id": "j"}))
+        .await;
+    let err = mallory.recv_type("system.error").await;
+    assert_eq!(err["payload"]["code"], "forbidden", "{err}");
+    // Its own personal room it is in already; an admin token may join another's.
+    let admin = token_with("ops", json!({"rooms": ["user:*"], "admin": true}));
+    let mut ops = connect_with(&broker, &admin).await.expect("admin connects");
+    ops.join("user:alice").await;
 }

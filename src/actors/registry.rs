@@ -16,9 +16,11 @@ use tokio::sync::oneshot;
 use super::room::{GetInfo, Join, JoinOutcome, Retire, Room, RoomInfo};
 use super::session::{Disconnect, Session};
 use super::ConnectionId;
+use crate::auth::PERSONAL_PREFIX;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::protocol::{types, ErrorCode};
 use crate::webhooks::event::{self, WebhookEvent};
 use crate::webhooks::Webhooks;
 
@@ -27,6 +29,8 @@ pub struct Registry {
     sessions: HashMap<ConnectionId, SessionEntry>,
     users: HashMap<Arc<str>, HashSet<ConnectionId>>,
     rooms: HashMap<Arc<str>, RoomEntry>,
+    /// Rooms counted against `limits.max_rooms` (all but the automatic ones).
+    counted_rooms: usize,
     detached: HashMap<ConnectionId, Detached>,
     shards: Vec<ArbiterHandle>,
     engine: Arc<dyn Engine>,
@@ -66,6 +70,7 @@ impl Registry {
             sessions: HashMap::new(),
             users: HashMap::new(),
             rooms: HashMap::new(),
+            counted_rooms: 0,
             detached: HashMap::new(),
             shards,
             engine,
@@ -87,8 +92,15 @@ impl Registry {
         m.rooms.set(self.rooms.len() as i64);
     }
 
-    fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> &mut RoomEntry {
+    fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> Result<&mut RoomEntry, JoinError> {
         if !self.rooms.contains_key(name) {
+            let counted = counts_against_limit(name);
+            let max = self.config.limits.max_rooms;
+            if counted && max > 0 && self.counted_rooms >= max {
+                self.metrics.limit_refused("rooms");
+                return Err(JoinError::RoomLimit(max));
+            }
+            self.counted_rooms += usize::from(counted);
             let name: Arc<str> = name.into();
             let engine = self.engine.clone();
             let registry = ctx.address();
@@ -115,7 +127,34 @@ impl Registry {
             );
             self.update_gauges();
         }
-        self.rooms.get_mut(name).expect("inserted above")
+        Ok(self.rooms.get_mut(name).expect("inserted above"))
+    }
+}
+
+/// Whether a room counts against `limits.max_rooms`: every room but `broadcast` and the
+/// personal rooms, which exist per user (bounded by the sessions) and must always open.
+fn counts_against_limit(room: &str) -> bool {
+    room != types::BROADCAST_ROOM && !room.starts_with(PERSONAL_PREFIX)
+}
+
+/// Why a room could not be found or started.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// `limits.max_rooms` rooms are running.
+    #[error("room limit reached: this broker runs at most {0} rooms (limits.max_rooms)")]
+    RoomLimit(usize),
+    /// The Registry or the room did not answer (the broker is stopping).
+    #[error("broker actor unavailable: {0}")]
+    Unavailable(#[from] MailboxError),
+}
+
+impl JoinError {
+    /// The protocol error code a client or API caller gets.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            JoinError::RoomLimit(_) => ErrorCode::LimitExceeded,
+            JoinError::Unavailable(_) => ErrorCode::Internal,
+        }
     }
 }
 
@@ -133,9 +172,10 @@ impl Actor for Registry {
     }
 }
 
-/// A session came up.
+/// A session came up. Refused (with the reason for the client) when its user already has
+/// `limits.max_sessions_per_user` sessions.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), String>")]
 pub struct Register {
     /// Its connection id.
     pub connection_id: ConnectionId,
@@ -146,9 +186,17 @@ pub struct Register {
 }
 
 impl Handler<Register> for Registry {
-    type Result = ();
+    type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
+        let max = self.config.limits.max_sessions_per_user;
+        let open = self.users.get(&msg.user).map_or(0, HashSet::len);
+        if max > 0 && open >= max {
+            self.metrics.limit_refused("sessions_per_user");
+            return Err(format!(
+                "too many sessions: a user may have {max} open (limits.max_sessions_per_user)"
+            ));
+        }
         self.webhooks
             .notify_if_wanted(event::SESSION_CONNECTED, None, || {
                 WebhookEvent::session(event::SESSION_CONNECTED, &msg.connection_id, &msg.user)
@@ -165,6 +213,7 @@ impl Handler<Register> for Registry {
             },
         );
         self.update_gauges();
+        Ok(())
     }
 }
 
@@ -222,7 +271,7 @@ impl Handler<Unregister> for Registry {
 /// traffic) and what the join found. The Registry does not wait for the room: the join is
 /// queued to it at once and the answer resolves outside the Registry's mailbox.
 #[derive(Message)]
-#[rtype(result = "Result<(Addr<Room>, JoinOutcome), MailboxError>")]
+#[rtype(result = "Result<(Addr<Room>, JoinOutcome), JoinError>")]
 pub struct JoinRoom {
     /// Room name (already validated).
     pub room: String,
@@ -231,31 +280,34 @@ pub struct JoinRoom {
 }
 
 impl Handler<JoinRoom> for Registry {
-    type Result = ResponseFuture<Result<(Addr<Room>, JoinOutcome), MailboxError>>;
+    type Result = ResponseFuture<Result<(Addr<Room>, JoinOutcome), JoinError>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Self::Context) -> Self::Result {
-        let entry = self.room(&msg.room, ctx);
+        let entry = match self.room(&msg.room, ctx) {
+            Ok(entry) => entry,
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
+        };
         entry.joins_sent += 1;
         let addr = entry.addr.clone();
         let outcome = addr.send(msg.join);
-        Box::pin(async move { outcome.await.map(|o| (addr, o)) })
+        Box::pin(async move { Ok((addr.clone(), outcome.await?)) })
     }
 }
 
 /// The address of a room, started if needed (for server-side publishes and queries). The
 /// room retires again once idle.
 #[derive(Message)]
-#[rtype(result = "Addr<Room>")]
+#[rtype(result = "Result<Addr<Room>, JoinError>")]
 pub struct RoomFor {
     /// Room name (already validated).
     pub room: String,
 }
 
 impl Handler<RoomFor> for Registry {
-    type Result = MessageResult<RoomFor>;
+    type Result = Result<Addr<Room>, JoinError>;
 
     fn handle(&mut self, msg: RoomFor, ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.room(&msg.room, ctx).addr.clone())
+        Ok(self.room(&msg.room, ctx)?.addr.clone())
     }
 }
 
@@ -309,6 +361,7 @@ impl Handler<RoomIdle> for Registry {
             .is_some_and(|e| e.addr == msg.addr && e.joins_sent == msg.joins_seen);
         if retire {
             self.rooms.remove(&msg.room);
+            self.counted_rooms -= usize::from(counts_against_limit(&msg.room));
             msg.addr.do_send(Retire);
             self.update_gauges();
         }

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use super::registry::{Registry, RoomIdle};
 use super::ConnectionId;
 use crate::config::RoomPolicy;
-use crate::engine::{Appended, Engine, RoomLog};
+use crate::engine::{Appended, DedupKey, Engine, RoomLog};
 use crate::metrics::Metrics;
 use crate::protocol::frame::{self, ReplyTo};
 use crate::protocol::{types, ErrorCode};
@@ -370,8 +370,12 @@ pub enum Publisher {
         /// How to acknowledge.
         reply_to: ReplyTo,
     },
-    /// The broker's own API; the outcome is the message's result.
-    Server,
+    /// The broker's own API on behalf of `caller` (as the audit log names it, e.g.
+    /// `key#0`); the outcome is the message's result.
+    Server {
+        /// The API caller; message ids are deduplicated per caller.
+        caller: Arc<str>,
+    },
 }
 
 /// A published message's place in the room.
@@ -427,14 +431,26 @@ impl Handler<Publish> for Room {
                     return Response::reply(None);
                 }
             },
-            Publisher::Server => None,
+            Publisher::Server { .. } => None,
         };
         let client_id = msg.id.clone();
         let id = msg.id.unwrap_or_else(frame::new_id);
         let name = self.name.clone();
         let payload = msg.payload;
         let msg_type = msg.msg_type.as_deref().unwrap_or(types::ROOM_MESSAGE);
-        let appended = self.log().append(client_id.as_deref(), &mut |seq| {
+        let dedup = client_id.as_deref().map(|id| match (&msg.from, &ack_to) {
+            (Publisher::Server { caller }, _) => DedupKey {
+                server: true,
+                publisher: caller,
+                id,
+            },
+            (Publisher::Member { .. }, user) => DedupKey {
+                server: false,
+                publisher: user.as_ref().map_or("", |(_, _, user)| user),
+                id,
+            },
+        });
+        let appended = self.log().append(dedup, &mut |seq| {
             frame::room_message(msg_type, &name, seq, &id, payload.as_deref())
         });
         let mut webhook = None;

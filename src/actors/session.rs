@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::registry::{JoinRoom, Register, TakeResume, Unregister};
+use super::registry::{JoinError, JoinRoom, Register, TakeResume, Unregister};
 use super::room::{Join, JoinOutcome, Leave, Publish, Publisher, Room};
 use super::router::HandlerRequest;
 use super::ConnectionId;
@@ -132,6 +132,15 @@ impl Session {
         if !self.allow_frame(&inbound.reply_to, ctx) {
             return;
         }
+        let max_depth = self.state.config.limits.max_json_depth;
+        if let Some(payload) = &inbound.payload {
+            if frame::nests_deeper_than(payload.get(), max_depth) {
+                self.state.metrics.limit_refused("json_depth");
+                let msg =
+                    format!("payload nests deeper than {max_depth} levels (limits.max_json_depth)");
+                return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg);
+            }
+        }
         let label = crate::metrics::type_label(&inbound.msg_type, || {
             self.state.routes.load().has_handler(&inbound.msg_type)
         });
@@ -199,6 +208,36 @@ impl Session {
         false
     }
 
+    /// The Registry took the session in: greet the client and join the automatic rooms.
+    fn admitted(&mut self, ctx: &mut Context<Self>) {
+        let config = &self.state.config;
+        self.send(frame::push(
+            types::SYSTEM_CONNECTION_ESTABLISHED,
+            None,
+            Some(json!({
+                "connection_id": &*self.id,
+                "user": &*self.identity.user,
+                "heartbeat_interval_ms": config.heartbeat.interval.as_millis() as u64,
+                "resume_ttl_ms": config.resume.ttl.as_millis() as u64,
+            })),
+        ));
+        // Joined silently: the broadcast room and the user's personal room.
+        let automatic =
+            std::iter::once(types::BROADCAST_ROOM.to_owned()).chain(self.identity.personal_room());
+        for room in automatic {
+            let joining = self.join_room(room.clone(), None, Some(None));
+            joining
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    if let Ok((addr, _)) = result {
+                        act.rooms.insert(room, addr);
+                    }
+                })
+                .wait(ctx);
+        }
+        log::debug!("conn={} user={} connected", self.id, self.identity.user);
+    }
+
     fn room_name(&self, inbound: &Inbound) -> Result<String, String> {
         match &inbound.room {
             None => Err(format!("`{}` needs a `room`", inbound.msg_type)),
@@ -230,6 +269,7 @@ impl Session {
         if let Err((code, msg)) = self.check_join(&room, 0) {
             return self.send_error(&inbound.reply_to, code, &msg);
         }
+        let reply_to = inbound.reply_to.clone();
         let joining = self.join_room(room.clone(), Some(inbound.reply_to), Some(since_seq));
         joining
             .into_actor(self)
@@ -237,7 +277,10 @@ impl Session {
                 Ok((addr, _)) => {
                     act.rooms.insert(room, addr);
                 }
-                Err(e) => log::error!("conn={} join {room}: registry unavailable: {e}", act.id),
+                Err(e) => {
+                    log::warn!("conn={} join {room}: {e}", act.id);
+                    act.send_error(&reply_to, e.code(), &e.to_string());
+                }
             })
             // Hold further frames until the room is known, so a publish or leave sent right
             // after the join finds it.
@@ -287,7 +330,7 @@ impl Session {
         room: String,
         reply_to: Option<ReplyTo>,
         since_seq: Option<Option<u64>>,
-    ) -> impl std::future::Future<Output = Result<(Addr<Room>, JoinOutcome), MailboxError>> + 'static
+    ) -> impl std::future::Future<Output = Result<(Addr<Room>, JoinOutcome), JoinError>> + 'static
     {
         let join = Join {
             connection_id: self.id.clone(),
@@ -381,7 +424,11 @@ impl Session {
                                     );
                                 }
                                 Err(e) => {
-                                    log::error!("conn={} resume {room}: {e}", act.id);
+                                    log::warn!("conn={} resume {room}: {e}", act.id);
+                                    report.insert(
+                                        room,
+                                        json!({ "error": { "code": e.code(), "message": e.to_string() } }),
+                                    );
                                 }
                             }
                         }
@@ -446,9 +493,9 @@ impl Session {
                 &format!("not a member of room `{room}`: join it before publishing"),
             );
         };
-        if inbound.id.as_deref() == Some("") {
-            let msg = "`id` must not be empty (omit it to get a server id)";
-            return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, msg);
+        if let Some(Err(msg)) = inbound.id.as_deref().map(frame::check_message_id) {
+            self.state.metrics.limit_refused("message_id");
+            return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg);
         }
         addr.do_send(Publish {
             from: Publisher::Member {
@@ -529,37 +576,31 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.state.metrics.connections.inc();
-        self.state.registry.do_send(Register {
-            connection_id: self.id.clone(),
-            user: self.identity.user.clone(),
-            addr: ctx.address(),
-        });
-        let config = &self.state.config;
-        self.send(frame::push(
-            types::SYSTEM_CONNECTION_ESTABLISHED,
-            None,
-            Some(json!({
-                "connection_id": &*self.id,
-                "user": &*self.identity.user,
-                "heartbeat_interval_ms": config.heartbeat.interval.as_millis() as u64,
-                "resume_ttl_ms": config.resume.ttl.as_millis() as u64,
-            })),
-        ));
-        // Joined silently: the broadcast room and the user's personal room.
-        let automatic =
-            std::iter::once(types::BROADCAST_ROOM.to_owned()).chain(self.identity.personal_room());
-        for room in automatic {
-            let joining = self.join_room(room.clone(), None, Some(None));
-            joining
-                .into_actor(self)
-                .map(move |result, act, _| {
-                    if let Ok((addr, _)) = result {
-                        act.rooms.insert(room, addr);
-                    }
-                })
-                .wait(ctx);
-        }
-        log::debug!("conn={} user={} connected", self.id, self.identity.user);
+        // Nothing is sent, and no frame handled, before the Registry has admitted the session.
+        self.state
+            .registry
+            .send(Register {
+                connection_id: self.id.clone(),
+                user: self.identity.user.clone(),
+                addr: ctx.address(),
+            })
+            .into_actor(self)
+            .map(|admitted, act, ctx| match admitted {
+                Ok(Ok(())) => act.admitted(ctx),
+                Ok(Err(reason)) => {
+                    log::warn!(
+                        "conn={} user={} refused: {reason}",
+                        act.id,
+                        act.identity.user
+                    );
+                    act.close(ctx, close::TOO_MANY_SESSIONS, &reason);
+                }
+                Err(e) => {
+                    log::error!("conn={} registry unavailable: {e}", act.id);
+                    act.close(ctx, close::INTERNAL, "broker unavailable");
+                }
+            })
+            .wait(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

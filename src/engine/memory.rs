@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use lru::LruCache;
 
-use super::{Appended, Engine, Replay, RoomLog};
+use super::{Appended, DedupKey, Engine, Replay, RoomLog};
 use crate::config::RoomPolicy;
 
 /// The embedded default engine. It keeps no state of its own: a Room actor holds its log
@@ -24,14 +24,18 @@ impl Engine for MemoryEngine {
     fn park(&self, _room: &str, _log: Box<dyn RoomLog>, _keep_for: Duration) {}
 }
 
-/// Sequence counter, a bounded time-limited ring of encoded frames, and an LRU of client
-/// message ids.
+/// Sequence counter, a time-limited ring of encoded frames bounded in count and bytes, and
+/// an LRU of publisher-scoped client message ids bounded in count and bytes.
 pub struct MemoryLog {
     last_seq: u64,
     capacity: usize,
+    max_bytes: usize,
     ttl: Duration,
     ring: VecDeque<(u64, Instant, ByteString)>,
+    ring_bytes: usize,
     seen: LruCache<String, u64>,
+    seen_max_bytes: usize,
+    seen_bytes: usize,
 }
 
 impl MemoryLog {
@@ -40,9 +44,13 @@ impl MemoryLog {
         MemoryLog {
             last_seq: 0,
             capacity: policy.history_size,
+            max_bytes: policy.history_max_bytes,
             ttl: policy.history_ttl,
-            ring: VecDeque::with_capacity(policy.history_size.min(1024)),
+            ring: VecDeque::new(),
+            ring_bytes: 0,
             seen: LruCache::new(NonZeroUsize::new(policy.dedup_size).unwrap_or(NonZeroUsize::MIN)),
+            seen_max_bytes: policy.dedup_max_bytes,
+            seen_bytes: 0,
         }
     }
 
@@ -51,9 +59,40 @@ impl MemoryLog {
             if at.elapsed() < self.ttl {
                 break;
             }
-            self.ring.pop_front();
+            self.pop_oldest();
         }
     }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, _, frame)) = self.ring.pop_front() {
+            self.ring_bytes -= frame.len();
+        }
+    }
+
+    /// Remembers `key`, forgetting the least recently used ids beyond the budgets.
+    fn remember(&mut self, key: String, seq: u64) {
+        self.seen_bytes += key.len();
+        if let Some((old, _)) = self.seen.push(key, seq) {
+            self.seen_bytes -= old.len();
+        }
+        while self.seen_bytes > self.seen_max_bytes && self.seen.len() > 1 {
+            if let Some((old, _)) = self.seen.pop_lru() {
+                self.seen_bytes -= old.len();
+            }
+        }
+    }
+
+    /// Bytes held in history and in remembered ids (for tests and accounting).
+    pub fn held_bytes(&self) -> (usize, usize) {
+        (self.ring_bytes, self.seen_bytes)
+    }
+}
+
+/// The LRU key of a client id: the publisher's length first, so no choice of publisher and
+/// id can spell another pair's key.
+fn dedup_key(key: DedupKey<'_>) -> String {
+    let kind = if key.server { 's' } else { 'u' };
+    format!("{kind}{}:{}{}", key.publisher.len(), key.publisher, key.id)
 }
 
 impl RoomLog for MemoryLog {
@@ -63,24 +102,31 @@ impl RoomLog for MemoryLog {
 
     fn append(
         &mut self,
-        client_id: Option<&str>,
+        dedup: Option<DedupKey<'_>>,
         encode: &mut dyn FnMut(u64) -> ByteString,
     ) -> Appended {
-        if let Some(id) = client_id {
-            if let Some(seq) = self.seen.get(id) {
+        let key = dedup.map(dedup_key);
+        if let Some(key) = &key {
+            if let Some(seq) = self.seen.get(key) {
                 return Appended::Duplicate { seq: *seq };
             }
         }
         self.last_seq += 1;
-        if let Some(id) = client_id {
-            self.seen.put(id.to_owned(), self.last_seq);
+        if let Some(key) = key {
+            self.remember(key, self.last_seq);
         }
         let frame = encode(self.last_seq);
         if self.ring.len() == self.capacity {
-            self.ring.pop_front();
+            self.pop_oldest();
         }
+        self.ring_bytes += frame.len();
         self.ring
             .push_back((self.last_seq, Instant::now(), frame.clone()));
+        // The newest message stays even when it alone is over the budget: it is bounded by
+        // the frame size limit, and a room always replays at least its last message.
+        while self.ring_bytes > self.max_bytes && self.ring.len() > 1 {
+            self.pop_oldest();
+        }
         Appended::New {
             seq: self.last_seq,
             frame,
@@ -112,8 +158,10 @@ mod tests {
     fn policy(history_size: usize) -> RoomPolicy {
         RoomPolicy {
             history_size,
+            history_max_bytes: 1 << 20,
             history_ttl: Duration::from_secs(60),
             dedup_size: 2,
+            dedup_max_bytes: 1 << 20,
             presence: false,
             client_publish: true,
             anonymous: true,
@@ -127,31 +175,109 @@ mod tests {
         }
     }
 
+    fn by(publisher: &'static str, id: &'static str) -> Option<DedupKey<'static>> {
+        Some(DedupKey {
+            server: false,
+            publisher,
+            id,
+        })
+    }
+
     #[test]
     fn client_ids_are_remembered_in_an_lru() {
         let mut log = MemoryLog::new(&policy(10));
         let mut encode = |seq: u64| ByteString::from(seq.to_string());
         assert!(matches!(
-            log.append(Some("a"), &mut encode),
+            log.append(by("u", "a"), &mut encode),
             Appended::New { seq: 1, .. }
         ));
         assert_eq!(
-            log.append(Some("a"), &mut encode),
+            log.append(by("u", "a"), &mut encode),
             Appended::Duplicate { seq: 1 }
         );
         assert!(matches!(
-            log.append(Some("b"), &mut encode),
+            log.append(by("u", "b"), &mut encode),
             Appended::New { seq: 2, .. }
         ));
         assert!(matches!(
-            log.append(Some("c"), &mut encode),
+            log.append(by("u", "c"), &mut encode),
             Appended::New { seq: 3, .. }
         ));
         // "a" fell out of the 2-entry LRU: it is new again.
         assert!(matches!(
-            log.append(Some("a"), &mut encode),
+            log.append(by("u", "a"), &mut encode),
             Appended::New { seq: 4, .. }
         ));
+    }
+
+    #[test]
+    fn ids_are_scoped_to_their_publisher() {
+        let mut log = MemoryLog::new(&policy(10));
+        let mut encode = |seq: u64| ByteString::from(seq.to_string());
+        assert!(matches!(
+            log.append(by("mallory", "x"), &mut encode),
+            Appended::New { seq: 1, .. }
+        ));
+        assert!(matches!(
+            log.append(by("alice", "x"), &mut encode),
+            Appended::New { seq: 2, .. }
+        ));
+        assert_eq!(
+            log.append(by("alice", "x"), &mut encode),
+            Appended::Duplicate { seq: 2 }
+        );
+        // No split of publisher and id spells another pair's key.
+        assert!(matches!(
+            log.append(by("alic", "ex"), &mut encode),
+            Appended::New { seq: 3, .. }
+        ));
+        // An API caller and a user of the same name are different publishers.
+        let api = DedupKey {
+            server: true,
+            publisher: "alice",
+            id: "x",
+        };
+        assert!(matches!(
+            log.append(Some(api), &mut encode),
+            Appended::New { seq: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn history_and_ids_are_bounded_in_bytes() {
+        let mut policy = policy(100);
+        policy.dedup_size = 1000;
+        policy.history_max_bytes = 1000;
+        policy.dedup_max_bytes = 500;
+        let mut log = MemoryLog::new(&policy);
+        let ids: Vec<String> = (0..50).map(|i| format!("{i:0>40}")).collect();
+        for id in &ids {
+            let key = DedupKey {
+                server: false,
+                publisher: "u",
+                id,
+            };
+            log.append(Some(key), &mut |_| ByteString::from("x".repeat(100)));
+        }
+        let (history, seen) = log.held_bytes();
+        assert!(history <= 1000, "{history}");
+        assert!(seen <= 500, "{seen}");
+        let replay = log.since(0);
+        assert_eq!(replay.frames.len(), 10);
+        assert!(!replay.recovered);
+        // The newest ids are the ones remembered.
+        let newest = DedupKey {
+            server: false,
+            publisher: "u",
+            id: &ids[49],
+        };
+        assert_eq!(
+            log.append(Some(newest), &mut |_| ByteString::from("x")),
+            Appended::Duplicate { seq: 50 }
+        );
+        // One message over the whole budget still stays, alone.
+        log.append(None, &mut |_| ByteString::from("y".repeat(5000)));
+        assert_eq!(log.since(0).frames.len(), 1);
     }
 
     #[test]

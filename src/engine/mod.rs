@@ -40,16 +40,36 @@ pub enum Appended {
     },
 }
 
+/// What makes a publish a repeat: the same message id from the same publisher.
+///
+/// Scoping ids to their publisher means nobody can claim an id first and so swallow someone
+/// else's message (id squatting): two users, or a user and the HTTP API, may pick the same
+/// id and both are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupKey<'a> {
+    /// Whether the publisher is the broker's API (`publisher` is then the caller, e.g.
+    /// `key#0`) rather than a session (`publisher` is its user id): the two name spaces
+    /// never meet, whatever a token's `sub` says.
+    pub server: bool,
+    /// Who publishes: the user id of a session, or the HTTP API caller.
+    pub publisher: &'a str,
+    /// The client's message id.
+    pub id: &'a str,
+}
+
 /// One room's sequence, history and recently seen client message ids.
+///
+/// History and remembered ids are bounded by count and by bytes (`RoomPolicy`), oldest
+/// first out, so no publisher can make a room hold more than its budget.
 pub trait RoomLog: Send {
     /// The seq of the newest message (0 when none was ever published).
     fn last_seq(&self) -> u64;
 
     /// Allocates the next seq, encodes the frame for it once, stores and returns both;
-    /// or, when `client_id` was already seen in this room, returns the original seq.
+    /// or, when `dedup` was already seen in this room, returns the original seq.
     fn append(
         &mut self,
-        client_id: Option<&str>,
+        dedup: Option<DedupKey<'_>>,
         encode: &mut dyn FnMut(u64) -> ByteString,
     ) -> Appended;
 

@@ -7,6 +7,7 @@
 
 use std::future::{ready, Ready};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use actix_cors::Cors;
 use actix_web::dev::Payload;
@@ -23,6 +24,7 @@ use crate::actors::registry::{DisconnectSession, ListRooms, RoomFor};
 use crate::actors::room::{
     GetHistory, GetPresence, PresenceInfo, Publish, Publisher, Room, RoomInfo,
 };
+use crate::auth::PERSONAL_PREFIX;
 use crate::config::ApiConfig;
 use crate::protocol::{frame, types, ErrorCode};
 use crate::Broker;
@@ -178,7 +180,8 @@ async fn room_actor(broker: &Broker, room: &str) -> Result<actix::Addr<Room>, Ap
             room: room.to_owned(),
         })
         .await
-        .map_err(mailbox)
+        .map_err(mailbox)?
+        .map_err(ApiError::from)
 }
 
 pub(crate) fn mailbox(err: actix::MailboxError) -> ApiError {
@@ -217,6 +220,7 @@ pub struct PublishResponse {
 
 async fn publish_to(
     broker: &Broker,
+    caller: &Caller,
     room: String,
     body: PublishRequest,
 ) -> Result<PublishResponse, ApiError> {
@@ -228,14 +232,24 @@ async fn publish_to(
             ));
         }
     }
-    if body.id.as_deref() == Some("") {
+    let metrics = broker.metrics();
+    if let Some(Err(msg)) = body.id.as_deref().map(frame::check_message_id) {
+        metrics.limit_refused("message_id");
+        return Err(ApiError::new(ErrorCode::BadRequest, msg));
+    }
+    let max_depth = broker.config().limits.max_json_depth;
+    if frame::nests_deeper_than(body.payload.get(), max_depth) {
+        metrics.limit_refused("json_depth");
         return Err(ApiError::new(
             ErrorCode::BadRequest,
-            "`id` must not be empty",
+            format!("`payload` nests deeper than {max_depth} levels (limits.max_json_depth)"),
         ));
     }
+    let caller: Arc<str> = caller.0.as_str().into();
     let publish = || Publish {
-        from: Publisher::Server,
+        from: Publisher::Server {
+            caller: caller.clone(),
+        },
         id: body.id.clone(),
         msg_type: body.msg_type.clone(),
         payload: Some(body.payload.clone()),
@@ -275,13 +289,14 @@ async fn publish_to(
         (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn publish(
-    _: Caller,
+    caller: Caller,
     broker: web::Data<Broker>,
     room: web::Path<String>,
     body: web::Json<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let room = room_path(&room)?;
-    Ok(HttpResponse::Ok().json(publish_to(&broker, room, body.into_inner()).await?))
+    let published = publish_to(&broker, &caller, room, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(published))
 }
 
 /// Send to every session of a user (their `user:{user}` room).
@@ -290,13 +305,14 @@ async fn publish(
     responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn send_to_user(
-    _: Caller,
+    caller: Caller,
     broker: web::Data<Broker>,
     user: web::Path<String>,
     body: web::Json<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let room = room_path(&format!("user:{user}"))?;
-    Ok(HttpResponse::Ok().json(publish_to(&broker, room, body.into_inner()).await?))
+    let room = room_path(&format!("{PERSONAL_PREFIX}{user}"))?;
+    let published = publish_to(&broker, &caller, room, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(published))
 }
 
 /// Send to every connected session (the `broadcast` room).
@@ -304,12 +320,13 @@ async fn send_to_user(
     responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn broadcast(
-    _: Caller,
+    caller: Caller,
     broker: web::Data<Broker>,
     body: web::Json<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let room = types::BROADCAST_ROOM.to_owned();
-    Ok(HttpResponse::Ok().json(publish_to(&broker, room, body.into_inner()).await?))
+    let published = publish_to(&broker, &caller, room, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(published))
 }
 
 /// History query.

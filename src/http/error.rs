@@ -66,6 +66,12 @@ impl From<actix_web::Error> for ApiError {
     }
 }
 
+impl From<crate::actors::registry::JoinError> for ApiError {
+    fn from(err: crate::actors::registry::JoinError) -> Self {
+        ApiError::new(err.code(), err.to_string())
+    }
+}
+
 impl From<crate::webhooks::WebhookError> for ApiError {
     fn from(err: crate::webhooks::WebhookError) -> Self {
         use crate::webhooks::WebhookError as E;

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The caller exceeded a rate limit.
     RateLimited,
+    /// A capacity limit is reached: the broker's room count, a user's session count.
+    LimitExceeded,
     /// A handler did not answer in time.
     Timeout,
     /// The broker failed; the caller did nothing wrong.
@@ -45,6 +47,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
@@ -61,6 +64,8 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
+            // Capacity, not the caller's pace: retrying elsewhere or later may work.
+            ErrorCode::LimitExceeded => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
         }
@@ -81,6 +86,7 @@ impl ErrorCode {
             ErrorCode::Conflict => -32009,
             ErrorCode::TooLarge => -32013,
             ErrorCode::RateLimited => -32029,
+            ErrorCode::LimitExceeded => -32053,
             ErrorCode::Timeout => -32008,
         }
     }
@@ -121,6 +127,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
     /// No inbound frame within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4010;
+    /// The user already has `limits.max_sessions_per_user` sessions open.
+    pub const TOO_MANY_SESSIONS: u16 = 4029;
 }
 
 #[cfg(test)]
@@ -138,6 +146,7 @@ mod tests {
             ErrorCode::Conflict,
             ErrorCode::TooLarge,
             ErrorCode::RateLimited,
+            ErrorCode::LimitExceeded,
             ErrorCode::Timeout,
             ErrorCode::Internal,
         ] {

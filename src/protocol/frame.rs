@@ -453,6 +453,58 @@ fn encode_json(value: &Value) -> ByteString {
     ByteString::from(value.to_string())
 }
 
+/// The longest client message id, in bytes. Rooms remember ids for deduplication, so an
+/// unbounded id would let a publisher make every room hold whatever it sends twice.
+pub const MAX_MESSAGE_ID_BYTES: usize = 128;
+
+/// Checks a client message id: not empty, at most [`MAX_MESSAGE_ID_BYTES`].
+pub fn check_message_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("`id` must not be empty (omit it to get a server id)".into());
+    }
+    if id.len() > MAX_MESSAGE_ID_BYTES {
+        return Err(format!(
+            "`id` is {} bytes; at most {MAX_MESSAGE_ID_BYTES} are allowed",
+            id.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `json` (already valid JSON) nests arrays and objects deeper than `max` levels.
+///
+/// Payloads are stored, replayed and sent to webhooks as raw text, so nothing on the way
+/// would notice a 30,000-level document, but most JSON parsers on the receiving end give up
+/// (serde_json at 128 levels) and the message would be lost on them.
+pub fn nests_deeper_than(json: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Whether a room name is valid: `[A-Za-z0-9_.:@-]{1,128}`.
 pub fn valid_room_name(name: &str) -> bool {
     !name.is_empty()
@@ -552,6 +604,28 @@ mod tests {
         // Without `jsonrpc`, a frame is native even if it has a `method`.
         let err = parse(r#"{"method":"x"}"#).unwrap_err();
         assert!(err.message.contains("`type`"));
+    }
+
+    #[test]
+    fn nesting_depth_ignores_brackets_in_strings() {
+        assert!(!nests_deeper_than("1", 0));
+        assert!(!nests_deeper_than("[]", 1));
+        assert!(nests_deeper_than("[[]]", 1));
+        assert!(!nests_deeper_than(r#"{"a":[1,{"b":2}],"c":[]}"#, 3));
+        assert!(nests_deeper_than(r#"{"a":[1,{"b":[]}]}"#, 3));
+        assert!(!nests_deeper_than(r#"["[[[[", "\"[[[", "{{{"]"#, 1));
+        assert!(nests_deeper_than(r#"["\\", [[]]]"#, 2));
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(nests_deeper_than(&deep, 64));
+        assert!(!nests_deeper_than(&deep, 65));
+    }
+
+    #[test]
+    fn message_ids_are_bounded() {
+        assert!(check_message_id("m1").is_ok());
+        assert!(check_message_id(&"x".repeat(128)).is_ok());
+        assert!(check_message_id(&"x".repeat(129)).is_err());
+        assert!(check_message_id("").is_err());
     }
 
     #[test]
