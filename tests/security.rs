@@ -513,3 +513,69 @@ async fn a_wildcard_token_cannot_join_another_users_personal_room() {
     let mut ops = connect_with(&broker, &admin).await.expect("admin connects");
     ops.join("user:alice").await;
 }
+
+// ---- 9. JSON-RPC ids echoed exactly; 10. broker params must be an object ----
+
+/// The next text frame as sent (not parsed: parsing would round the numbers under test).
+async fn next_text(c: &mut Client) -> String {
+    loop {
+        match c.next_frame().await {
+            Some(Frame::Text(bytes)) => {
+                let text = String::from_utf8(bytes.to_vec()).expect("UTF-8");
+                if !text.contains("system.ping") {
+                    return text;
+                }
+            }
+            Some(Frame::Ping(_)) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn jsonrpc_ids_come_back_exactly_as_sent() {
+    let broker = TestBroker::start(test_config());
+    let mut c = broker.client("a", &["r"]).await;
+    for id in [
+        "123456789012345678901234567890",
+        "-0",
+        "1.50",
+        "1e400",
+        r#""\u00e9""#,
+    ] {
+        c.send_text(&format!(
+            r#"{{"jsonrpc":"2.0","method":"system.ping","id":{id}}}"#
+        ))
+        .await;
+        let answer = next_text(&mut c).await;
+        assert!(
+            answer.starts_with(&format!(r#"{{"id":{id},"#)),
+            "{id}: {answer}"
+        );
+        // Errors too.
+        c.send_text(&format!(
+            r#"{{"jsonrpc":"2.0","method":"room.leave","params":{{"room":"nope"}},"id":{id}}}"#
+        ))
+        .await;
+        let answer = next_text(&mut c).await;
+        assert!(
+            answer.starts_with(&format!(r#"{{"id":{id},"#)),
+            "{id}: {answer}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn broker_methods_refuse_params_given_as_an_array() {
+    let broker = TestBroker::start(test_config());
+    let mut c = broker.client("a", &["r"]).await;
+    c.join("r").await;
+    c.send_text(r#"{"jsonrpc":"2.0","method":"room.publish","params":["r","m1",{"a":1}],"id":9}"#)
+        .await;
+    let answer = c.skip_until_result().await;
+    assert_eq!(answer["id"], 9);
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    // Nothing was published.
+    c.publish("r", "after", json!(1)).await;
+    assert_eq!(c.recv_type("room.message").await["seq"], 1);
+}

@@ -39,11 +39,61 @@ pub enum ReplyTo {
     },
     /// A JSON-RPC request; the reply is a JSON-RPC response with the same `id`.
     JsonRpc {
-        /// The request's `id` (string or number).
-        id: Value,
+        /// The request's `id` (string, number or null), as sent.
+        id: RpcId,
     },
     /// A JSON-RPC notification: the caller asked for no reply.
     JsonRpcNotification,
+}
+
+/// A JSON-RPC request id, kept as the exact text the client sent.
+///
+/// Echoing a parsed number would change it: `123456789012345678901234567890` would come back
+/// as `1.2345678901234568e+29` and `-0` as `-0.0`, and the client would never match its
+/// answer.
+#[derive(Debug, Clone)]
+pub struct RpcId(Box<RawValue>);
+
+impl RpcId {
+    /// `null`: the id of an answer to a request whose own id could not be read.
+    pub fn null() -> RpcId {
+        RpcId(RawValue::NULL.to_owned())
+    }
+
+    /// An id from its JSON text: a string, a number or `null`; anything else is `None`.
+    pub fn from_json(raw: Box<RawValue>) -> Option<RpcId> {
+        match raw.get().as_bytes().first() {
+            Some(b'"' | b'-' | b'0'..=b'9') => Some(RpcId(raw)),
+            Some(b'n') => Some(RpcId::null()),
+            _ => None,
+        }
+    }
+
+    /// The id's JSON text.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The id as a handler request id: a string's value, a number's text; none for `null`.
+    fn as_request_id(&self) -> Option<String> {
+        match self.0.get().as_bytes().first() {
+            Some(b'"') => serde_json::from_str(self.0.get()).ok(),
+            Some(b'n') | None => None,
+            Some(_) => Some(self.0.get().to_owned()),
+        }
+    }
+}
+
+impl PartialEq for RpcId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Serialize for RpcId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 impl ReplyTo {
@@ -86,9 +136,10 @@ impl ParseError {
 struct RawFrame {
     #[serde(rename = "type")]
     msg_type: Option<String>,
-    /// `Some(Value::Null)` for `"id": null`, `None` when absent (JSON-RPC tells them apart).
+    /// `Some("null")` for `"id": null`, `None` when absent (JSON-RPC tells them apart). Kept
+    /// as text so a JSON-RPC id is echoed exactly.
     #[serde(default, deserialize_with = "present")]
-    id: Option<Value>,
+    id: Option<Box<RawValue>>,
     room: Option<String>,
     payload: Option<Box<RawValue>>,
     jsonrpc: Option<String>,
@@ -96,8 +147,8 @@ struct RawFrame {
     params: Option<Box<RawValue>>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// The JSON-RPC `params` of a broker method (`room.*`, `system.*`).
@@ -134,7 +185,7 @@ pub fn parse(text: &str) -> Result<Inbound, ParseError> {
             code: ErrorCode::BadRequest,
             message: format!("invalid JSON: {err}"),
             reply_to: if raw.jsonrpc.is_some() {
-                ReplyTo::JsonRpc { id: Value::Null }
+                ReplyTo::JsonRpc { id: RpcId::null() }
             } else {
                 ReplyTo::Native {
                     correlation_id: None,
@@ -179,7 +230,7 @@ fn describe_decode_error(
 /// JSON-RPC error (with `id: null`) even when its frame is broken.
 fn reply_to_for_unreadable(text: &str) -> ReplyTo {
     if text.contains("\"jsonrpc\"") {
-        ReplyTo::JsonRpc { id: Value::Null }
+        ReplyTo::JsonRpc { id: RpcId::null() }
     } else {
         ReplyTo::Native {
             correlation_id: None,
@@ -188,16 +239,18 @@ fn reply_to_for_unreadable(text: &str) -> ReplyTo {
 }
 
 fn parse_native(raw: RawFrame) -> Result<Inbound, ParseError> {
-    let id = match raw.id {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return Err(ParseError::native(
-                ErrorCode::BadRequest,
-                "field `id` must be a string",
-                None,
-            ))
-        }
+    let id = match raw.id.as_deref().map(RawValue::get) {
+        None | Some("null") => None,
+        Some(text) => match serde_json::from_str::<String>(text) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return Err(ParseError::native(
+                    ErrorCode::BadRequest,
+                    "field `id` must be a string",
+                    None,
+                ))
+            }
+        },
     };
     let Some(msg_type) = raw.msg_type else {
         return Err(ParseError::native(
@@ -225,14 +278,14 @@ fn parse_native(raw: RawFrame) -> Result<Inbound, ParseError> {
 }
 
 fn parse_jsonrpc(raw: RawFrame) -> Result<Inbound, ParseError> {
-    let reply_to = match raw.id {
+    let reply_to = match raw.id.map(RpcId::from_json) {
         None => ReplyTo::JsonRpcNotification,
-        Some(id @ (Value::String(_) | Value::Number(_) | Value::Null)) => ReplyTo::JsonRpc { id },
-        Some(_) => {
+        Some(Some(id)) => ReplyTo::JsonRpc { id },
+        Some(None) => {
             return Err(ParseError {
                 code: ErrorCode::BadRequest,
                 message: "field `id` must be a string, a number or null".into(),
-                reply_to: ReplyTo::JsonRpc { id: Value::Null },
+                reply_to: ReplyTo::JsonRpc { id: RpcId::null() },
                 jsonrpc_code: JSONRPC_INVALID_REQUEST,
             })
         }
@@ -241,7 +294,7 @@ fn parse_jsonrpc(raw: RawFrame) -> Result<Inbound, ParseError> {
         code: ErrorCode::BadRequest,
         message: message.to_owned(),
         reply_to: match &reply_to {
-            ReplyTo::JsonRpcNotification => ReplyTo::JsonRpc { id: Value::Null },
+            ReplyTo::JsonRpcNotification => ReplyTo::JsonRpc { id: RpcId::null() },
             other => other.clone(),
         },
         jsonrpc_code: JSONRPC_INVALID_REQUEST,
@@ -253,18 +306,23 @@ fn parse_jsonrpc(raw: RawFrame) -> Result<Inbound, ParseError> {
         return Err(invalid("field `method` must be a non-empty string"));
     };
     let rpc_id_string = match &reply_to {
-        ReplyTo::JsonRpc {
-            id: Value::String(s),
-        } => Some(s.clone()),
-        ReplyTo::JsonRpc {
-            id: Value::Number(n),
-        } => Some(n.to_string()),
+        ReplyTo::JsonRpc { id } => id.as_request_id(),
         _ => None,
     };
     if types::is_broker_type(&method) {
-        // Broker methods carry envelope fields in `params`: {room, id?, payload?, …}.
+        // Broker methods carry envelope fields in `params`: {room, id?, payload?, …}. An
+        // array would be read by position into those fields, so only an object is taken.
         let params = match raw.params {
             None => None,
+            Some(params) if !params.get().starts_with('{') => {
+                return Err(ParseError {
+                    code: ErrorCode::BadRequest,
+                    message: "invalid params: must be an object with `room`, `id`, `payload`"
+                        .into(),
+                    reply_to,
+                    jsonrpc_code: ErrorCode::BadRequest.jsonrpc_code(),
+                })
+            }
             Some(params) => Some(
                 serde_json::from_str::<BrokerParams>(params.get())
                     .map(|p| (p, params))
@@ -401,12 +459,35 @@ pub fn reply<P: Serialize>(
             }
             .encode(),
         ),
-        ReplyTo::JsonRpc { id } => Some(encode_json(&serde_json::json!({
-            "jsonrpc": "2.0",
-            "result": rpc_result(payload),
-            "id": id,
-        }))),
+        ReplyTo::JsonRpc { id } => Some(
+            RpcResponse {
+                id,
+                jsonrpc: "2.0",
+                result: Some(rpc_result(payload)),
+                error: None,
+            }
+            .encode(),
+        ),
         ReplyTo::JsonRpcNotification => None,
+    }
+}
+
+/// A JSON-RPC response. The fields are in the order `json!` used to write them (sorted), so
+/// the wire format did not change when ids began to be echoed verbatim.
+#[derive(Serialize)]
+struct RpcResponse<'a> {
+    id: &'a RpcId,
+    jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+}
+
+impl RpcResponse<'_> {
+    fn encode(&self) -> ByteString {
+        // Strings, numbers, JSON values and raw JSON text cannot fail to serialise.
+        ByteString::from(serde_json::to_string(self).unwrap_or_default())
     }
 }
 
@@ -436,21 +517,23 @@ pub fn error_with_rpc_code(
             timestamp: &now_rfc3339(),
         }
         .encode(),
-        ReplyTo::JsonRpc { id } => encode_json(&serde_json::json!({
-            "jsonrpc": "2.0",
-            "error": { "code": jsonrpc_code, "message": message, "data": { "code": code } },
-            "id": id,
-        })),
-        ReplyTo::JsonRpcNotification => encode_json(&serde_json::json!({
-            "jsonrpc": "2.0",
-            "error": { "code": jsonrpc_code, "message": message, "data": { "code": code } },
-            "id": Value::Null,
-        })),
+        ReplyTo::JsonRpc { id } => rpc_error(id, code, jsonrpc_code, message),
+        ReplyTo::JsonRpcNotification => rpc_error(&RpcId::null(), code, jsonrpc_code, message),
     }
 }
 
-fn encode_json(value: &Value) -> ByteString {
-    ByteString::from(value.to_string())
+fn rpc_error(id: &RpcId, code: ErrorCode, jsonrpc_code: i64, message: &str) -> ByteString {
+    RpcResponse {
+        id,
+        jsonrpc: "2.0",
+        error: Some(serde_json::json!({
+            "code": jsonrpc_code,
+            "message": message,
+            "data": { "code": code },
+        })),
+        result: None,
+    }
+    .encode()
 }
 
 /// The longest client message id, in bytes. Rooms remember ids for deduplication, so an
@@ -522,6 +605,46 @@ mod tests {
         inbound.reply_to.correlation_id()
     }
 
+    fn rpc_id(text: &str) -> RpcId {
+        RpcId::from_json(RawValue::from_string(text.into()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn jsonrpc_ids_are_echoed_exactly() {
+        for id in [
+            "123456789012345678901234567890",
+            "-0",
+            "1e400",
+            "0.10",
+            r#""a\u00e9""#,
+            "null",
+        ] {
+            let m = parse(&format!(r#"{{"jsonrpc":"2.0","method":"x.y","id":{id}}}"#)).unwrap();
+            let reply = reply(&m.reply_to, "x", None, None, None::<()>, |_| Value::Null).unwrap();
+            assert!(reply.contains(&format!(r#""id":{id},"#)), "{id}: {reply}");
+            let err = error(&m.reply_to, ErrorCode::BadRequest, "no");
+            assert!(err.contains(&format!(r#""id":{id},"#)), "{id}: {err}");
+        }
+        let m = parse(r#"{"jsonrpc":"2.0","method":"x.y","id":"aé"}"#).unwrap();
+        assert_eq!(m.id.as_deref(), Some("aé"));
+        let m = parse(r#"{"jsonrpc":"2.0","method":"x.y","id":-0}"#).unwrap();
+        assert_eq!(m.id.as_deref(), Some("-0"));
+    }
+
+    #[test]
+    fn broker_methods_take_params_as_an_object_only() {
+        for params in ["[\"r\", \"m1\", {\"a\": 1}]", "\"r\"", "3"] {
+            let frame =
+                format!(r#"{{"jsonrpc":"2.0","method":"room.publish","params":{params},"id":1}}"#);
+            let err = parse(&frame).unwrap_err();
+            assert_eq!(err.jsonrpc_code, -32602, "{params}");
+            assert!(err.message.contains("object"), "{params}: {}", err.message);
+        }
+        // Application methods get any params as their payload, arrays included.
+        let m = parse(r#"{"jsonrpc":"2.0","method":"task.run","params":[1,2],"id":1}"#).unwrap();
+        assert_eq!(m.payload.unwrap().get(), "[1,2]");
+    }
+
     #[test]
     fn parses_native_envelope() {
         let m = parse(r#"{"type":"room.publish","id":"m1","room":"a","payload":{"x":1}}"#).unwrap();
@@ -569,7 +692,7 @@ mod tests {
         let m =
             parse(r#"{"jsonrpc":"2.0","method":"task.request","params":{"a":1},"id":7}"#).unwrap();
         assert_eq!(m.msg_type, "task.request");
-        assert_eq!(m.reply_to, ReplyTo::JsonRpc { id: 7.into() });
+        assert_eq!(m.reply_to, ReplyTo::JsonRpc { id: rpc_id("7") });
         assert_eq!(m.payload.unwrap().get(), r#"{"a":1}"#);
 
         let m = parse(r#"{"jsonrpc":"2.0","method":"room.join","params":{"room":"r","since_seq":3},"id":"j"}"#)
@@ -589,7 +712,7 @@ mod tests {
     fn jsonrpc_errors_use_jsonrpc_codes() {
         let err = parse(r#"{"jsonrpc":"1.0","method":"x","id":1}"#).unwrap_err();
         assert_eq!(err.jsonrpc_code, JSONRPC_INVALID_REQUEST);
-        assert_eq!(err.reply_to, ReplyTo::JsonRpc { id: 1.into() });
+        assert_eq!(err.reply_to, ReplyTo::JsonRpc { id: rpc_id("1") });
         let err = parse(r#"{"jsonrpc":"2.0","method":"#).unwrap_err();
         assert_eq!(err.jsonrpc_code, JSONRPC_PARSE_ERROR);
         let err = parse(r#"{"jsonrpc":"2.0","id":2}"#).unwrap_err();
@@ -597,10 +720,10 @@ mod tests {
         let err = parse(r#"{"jsonrpc":"2.0","method":"x","id":[1]}"#).unwrap_err();
         assert_eq!(err.jsonrpc_code, JSONRPC_INVALID_REQUEST);
         let err = parse(r#"{"jsonrpc":"2.0","method":"x","id":1} x"#).unwrap_err();
-        assert_eq!(err.reply_to, ReplyTo::JsonRpc { id: Value::Null });
+        assert_eq!(err.reply_to, ReplyTo::JsonRpc { id: RpcId::null() });
         // `"id": null` is a request (answered with id null), not a notification.
         let m = parse(r#"{"jsonrpc":"2.0","method":"x","id":null}"#).unwrap();
-        assert_eq!(m.reply_to, ReplyTo::JsonRpc { id: Value::Null });
+        assert_eq!(m.reply_to, ReplyTo::JsonRpc { id: RpcId::null() });
         // Without `jsonrpc`, a frame is native even if it has a `method`.
         let err = parse(r#"{"method":"x"}"#).unwrap_err();
         assert!(err.message.contains("`type`"));
@@ -654,7 +777,7 @@ mod tests {
         assert_eq!(v["payload"]["code"], "forbidden");
         assert!(v["id"].is_string() && v["timestamp"].is_string());
         let frame = error(
-            &ReplyTo::JsonRpc { id: 3.into() },
+            &ReplyTo::JsonRpc { id: rpc_id("3") },
             ErrorCode::UnknownType,
             "no",
         );
