@@ -28,7 +28,7 @@ use crate::http;
 use crate::metrics::{self as metrics_mod, Metrics};
 use crate::middleware::{self, Middleware};
 use crate::webhooks::filter::Filters;
-use crate::webhooks::Webhooks;
+use crate::webhooks::{OutboxHealth, Webhooks};
 
 /// What every session and route shares: read-only after start.
 pub struct BrokerState {
@@ -62,6 +62,15 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Checks what [`Broker::start`] would need besides a valid configuration, without
+    /// starting anything or changing a file: the key files can be read, the webhook outbox
+    /// can be opened (for `switchboard check-config`).
+    pub fn preflight(config: &Config) -> Result<(), ConfigError> {
+        config.validate()?;
+        Authenticator::from_config(&config.auth)?;
+        retry_queue::check_outbox(config)
+    }
+
     /// Starts the broker's actors. Must be called inside a running actix system.
     pub fn start(config: Config) -> Result<Broker, ConfigError> {
         config.validate()?;
@@ -78,14 +87,15 @@ impl Broker {
         let outbox = retry_queue::open_outbox(&config, &filters)?;
         let outbox_arbiter = Arbiter::new().handle();
         let delivery_arbiter = Arbiter::new().handle();
+        let health = OutboxHealth::default();
         let queue = {
             let (config, filters, metrics) = (config.clone(), filters.clone(), metrics.clone());
-            let delivery_arbiter = delivery_arbiter.clone();
+            let (delivery_arbiter, health) = (delivery_arbiter.clone(), health.clone());
             RetryQueue::start_in_arbiter(&outbox_arbiter, move |_| {
-                RetryQueue::new(outbox, &config, filters, metrics, delivery_arbiter)
+                RetryQueue::new(outbox, &config, filters, metrics, delivery_arbiter, health)
             })
         };
-        let webhooks = Webhooks::new(filters, queue.clone());
+        let webhooks = Webhooks::new(filters, queue.clone(), health);
         let registry = Registry::new(
             room_arbiters.clone(),
             Arc::new(MemoryEngine),

@@ -52,6 +52,14 @@ pub enum ConfigError {
         /// What was wrong.
         message: String,
     },
+    /// The webhook outbox file cannot be used (damaged, unreadable, unwritable).
+    #[error("webhook outbox {}: {message}", path.display())]
+    Outbox {
+        /// The file (`webhooks.outbox_path`).
+        path: PathBuf,
+        /// What is wrong and what to do about it.
+        message: String,
+    },
     /// The values parse but do not make a safe, working broker.
     #[error("invalid configuration: `{key}`: {message}")]
     Invalid {
@@ -103,8 +111,12 @@ pub struct ServerConfig {
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// Browser origins allowed to open WebSockets. Empty: only requests without an `Origin`
-    /// header or whose origin matches the `Host` header. `"*"` allows every origin.
+    /// header, or whose `http(s)` origin is one of `public_urls` or a loopback host. `"*"`
+    /// allows every origin.
     pub allowed_origins: Vec<String>,
+    /// The URLs browsers reach this broker at (`https://chat.example.com`): with no
+    /// `allowed_origins`, pages served from these origins may open WebSockets.
+    pub public_urls: Vec<String>,
     /// How long graceful shutdown waits for sessions to close.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -275,6 +287,10 @@ pub struct WebhooksConfig {
     /// `normal` survives a crash of the broker; `full` also survives power loss (one fsync
     /// per accepted event).
     pub synchronous: crate::webhooks::outbox::Synchronous,
+    /// What a start does with a damaged outbox file: `refuse` to start (its pending
+    /// deliveries may still be recovered from it), or `move_aside` (rename it next to
+    /// itself and start with an empty outbox).
+    pub on_corrupt_outbox: OnCorruptOutbox,
     /// Deadline of one delivery attempt.
     #[serde(with = "duration")]
     pub timeout: Duration,
@@ -303,6 +319,17 @@ pub struct WebhooksConfig {
     pub retention: Duration,
     /// Endpoints defined in the file, by id (`[webhooks.endpoints.<id>]`).
     pub endpoints: BTreeMap<String, WebhookEndpointConfig>,
+}
+
+/// See [`WebhooksConfig::on_corrupt_outbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCorruptOutbox {
+    /// Do not start; the error names the file and how to recover.
+    #[default]
+    Refuse,
+    /// Rename the file to `<file>.corrupt-<unix time>` and start with an empty outbox.
+    MoveAside,
 }
 
 /// Whether webhook URLs must be `https://`.
@@ -346,6 +373,7 @@ impl Default for WebhooksConfig {
             mode: WebhookMode::Production,
             outbox_path: "switchboard-webhooks.db".into(),
             synchronous: crate::webhooks::outbox::Synchronous::Normal,
+            on_corrupt_outbox: OnCorruptOutbox::Refuse,
             timeout: Duration::from_secs(10),
             max_retries: 5,
             backoff: [1, 2, 4, 8, 16].map(Duration::from_secs).to_vec(),
@@ -407,6 +435,7 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8000".into(),
             workers: 0,
             allowed_origins: Vec::new(),
+            public_urls: Vec::new(),
             shutdown_timeout: Duration::from_secs(10),
             ws_path: "/ws".into(),
         }
@@ -590,6 +619,16 @@ impl Config {
         if !self.server.ws_path.starts_with('/') {
             return Err(invalid("server.ws_path", "must start with `/`".into()));
         }
+        for public in &self.server.public_urls {
+            let ok = url::Url::parse(public)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(invalid(
+                    "server.public_urls",
+                    format!("`{public}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
         if !bind.ip().is_loopback() {
             if self.dev_mode {
                 return Err(invalid(
@@ -690,6 +729,12 @@ impl Config {
             return Err(invalid(
                 "api.keys",
                 "every key must be at least 16 characters".into(),
+            ));
+        }
+        if let Some(i) = self.api.keys.iter().position(|k| k.trim() != k) {
+            return Err(invalid(
+                "api.keys",
+                format!("key #{i} has leading or trailing whitespace, which no Authorization header can carry"),
             ));
         }
         for (name, ns) in &self.namespaces {

@@ -53,7 +53,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
-        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+        Command::CheckConfig { file } => match Config::load(Some(&file))
+            .and_then(|config| Broker::preflight(&config).map(|()| config))
+        {
             Ok(config) => {
                 println!(
                     "{}: ok (bind {}, algorithms {:?}, anonymous {})",

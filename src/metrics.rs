@@ -61,6 +61,10 @@ pub struct Metrics {
     pub webhook_queue_depth: IntGauge,
     /// Deliveries in the dead-letter queue.
     pub webhook_dlq_size: IntGauge,
+    /// Failed webhook outbox operations (disk full, I/O errors, damage).
+    pub webhook_outbox_errors: IntCounter,
+    /// 1 while the webhook outbox works, 0 after a failed operation until the next success.
+    pub webhook_outbox_healthy: IntGauge,
 }
 
 impl Metrics {
@@ -197,9 +201,19 @@ impl Metrics {
                 "Webhook deliveries in the dead-letter queue",
             )
             .expect("valid metric"),
+            webhook_outbox_errors: IntCounter::new(
+                "switchboard_webhook_outbox_errors_total",
+                "Failed webhook outbox operations",
+            )
+            .expect("valid metric"),
+            webhook_outbox_healthy: IntGauge::new(
+                "switchboard_webhook_outbox_healthy",
+                "1 while the webhook outbox works, 0 while it fails",
+            )
+            .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -220,7 +234,10 @@ impl Metrics {
             Box::new(m.webhook_latency.clone()),
             Box::new(m.webhook_queue_depth.clone()),
             Box::new(m.webhook_dlq_size.clone()),
+            Box::new(m.webhook_outbox_errors.clone()),
+            Box::new(m.webhook_outbox_healthy.clone()),
         ];
+        m.webhook_outbox_healthy.set(1);
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
         }

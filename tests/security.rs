@@ -579,3 +579,190 @@ async fn broker_methods_refuse_params_given_as_an_array() {
     c.publish("r", "after", json!(1)).await;
     assert_eq!(c.recv_type("room.message").await["seq"], 1);
 }
+
+// ---- 11. the same-origin check does not trust Host ----
+
+#[test]
+fn origins_are_checked_against_public_urls_or_loopback_not_the_host_header() {
+    let mut config = test_config();
+    config.server.public_urls = vec!["https://chat.example.com".into()];
+    let broker = TestBroker::start(config);
+    let port = broker.addr.port();
+    let path = ws_path("a", &[]);
+    let rebinding = format!("attacker.example:{port}");
+    let cases = [
+        (format!("http://{rebinding}"), rebinding.clone(), 403),
+        (
+            format!("evil://127.0.0.1:{port}"),
+            format!("127.0.0.1:{port}"),
+            403,
+        ),
+        ("null".to_owned(), format!("127.0.0.1:{port}"), 403),
+        (
+            "https://chat.example.com".to_owned(),
+            rebinding.clone(),
+            101,
+        ),
+        (format!("http://127.0.0.1:{port}"), rebinding.clone(), 101),
+        (
+            format!("http://localhost:{port}"),
+            format!("localhost:{port}"),
+            101,
+        ),
+    ];
+    for (origin, host, expected) in cases {
+        let (_, head) = RawWs::connect(
+            broker.addr,
+            &path,
+            &[("Origin", origin.as_str()), ("Host", host.as_str())],
+        );
+        assert_eq!(
+            raw::status_of(&head),
+            expected,
+            "Origin {origin}, Host {host}: {head}"
+        );
+    }
+}
+
+// ---- 4. a damaged webhook outbox is not silently half read ----
+
+/// A config for the real binary: loopback `port`, anonymous, the given outbox and extras.
+fn binary_config(
+    dir: &std::path::Path,
+    port: u16,
+    outbox: &std::path::Path,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("switchboard-{port}.toml"));
+    let outbox = toml::Value::String(outbox.to_string_lossy().into_owned());
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\nworkers = 1\n[auth]\nanonymous = true\n\
+             [webhooks]\noutbox_path = {outbox}\n{extra}"
+        ),
+    )
+    .expect("write the config");
+    path
+}
+
+/// An outbox file with `n` pending deliveries whose page 5 is overwritten.
+fn damaged_outbox(path: &std::path::Path, n: usize) {
+    use switchboard::webhooks::outbox::{NewEndpoint, Outbox};
+    {
+        let mut outbox = Outbox::open(path).expect("create the outbox");
+        let endpoint = outbox
+            .insert_endpoint(
+                NewEndpoint {
+                    url: "https://receiver.example/hook".into(),
+                    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                    events: vec!["room.message".into()],
+                    rooms: vec!["*".into()],
+                    rate_limit_per_s: 10,
+                },
+                0,
+            )
+            .expect("an endpoint");
+        for _ in 0..n {
+            outbox
+                .enqueue(&endpoint.id, "room.message", &"x".repeat(1000), 0)
+                .expect("enqueue");
+        }
+    }
+    let mut bytes = std::fs::read(path).expect("read the outbox");
+    bytes[4 * 4096..5 * 4096].fill(0x55);
+    std::fs::write(path, bytes).expect("damage the outbox");
+}
+
+#[cfg(unix)]
+#[actix_rt::test]
+async fn a_damaged_outbox_stops_the_start_or_is_moved_aside_by_option() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let outbox = dir.path().join("outbox.db");
+    damaged_outbox(&outbox, 50);
+
+    let port = free_port();
+    let config = binary_config(dir.path(), port, &outbox, "");
+    let mut refused = BrokerProcess::spawn(&config, dir.path().join("refused.log"));
+    let status = refused.wait_exit();
+    let log = refused.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&outbox.display().to_string()),
+        "names the file: {log}"
+    );
+    assert!(
+        log.contains("damaged") && log.contains(".recover"),
+        "says how to recover: {log}"
+    );
+    assert!(log.contains("on_corrupt_outbox"), "names the option: {log}");
+    let mut checked =
+        BrokerProcess::spawn_args(&["check-config"], &config, dir.path().join("check.log"));
+    assert!(
+        !checked.wait_exit().success(),
+        "check-config reports it too"
+    );
+    assert!(checked.log().contains("damaged"), "{}", checked.log());
+
+    let config = binary_config(
+        dir.path(),
+        port,
+        &outbox,
+        "on_corrupt_outbox = \"move_aside\"\n",
+    );
+    let mut moved = BrokerProcess::spawn(&config, dir.path().join("moved.log"));
+    moved.wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    let log = moved.log();
+    assert!(
+        log.contains("ERROR") && log.contains("EMPTY outbox"),
+        "{log}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list the dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("outbox.db.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is kept: {aside:?}");
+    let ready = awc::Client::new()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+}
+
+// ---- 12. check-config catches what serve would trip on ----
+
+#[cfg(unix)]
+#[test]
+fn check_config_reports_a_padded_api_key_and_an_unusable_outbox_path() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let check = |name: &str, outbox: &std::path::Path, extra: &str| {
+        let config = binary_config(dir.path(), 1, outbox, extra);
+        let mut p = BrokerProcess::spawn_args(
+            &["check-config"],
+            &config,
+            dir.path().join(format!("{name}.log")),
+        );
+        let status = p.wait_exit();
+        (status.success(), p.log())
+    };
+    let fine = dir.path().join("outbox.db");
+    let (ok, log) = check("fine", &fine, "");
+    assert!(ok, "{log}");
+    assert!(!fine.exists(), "check-config creates nothing");
+    let (ok, log) = check(
+        "padded",
+        &fine,
+        "[api]\nkeys = [\" padded-key-0123456789 \"]\n",
+    );
+    assert!(
+        !ok && log.contains("api.keys") && log.contains("whitespace"),
+        "{log}"
+    );
+    let (ok, log) = check("no-dir", &dir.path().join("missing/outbox.db"), "");
+    assert!(!ok && log.contains("does not exist"), "{log}");
+    let (ok, log) = check("a-dir", dir.path(), "");
+    assert!(!ok && log.contains("is a directory"), "{log}");
+}

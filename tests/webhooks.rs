@@ -1268,3 +1268,80 @@ async fn a_failed_outbox_commit_is_reported_to_the_publisher() {
     assert_eq!(reply["payload"]["code"], "internal", "{reply}");
     assert_eq!(rx.count(), 0, "nothing was stored, so nothing was sent");
 }
+
+/// An outbox that cannot record attempt outcomes (here a trigger makes every update of a
+/// delivery fail, as a full disk or damaged freelist would): the receiver's answer is not
+/// sent again and again, /readyz and the metrics say the outbox is failing, and once it
+/// works again the kept outcome is recorded and delivery goes on.
+#[actix_rt::test]
+async fn storage_errors_are_bounded_and_surfaced_not_retried_at_the_receiver() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("outbox.db");
+    let mut config = config();
+    config.webhooks.outbox_path = path.to_string_lossy().into_owned();
+    let broker = TestBroker::start(config);
+    let api = api_of(&broker);
+    let rx = Receiver::start();
+    register_for(&api, &rx, &["room.message"]).await;
+    let (status, ready) = api.call("GET", "/readyz", None).await;
+    assert_eq!((status, &ready["status"]), (200, &json!("ready")));
+
+    let sabotage = rusqlite::Connection::open(&path).expect("open the broker's outbox");
+    sabotage
+        .execute_batch(
+            "CREATE TRIGGER fail_outcomes BEFORE UPDATE ON deliveries \
+             BEGIN SELECT RAISE(ABORT, 'simulated I/O error'); END;",
+        )
+        .expect("install the trigger");
+    api.publish("orders:1", Some("o1"), json!({"n": 1})).await;
+    rx.wait_for(1).await;
+    // Three recordings fail in a row (250 ms, then 500 ms apart) …
+    poll_until(
+        "3 failed outbox operations",
+        Duration::from_secs(10),
+        || async {
+            let metrics = api.metrics().await;
+            match sample(&metrics, "switchboard_webhook_outbox_errors_total") {
+                Some(n) if n >= 3.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // … and nothing went to the receiver again meanwhile.
+    assert_eq!(rx.count(), 1, "{}", receiver::summarize(&rx.requests()));
+    let (status, ready) = api.call("GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["status"], "webhook_outbox_failing", "{ready}");
+    assert!(
+        ready["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("simulated I/O error"),
+        "{ready}"
+    );
+    let metrics = api.metrics().await;
+    assert_eq!(
+        sample(&metrics, "switchboard_webhook_outbox_healthy"),
+        Some(0.0)
+    );
+
+    sabotage
+        .execute_batch("DROP TRIGGER fail_outcomes;")
+        .expect("drop the trigger");
+    api.publish("orders:1", Some("o2"), json!({"n": 2})).await;
+    let got = rx.wait_for(2).await;
+    assert_eq!(
+        got.iter()
+            .map(|r| r.json()["data"]["seq"].as_u64())
+            .collect::<Vec<_>>(),
+        vec![Some(1), Some(2)],
+        "the kept outcome was recorded; event 1 was not sent twice"
+    );
+    let (status, ready) = api.call("GET", "/readyz", None).await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (200, &json!("ready")),
+        "{ready}"
+    );
+}

@@ -13,6 +13,7 @@
 //! the outbox holds, which is how deliveries pending at a crash go out after the restart.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,19 +21,25 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::webhook_target::{Attempt, Reconfigure, StopTarget, TargetSettings, WebhookTarget};
-use crate::config::{Config, ConfigError, WebhooksConfig};
+use crate::config::{Config, ConfigError, OnCorruptOutbox, WebhooksConfig};
 use crate::metrics::Metrics;
 use crate::webhooks::event::{self, WebhookEvent};
 use crate::webhooks::filter::{subscribed, EndpointFilter, Filters};
 use crate::webhooks::outbox::{
-    AttemptRecord, Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint, Outbox, Outcome,
+    AttemptRecord, Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint, Outbox,
+    OutboxError, Outcome,
 };
 use crate::webhooks::policy::{RetryPolicy, Verdict};
 use crate::webhooks::signing::WebhookSecret;
-use crate::webhooks::{normalize_secrets, ssrf, WebhookError};
+use crate::webhooks::{normalize_secrets, ssrf, OutboxHealth, WebhookError};
 
 /// How often delivered deliveries older than `webhooks.retention` are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The first wait after a failed outbox operation; it doubles with each failure in a row.
+const STORAGE_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between tries while the outbox keeps failing.
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The RetryQueue actor.
 pub struct RetryQueue {
@@ -52,6 +59,16 @@ pub struct RetryQueue {
     batch: Vec<Emit>,
     /// Attempt outcomes received since the last commit.
     done_batch: Vec<AttemptDone>,
+    /// Outcomes the outbox failed to record. Their endpoints stay blocked (the attempt
+    /// counts as in flight) until they are recorded: the receiver has answered, so sending
+    /// the delivery again would only repeat it, once per retry, for as long as the disk is
+    /// failing.
+    unrecorded: Vec<AttemptDone>,
+    /// The timer that tries to record `unrecorded` again.
+    record_retry: Option<SpawnHandle>,
+    /// Outbox operations failed in a row (0 while it works).
+    storage_failures: u32,
+    health: OutboxHealth,
 }
 
 /// An attempt's outcome with the retry schedule applied.
@@ -117,16 +134,15 @@ fn filter_of(endpoint: &Endpoint) -> EndpointFilter {
 
 /// Opens the outbox `[webhooks] outbox_path` names, creates or updates the endpoints the
 /// file defines, and publishes their filters (before any room can raise an event). Errors
-/// name the config key.
+/// name the config key, or the file and how to recover it.
 pub fn open_outbox(config: &Config, filters: &Filters) -> Result<Outbox, ConfigError> {
     let w = &config.webhooks;
     let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
     let mut outbox = if w.outbox_path.is_empty() {
-        Outbox::in_memory()
+        Outbox::in_memory().map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?
     } else {
-        Outbox::open_with(&w.outbox_path, w.synchronous)
-    }
-    .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;
+        open_file_outbox(config)?
+    };
     for (id, endpoint) in &w.endpoints {
         let key = format!("webhooks.endpoints.{id}");
         let keep_secret = endpoint.secret.is_none();
@@ -171,6 +187,102 @@ pub fn open_outbox(config: &Config, filters: &Filters) -> Result<Outbox, ConfigE
     Ok(outbox)
 }
 
+/// Opens the file outbox, applying `webhooks.on_corrupt_outbox` to a damaged one.
+fn open_file_outbox(config: &Config) -> Result<Outbox, ConfigError> {
+    let w = &config.webhooks;
+    let path = Path::new(&w.outbox_path);
+    let failed = |message: String| ConfigError::Outbox {
+        path: path.to_owned(),
+        message,
+    };
+    let detail = match Outbox::open_with(path, w.synchronous) {
+        Ok(outbox) => return Ok(outbox),
+        Err(OutboxError::Corrupt(detail)) => detail,
+        Err(err) => return Err(failed(format!("cannot be opened: {err}"))),
+    };
+    if w.on_corrupt_outbox == OnCorruptOutbox::Refuse {
+        return Err(failed(format!(
+            "is damaged ({detail}). Not starting: the pending deliveries it holds would be \
+             lost. Recover what is readable with `sqlite3 {file} .recover | sqlite3 \
+             {file}.recovered` and point webhooks.outbox_path at the recovered file, or set \
+             webhooks.on_corrupt_outbox = \"move_aside\" to keep the damaged file aside \
+             and start with an empty outbox.",
+            file = path.display()
+        )));
+    }
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    // SQLite's companions move with it, so the fresh outbox does not pick up the old log.
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            std::fs::rename(&from, &to).map_err(|e| {
+                failed(format!(
+                    "is damaged ({detail}) and could not be moved to {}: {e}",
+                    to.display()
+                ))
+            })?;
+        }
+    }
+    log::error!(
+        "webhooks: the outbox {} was damaged ({detail}); moved it to {} and started with an \
+         EMPTY outbox: the deliveries that were pending in it will not be sent (recover them \
+         from the moved file), and endpoints made through the API must be registered again",
+        path.display(),
+        aside.display()
+    );
+    Outbox::open_with(path, w.synchronous)
+        .map_err(|e| failed(format!("a fresh outbox cannot be created: {e}")))
+}
+
+/// Checks, without changing anything, that `serve` will be able to open the outbox that
+/// `webhooks.outbox_path` names: an undamaged file it can write, or a directory in which
+/// it can create one. For `switchboard check-config`.
+pub fn check_outbox(config: &Config) -> Result<(), ConfigError> {
+    let w = &config.webhooks;
+    if w.outbox_path.is_empty() {
+        return Ok(());
+    }
+    let path = Path::new(&w.outbox_path);
+    let failed = |message: String| ConfigError::Outbox {
+        path: path.to_owned(),
+        message,
+    };
+    if path.is_dir() {
+        return Err(failed("is a directory, not a file".into()));
+    }
+    if path.exists() {
+        Outbox::check_file(path).map_err(|e| failed(e.to_string()))?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| failed(format!("cannot be opened for writing: {e}")))?;
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(failed(format!(
+            "cannot be created: the directory {} does not exist",
+            dir.display()
+        )));
+    }
+    // The only way to know a file can be created there is to create one.
+    let probe = dir.join(format!(".switchboard-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| failed(format!("cannot be created in {}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 impl RetryQueue {
     /// A queue over `outbox` that publishes endpoint filters to `filters` and starts
     /// targets on `delivery_arbiter`.
@@ -180,6 +292,7 @@ impl RetryQueue {
         filters: Filters,
         metrics: Arc<Metrics>,
         delivery_arbiter: ArbiterHandle,
+        health: OutboxHealth,
     ) -> RetryQueue {
         let w = &config.webhooks;
         let settings = TargetSettings {
@@ -203,7 +316,40 @@ impl RetryQueue {
             drain_waiters: Vec::new(),
             batch: Vec::new(),
             done_batch: Vec::new(),
+            unrecorded: Vec::new(),
+            record_retry: None,
+            storage_failures: 0,
+            health,
         }
+    }
+
+    /// Notes a failed outbox operation (log, metric, `/readyz`); returns how long to wait
+    /// before trying again, doubling with each failure in a row.
+    fn storage_failed(&mut self, what: &str, err: &dyn std::fmt::Display) -> Duration {
+        self.storage_failures = self.storage_failures.saturating_add(1);
+        self.metrics.webhook_outbox_errors.inc();
+        self.metrics.webhook_outbox_healthy.set(0);
+        self.health.set_failing(format!("{what}: {err}"));
+        let doublings = self.storage_failures.saturating_sub(1).min(16);
+        let wait = (STORAGE_RETRY_FIRST * (1u32 << doublings)).min(STORAGE_RETRY_MAX);
+        log::error!(
+            "webhooks: outbox failure #{} in a row, {what}: {err}; next try in {wait:?}",
+            self.storage_failures
+        );
+        wait
+    }
+
+    /// Notes a successful outbox write.
+    fn storage_ok(&mut self) {
+        if self.storage_failures > 0 {
+            log::info!(
+                "webhooks: the outbox works again after {} failure(s)",
+                self.storage_failures
+            );
+            self.storage_failures = 0;
+        }
+        self.metrics.webhook_outbox_healthy.set(1);
+        self.health.set_ok();
     }
 
     fn publish_filters(&self) {
@@ -221,8 +367,16 @@ impl RetryQueue {
     }
 
     fn recount(&mut self) {
-        self.pending = self.outbox.pending_count().map_or(0, |n| n as i64);
-        self.dead = self.outbox.dlq_count().map_or(0, |n| n as i64);
+        match (self.outbox.pending_count(), self.outbox.dlq_count()) {
+            (Ok(pending), Ok(dead)) => {
+                self.pending = i64::try_from(pending).unwrap_or(i64::MAX);
+                self.dead = i64::try_from(dead).unwrap_or(i64::MAX);
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                // Keep the last known figures rather than report an empty queue.
+                self.storage_failed("counting deliveries", &err);
+            }
+        }
         self.update_gauges();
     }
 
@@ -264,10 +418,16 @@ impl RetryQueue {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(err) => {
-                log::error!("webhooks: reading the outbox for {endpoint_id} failed: {err}");
-                Self::wake_later(target, endpoint_id, Duration::from_secs(1), ctx);
+                let wait =
+                    self.storage_failed(&format!("reading {endpoint_id}'s next delivery"), &err);
+                if let Some(target) = self.targets.get_mut(endpoint_id) {
+                    Self::wake_later(target, endpoint_id, wait, ctx);
+                }
                 return;
             }
+        };
+        let Some(target) = self.targets.get_mut(endpoint_id) else {
+            return;
         };
         let wait = head.next_attempt_at - now_ms();
         if wait <= 0 {
@@ -333,6 +493,9 @@ impl RetryQueue {
 
     /// Records the collected outcomes in one transaction (group commit), then updates
     /// counters, metrics and failure streaks, and sends each endpoint its next delivery.
+    ///
+    /// When the outbox cannot record them, the outcomes are kept and recorded again later
+    /// (backing off); their endpoints send nothing meanwhile.
     fn record_batch(&mut self, ctx: &mut Context<Self>) {
         let batch = std::mem::take(&mut self.done_batch);
         let now = now_ms();
@@ -349,35 +512,39 @@ impl RetryQueue {
             .collect();
         let results = self.outbox.record_outcomes(&records);
         drop(records);
-        let results: Vec<Result<(), String>> = match results {
-            Ok(results) => results
-                .into_iter()
-                .map(|r| r.map_err(|e| e.to_string()))
-                .collect(),
-            Err(err) => vec![Err(err.to_string()); batch.len()],
+        let results = match results {
+            Ok(results) => results,
+            Err(err) => {
+                let wait = self.storage_failed(
+                    &format!("recording {} attempt outcome(s)", batch.len()),
+                    &err,
+                );
+                self.unrecorded.extend(batch);
+                if self.record_retry.is_none() {
+                    self.record_retry = Some(ctx.run_later(wait, |act, ctx| {
+                        act.record_retry = None;
+                        let again = std::mem::take(&mut act.unrecorded);
+                        act.done_batch.extend(again);
+                        act.record_batch(ctx);
+                    }));
+                }
+                return;
+            }
         };
+        self.storage_ok();
         for ((done, decision), result) in batch.iter().zip(&decisions).zip(results) {
             if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
                 t.in_flight = None;
             }
             match result {
-                Ok(()) => {
-                    self.account(done, decision, now);
-                    self.pump(&done.endpoint_id, ctx);
-                }
-                Err(err) => {
-                    // The delivery is still the pending head: sending it again at once would
-                    // hammer the receiver while the outbox is failing.
-                    log::error!(
-                        "webhooks: recording attempt {} of {} failed: {err}; pausing the endpoint 1 s",
-                        done.attempt,
-                        done.delivery_id
-                    );
-                    if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
-                        Self::wake_later(t, &done.endpoint_id, Duration::from_secs(1), ctx);
-                    }
-                }
+                Ok(()) => self.account(done, decision, now),
+                // The delivery was deleted or replayed meanwhile: nothing to account.
+                Err(err) => log::debug!(
+                    "webhooks: outcome of {} not recorded: {err}",
+                    done.delivery_id
+                ),
             }
+            self.pump(&done.endpoint_id, ctx);
         }
         self.update_gauges();
         self.finish_drain_if_idle();
@@ -581,6 +748,7 @@ impl RetryQueue {
             counts.push(items.len() - before);
         }
         let mut woken: Vec<String> = items.iter().map(|(id, _, _)| id.to_string()).collect();
+        let stored = !items.is_empty();
         let outcome = if items.is_empty() {
             Ok(Vec::new())
         } else {
@@ -588,6 +756,9 @@ impl RetryQueue {
         };
         match outcome {
             Ok(ids) => {
+                if stored {
+                    self.storage_ok();
+                }
                 self.pending += ids.len() as i64;
                 for (emit, n) in batch.into_iter().zip(counts) {
                     if let Some(reply) = emit.reply {
@@ -596,10 +767,8 @@ impl RetryQueue {
                 }
             }
             Err(err) => {
-                log::error!(
-                    "webhooks: could not store {} event(s) in the outbox: {err}",
-                    batch.len()
-                );
+                // The publishers hear of it: their acknowledgements become errors.
+                self.storage_failed(&format!("storing {} event(s)", batch.len()), &err);
                 let message = err.to_string();
                 for emit in batch {
                     if let Some(reply) = emit.reply {

@@ -484,14 +484,19 @@ async fn disconnect(
     }
 }
 
-/// Readiness: 200 while accepting connections, 503 once shutdown has begun.
+/// Readiness: 200 while accepting connections; 503 once shutdown has begun, or while the
+/// webhook outbox fails (publishes that webhooks want cannot be stored then).
 #[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
 async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
-    if broker.state().ready.load(Ordering::Acquire) {
-        HttpResponse::Ok().json(json!({ "status": "ready" }))
-    } else {
-        HttpResponse::ServiceUnavailable().json(json!({ "status": "shutting_down" }))
+    let state = broker.state();
+    if !state.ready.load(Ordering::Acquire) {
+        return HttpResponse::ServiceUnavailable().json(json!({ "status": "shutting_down" }));
     }
+    if let Some(error) = state.webhooks.health().failing() {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "webhook_outbox_failing", "error": &*error }));
+    }
+    HttpResponse::Ok().json(json!({ "status": "ready" }))
 }
 
 /// The error body of every API error.

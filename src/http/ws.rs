@@ -10,9 +10,11 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::CloseReason;
+use url::{Host, Url};
 
 use super::error::ApiError;
 use crate::actors::session::Session;
+use crate::config::ServerConfig;
 use crate::protocol::{close, frame, ErrorCode};
 use crate::transport;
 use crate::Broker;
@@ -30,7 +32,7 @@ pub async fn connect(
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let state = broker.state();
-    if !origin_allowed(&req, &state.config.server.allowed_origins) {
+    if !origin_allowed(&req, &state.config.server) {
         log::warn!(
             "audit: origin rejected origin={:?} peer={:?}",
             req.headers().get(header::ORIGIN),
@@ -83,29 +85,43 @@ pub async fn connect(
 
 /// Whether the request's `Origin` may open a socket.
 ///
-/// No `Origin` header (non-browser clients) is always allowed. `"*"` allows any origin; an
-/// empty list allows only same-origin requests (Origin's host equals the `Host` header).
-pub fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+/// No `Origin` header (non-browser clients) is always allowed; `"*"` in
+/// `server.allowed_origins` allows any origin, and a list allows exactly its entries. With no
+/// list, an `http`/`https` origin is allowed when it is one of `server.public_urls` or a
+/// loopback host. The `Host` header is never the reference: a DNS-rebinding page at
+/// `http://attacker.example:8000` sends `Host: attacker.example:8000` itself.
+pub fn origin_allowed(req: &HttpRequest, server: &ServerConfig) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
+    let allowed = &server.allowed_origins;
+    if allowed.iter().any(|a| a == "*") {
         return true;
     }
     if !allowed.is_empty() {
+        return allowed.iter().any(|a| a.eq_ignore_ascii_case(origin));
+    }
+    let Ok(origin) = Url::parse(origin) else {
+        return false;
+    };
+    if !matches!(origin.scheme(), "http" | "https") {
         return false;
     }
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
+    let loopback = match origin.host() {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    loopback
+        || server
+            .public_urls
+            .iter()
+            .filter_map(|u| Url::parse(u).ok())
+            .any(|public| public.origin() == origin.origin())
 }
 
 #[cfg(test)]
@@ -113,30 +129,87 @@ mod tests {
     use super::*;
     use actix_web::test::TestRequest;
 
-    fn allowed(origin: Option<&str>, host: &str, list: &[&str]) -> bool {
+    fn allowed(origin: Option<&str>, host: &str, list: &[&str], public: &[&str]) -> bool {
         let mut req = TestRequest::get().insert_header((header::HOST, host));
         if let Some(o) = origin {
             req = req.insert_header((header::ORIGIN, o));
         }
-        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-        origin_allowed(&req.to_http_request(), &list)
+        let server = ServerConfig {
+            allowed_origins: list.iter().map(|s| s.to_string()).collect(),
+            public_urls: public.iter().map(|s| s.to_string()).collect(),
+            ..ServerConfig::default()
+        };
+        origin_allowed(&req.to_http_request(), &server)
     }
 
     #[test]
     fn origin_rules() {
-        assert!(allowed(None, "b.example", &[]));
-        assert!(allowed(Some("https://b.example"), "b.example", &[]));
-        assert!(!allowed(Some("https://evil.example"), "b.example", &[]));
+        assert!(allowed(None, "b.example", &[], &[]));
         assert!(allowed(
             Some("https://app.example"),
             "b.example",
-            &["https://app.example"]
+            &["https://app.example"],
+            &[]
         ));
         assert!(!allowed(
             Some("https://b.example"),
             "b.example",
-            &["https://app.example"]
+            &["https://app.example"],
+            &[]
         ));
-        assert!(allowed(Some("https://x"), "b", &["*"]));
+        assert!(allowed(Some("https://x"), "b", &["*"], &[]));
+    }
+
+    #[test]
+    fn without_a_list_the_reference_is_the_public_url_or_loopback_never_host() {
+        let public = ["https://chat.example.com"];
+        // DNS rebinding: the attacker's page sends a Host that matches its own Origin.
+        assert!(!allowed(
+            Some("http://attacker.example:8000"),
+            "attacker.example:8000",
+            &[],
+            &public
+        ));
+        assert!(!allowed(Some("https://b.example"), "b.example", &[], &[]));
+        // Schemes other than http(s) never match.
+        assert!(!allowed(
+            Some("evil://127.0.0.1:8000"),
+            "127.0.0.1:8000",
+            &[],
+            &[]
+        ));
+        assert!(!allowed(Some("null"), "127.0.0.1:8000", &[], &[]));
+        assert!(allowed(
+            Some("https://chat.example.com"),
+            "internal:8000",
+            &[],
+            &public
+        ));
+        assert!(allowed(
+            Some("https://chat.example.com:443"),
+            "x",
+            &[],
+            &public
+        ));
+        assert!(!allowed(Some("http://chat.example.com"), "x", &[], &public));
+        assert!(!allowed(
+            Some("https://chat.example.com.evil.example"),
+            "x",
+            &[],
+            &public
+        ));
+        for local in [
+            "http://127.0.0.1:3000",
+            "http://localhost:8000",
+            "http://[::1]:8000",
+        ] {
+            assert!(allowed(Some(local), "x", &[], &[]), "{local}");
+        }
+        assert!(!allowed(
+            Some("http://localhost.evil.example"),
+            "x",
+            &[],
+            &[]
+        ));
     }
 }

@@ -13,7 +13,10 @@ pub mod policy;
 pub mod signing;
 pub mod ssrf;
 
+use std::sync::Arc;
+
 use actix::Addr;
+use arc_swap::ArcSwapOption;
 
 use crate::actors::retry_queue::{Emit, RetryQueue};
 use event::WebhookEvent;
@@ -103,17 +106,51 @@ pub fn normalize_secrets(secrets: &str) -> Result<String, WebhookError> {
         .join(" "))
 }
 
+/// Whether the outbox is working: set by the `RetryQueue` after each write, read by
+/// `/readyz`. Cheap to clone; all clones share one state.
+#[derive(Clone, Default)]
+pub struct OutboxHealth(Arc<ArcSwapOption<String>>);
+
+impl OutboxHealth {
+    /// The last storage error, while the outbox is failing.
+    pub fn failing(&self) -> Option<Arc<String>> {
+        self.0.load_full()
+    }
+
+    /// Records that an outbox operation failed.
+    pub fn set_failing(&self, error: String) {
+        self.0.store(Some(Arc::new(error)));
+    }
+
+    /// Records that an outbox write succeeded.
+    pub fn set_ok(&self) {
+        if self.0.load().is_some() {
+            self.0.store(None);
+        }
+    }
+}
+
 /// What rooms, the Registry and the HTTP API hold to raise webhook events: cheap to clone.
 #[derive(Clone)]
 pub struct Webhooks {
     filters: Filters,
     queue: Addr<RetryQueue>,
+    health: OutboxHealth,
 }
 
 impl Webhooks {
-    /// A handle on a running `RetryQueue` and the filter snapshot it publishes.
-    pub fn new(filters: Filters, queue: Addr<RetryQueue>) -> Webhooks {
-        Webhooks { filters, queue }
+    /// A handle on a running `RetryQueue`, the filter snapshot and the health it publishes.
+    pub fn new(filters: Filters, queue: Addr<RetryQueue>, health: OutboxHealth) -> Webhooks {
+        Webhooks {
+            filters,
+            queue,
+            health,
+        }
+    }
+
+    /// Whether the outbox is working.
+    pub fn health(&self) -> &OutboxHealth {
+        &self.health
     }
 
     /// Whether any endpoint wants `event_type` (in `room`). Lock-free: rooms call this on

@@ -110,9 +110,13 @@ const DELIVERY_COLS: &str = "id, endpoint_id, seq, event_type, payload, state, a
 /// Everything that can go wrong in the outbox.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    /// The database failed (I/O, corruption, constraint violation).
+    /// The database failed (I/O, constraint violation).
     #[error("outbox database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// The file is not a database, or its pages are damaged: what it holds can no longer
+    /// be trusted to be all that was accepted.
+    #[error("the outbox database is damaged: {0}")]
+    Corrupt(String),
     /// No endpoint or delivery with that id.
     #[error("not found: {0}")]
     NotFound(String),
@@ -123,6 +127,18 @@ pub enum OutboxError {
     /// A JSON column (endpoint `events`/`rooms`) could not be encoded or decoded.
     #[error("outbox JSON error: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<rusqlite::Error> for OutboxError {
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        match err.sqlite_error_code() {
+            Some(Code::DatabaseCorrupt | Code::NotADatabase) => {
+                OutboxError::Corrupt(err.to_string())
+            }
+            _ => OutboxError::Sqlite(err),
+        }
+    }
 }
 
 /// Result type of the outbox.
@@ -377,6 +393,10 @@ impl Outbox {
     }
 
     /// Opens (creating if needed) the outbox at `path` with the given flush policy.
+    ///
+    /// The whole file is checked first (`PRAGMA quick_check`): a damaged outbox is refused
+    /// with [`OutboxError::Corrupt`] instead of being half read, which would silently drop
+    /// the deliveries on its damaged pages.
     pub fn open_with(path: impl AsRef<Path>, sync: Synchronous) -> Result<Self> {
         let conn = Connection::open(path)?;
         let mode: String =
@@ -386,7 +406,29 @@ impl Outbox {
                 "could not enable WAL journal mode (got {mode:?})"
             )));
         }
+        check_integrity(&conn)?;
         Self::init(conn, sync)
+    }
+
+    /// Checks an outbox file without changing it: readable, undamaged, a schema this build
+    /// knows. A file that does not exist yet passes when its directory exists.
+    pub fn check_file(path: &Path) -> Result<()> {
+        use rusqlite::OpenFlags;
+        if !path.exists() {
+            return Ok(());
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        check_integrity(&conn)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(OutboxError::InvalidState(format!(
+                "outbox schema version {version} is newer than this build ({SCHEMA_VERSION})"
+            )));
+        }
+        Ok(())
     }
 
     /// A private in-memory outbox, for tests. Nothing survives a drop.
@@ -829,6 +871,20 @@ impl Outbox {
     }
 }
 
+/// `PRAGMA quick_check`: every page and index is readable and consistent.
+fn check_integrity(conn: &Connection) -> Result<()> {
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let problems: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    match problems.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        _ => Err(OutboxError::Corrupt(
+            problems.into_iter().take(3).collect::<Vec<_>>().join("; "),
+        )),
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA_VERSION {
@@ -1109,6 +1165,49 @@ mod tests {
                 let _ = std::fs::remove_file(p);
             }
         }
+    }
+
+    /// A file outbox with 50 pending 1 KB deliveries, closed (so the WAL is checkpointed
+    /// into the file), then `damage` applied to the file's bytes.
+    fn damaged_outbox(damage: impl FnOnce(&mut Vec<u8>)) -> TempDb {
+        let db = TempDb::new();
+        {
+            let mut ob = Outbox::open(&db.0).unwrap();
+            let ep = ob
+                .insert_endpoint(new_endpoint("https://a.example"), 0)
+                .unwrap();
+            let body = "x".repeat(1000);
+            for _ in 0..50 {
+                ob.enqueue(&ep.id, "room.message", &body, 0).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&db.0).unwrap();
+        damage(&mut bytes);
+        std::fs::write(&db.0, bytes).unwrap();
+        db
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_not_half_read() {
+        // A page in the middle of the deliveries (pages are 4 KiB).
+        let db = damaged_outbox(|b| b[4 * 4096..5 * 4096].fill(0x55));
+        assert!(matches!(
+            Outbox::check_file(&db.0),
+            Err(OutboxError::Corrupt(_))
+        ));
+        assert!(matches!(Outbox::open(&db.0), Err(OutboxError::Corrupt(_))));
+        // A ruined header: not a database at all.
+        let db = damaged_outbox(|b| b[..100].fill(0x55));
+        assert!(matches!(
+            Outbox::check_file(&db.0),
+            Err(OutboxError::Corrupt(_))
+        ));
+        assert!(matches!(Outbox::open(&db.0), Err(OutboxError::Corrupt(_))));
+        // An intact file passes, and a missing one too (it will be created).
+        let db = damaged_outbox(|_| {});
+        Outbox::check_file(&db.0).unwrap();
+        assert_eq!(Outbox::open(&db.0).unwrap().pending_count().unwrap(), 50);
+        Outbox::check_file(&TempDb::new().0).unwrap();
     }
 
     #[test]
