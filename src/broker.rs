@@ -112,7 +112,7 @@ impl Broker {
             registry.clone(),
             queue,
             config.heartbeat.interval,
-            config.server.shutdown_timeout,
+            &config.server,
         )
         .start();
         let api_limiter = NonZeroU32::new(config.api.requests_per_second)
@@ -217,7 +217,8 @@ impl Broker {
         })
     }
 
-    /// Graceful shutdown: pause `server`, close every session with 1012, wait for them
+    /// Graceful shutdown: `/readyz` answers 503 at once and the broker keeps serving for
+    /// `server.drain_delay`; then pause `server`, close every session with 1012, wait for them
     /// (bounded by `server.shutdown_timeout`), let webhook attempts in flight finish (same
     /// bound), stop `server`, stop the room and webhook arbiters.
     pub async fn shutdown(&self, server: Option<ServerHandle>) -> ShutdownReport {

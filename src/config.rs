@@ -120,6 +120,10 @@ pub struct ServerConfig {
     /// How long graceful shutdown waits for sessions to close.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// At shutdown, how long the broker keeps serving with `/readyz` answering 503 before
+    /// it closes sessions and stops, so load balancers see it leave.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
     /// Main WebSocket endpoint.
     pub ws_path: String,
 }
@@ -231,6 +235,9 @@ pub struct ApiConfig {
     pub requests_per_second: u32,
     /// Largest request body; bigger gets 413.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive in full; slower gets 408.
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
     /// Origins allowed to call the API from a browser (CORS); `"*"` for any.
     pub cors_origins: Vec<String>,
 }
@@ -241,6 +248,7 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             requests_per_second: 100,
             max_body_bytes: 64 * 1024,
+            body_timeout: Duration::from_secs(10),
             cors_origins: Vec::new(),
         }
     }
@@ -437,6 +445,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             public_urls: Vec::new(),
             shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(1),
             ws_path: "/ws".into(),
         }
     }

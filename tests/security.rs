@@ -766,3 +766,77 @@ fn check_config_reports_a_padded_api_key_and_an_unusable_outbox_path() {
     let (ok, log) = check("a-dir", dir.path(), "");
     assert!(!ok && log.contains("is a directory"), "{log}");
 }
+
+// ---- 5. a trickled request body is cut off ----
+
+#[test]
+fn a_trickled_request_body_gets_408_and_the_connection_is_closed() {
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    config.api.body_timeout = std::time::Duration::from_secs(1);
+    let broker = TestBroker::start(config);
+    let mut http = raw::RawHttp::connect(broker.addr);
+    let head = format!(
+        "POST /api/rooms/r/publish HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"payload\":"
+    );
+    assert!(http.send(head.as_bytes()));
+    // One byte every 200 ms, never reaching the declared 100 (the loop ends by itself).
+    let mut trickle = http.try_clone();
+    let trickler = std::thread::spawn(move || {
+        for _ in 0..50 {
+            if !trickle.send(b" ") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let started = std::time::Instant::now();
+    let response = http.read_response().expect("a response before the close");
+    assert_eq!(response.status, 408, "{response:?}");
+    assert!(response.body.contains("request_timeout"), "{response:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(http.read_response().is_none(), "the connection is closed");
+    trickler.join().expect("the trickle thread");
+}
+
+// ---- 13. after SIGTERM, an open keep-alive connection gets the documented 503 ----
+
+#[cfg(unix)]
+#[actix_rt::test]
+async fn after_sigterm_readyz_answers_503_on_an_open_keep_alive_connection() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    // The default server.drain_delay: nothing about shutdown is configured.
+    let config = binary_config(dir.path(), port, std::path::Path::new(""), "");
+    let mut broker = BrokerProcess::spawn(&config, dir.path().join("broker.log"));
+    broker.wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    let addr = format!("127.0.0.1:{port}").parse().expect("address");
+    let mut http = raw::RawHttp::connect(addr);
+    assert_eq!(http.get("/readyz").expect("an answer").status, 200);
+    broker.terminate();
+    // Like a load balancer's health check on its kept-alive connection, every 50 ms: it
+    // must hear 503 (not a reset) for the drain delay (1 s) before the broker goes.
+    let signalled = std::time::Instant::now();
+    let mut first_503 = None;
+    let mut last_503 = None;
+    for _ in 0..200 {
+        let Some(response) = http.get("/readyz") else {
+            break; // the broker has stopped
+        };
+        if response.status == 503 {
+            assert!(response.body.contains("shutting_down"), "{response:?}");
+            first_503.get_or_insert_with(std::time::Instant::now);
+            last_503 = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (first, last) = (first_503.expect("a 503"), last_503.expect("a 503"));
+    assert!(first - signalled < std::time::Duration::from_millis(500));
+    assert!(
+        last - first >= std::time::Duration::from_millis(800),
+        "503 was answered for only {:?}",
+        last - first
+    );
+    assert!(broker.wait_exit().success(), "{}", broker.log());
+}

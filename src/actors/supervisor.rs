@@ -2,7 +2,10 @@
 //!
 //! Every `heartbeat.interval` it asks the Registry for the live sessions and sends each a
 //! [`Heartbeat`]: the session pings its peer or, if nothing came in for `heartbeat.timeout`,
-//! closes with 4010. On shutdown it stops accepting, tells every session to close with 1012,
+//! closes with 4010. On shutdown it first keeps serving for `server.drain_delay` (with
+//! `/readyz` answering 503, so load balancers take the broker out of rotation, and keep-alive
+//! connections get that answer rather than a reset), then stops accepting, tells every
+//! session to close with 1012,
 //! waits for them (bounded by `server.shutdown_timeout`), lets the webhook attempts in flight
 //! finish (bounded by the same timeout; undelivered events stay in the outbox), and only then
 //! stops the HTTP server: open WebSockets would otherwise hold actix-web's own graceful stop
@@ -16,6 +19,7 @@ use actix_web::dev::ServerHandle;
 use super::registry::{ListSessions, Registry, WaitUntilEmpty};
 use super::retry_queue::{Drain, RetryQueue};
 use super::session::{Heartbeat, ServerShutdown};
+use crate::config::ServerConfig;
 
 /// The Supervisor actor.
 pub struct Supervisor {
@@ -23,22 +27,24 @@ pub struct Supervisor {
     webhooks: Addr<RetryQueue>,
     heartbeat_interval: Duration,
     shutdown_timeout: Duration,
+    drain_delay: Duration,
     shutting_down: bool,
 }
 
 impl Supervisor {
-    /// A supervisor ticking every `heartbeat_interval`.
+    /// A supervisor ticking every `heartbeat_interval`, shutting down as `server` says.
     pub fn new(
         registry: Addr<Registry>,
         webhooks: Addr<RetryQueue>,
         heartbeat_interval: Duration,
-        shutdown_timeout: Duration,
+        server: &ServerConfig,
     ) -> Supervisor {
         Supervisor {
             registry,
             webhooks,
             heartbeat_interval,
-            shutdown_timeout,
+            shutdown_timeout: server.shutdown_timeout,
+            drain_delay: server.drain_delay,
             shutting_down: false,
         }
     }
@@ -97,7 +103,14 @@ impl Handler<Shutdown> for Supervisor {
         let registry = self.registry.clone();
         let webhooks = self.webhooks.clone();
         let deadline = self.shutdown_timeout;
+        let drain_delay = self.drain_delay;
         Box::pin(async move {
+            if !drain_delay.is_zero() {
+                log::info!(
+                    "shutdown: /readyz answers 503; closing sessions in {drain_delay:?} (server.drain_delay)"
+                );
+                tokio::time::sleep(drain_delay).await;
+            }
             if let Some(server) = &msg.server {
                 server.pause().await;
             }

@@ -47,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
     }
     cfg.service(
         web::scope("/api")
+            .wrap(actix_web::middleware::from_fn(super::body::deadline))
             .wrap(Condition::new(!api.cors_origins.is_empty(), cors))
             .app_data(json)
             .app_data(web::QueryConfig::default().error_handler(|err, _| {

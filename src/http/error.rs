@@ -55,6 +55,9 @@ impl ApiError {
                 ErrorCode::BadRequest,
                 "Content-Type must be application/json",
             ),
+            E::Payload(err) if super::body::is_timeout(&err) => {
+                ApiError::new(ErrorCode::RequestTimeout, err.to_string())
+            }
             other => ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {other}")),
         }
     }

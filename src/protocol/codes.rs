@@ -31,6 +31,8 @@ pub enum ErrorCode {
     LimitExceeded,
     /// A handler did not answer in time.
     Timeout,
+    /// The client did not send its request body in time (HTTP API only).
+    RequestTimeout,
     /// The broker failed; the caller did nothing wrong.
     Internal,
 }
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -67,6 +70,7 @@ impl ErrorCode {
             // Capacity, not the caller's pace: retrying elsewhere or later may work.
             ErrorCode::LimitExceeded => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::Internal => 500,
         }
     }
@@ -88,6 +92,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => -32029,
             ErrorCode::LimitExceeded => -32053,
             ErrorCode::Timeout => -32008,
+            ErrorCode::RequestTimeout => -32007,
         }
     }
 }
@@ -148,6 +153,7 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::LimitExceeded,
             ErrorCode::Timeout,
+            ErrorCode::RequestTimeout,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -279,6 +279,14 @@ impl RawHttp {
         self.stream.write_all(bytes).is_ok()
     }
 
+    /// A second handle on the same connection (to write from another thread).
+    pub fn try_clone(&self) -> RawHttp {
+        RawHttp {
+            stream: self.stream.try_clone().expect("clone the socket"),
+            buf: Vec::new(),
+        }
+    }
+
     /// `GET path` on this connection (keep-alive).
     pub fn get(&mut self, path: &str) -> Option<RawResponse> {
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
