@@ -10,6 +10,8 @@
 #   BENCH_PERF=1                         # also profile switchboard (perf, cpu-clock) during
 #                                        # the max-rate fan-out (perf-<label>.txt)
 #   BENCH_OUT=DIR                        # where results go (default target/bench/<time>)
+#   BENCH_SWITCHBOARD_BIN=PATH           # benchmark this switchboard binary instead of the
+#                                        # tree's release build (e.g. an older commit's)
 #
 # Every broker is its own instance on its own loopback ports (the machine's own nats-server
 # on 4222 and mosquitto on 1883 are left alone), started fresh for every scenario, pinned to
@@ -73,7 +75,7 @@ cargo build --release -p loadgen
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-SB_BIN=$TARGET_DIR/release/switchboard
+SB_BIN=${BENCH_SWITCHBOARD_BIN:-$TARGET_DIR/release/switchboard}
 LG_BIN=$TARGET_DIR/release/loadgen
 
 # 10,000 connections on each side, plus margin.
@@ -116,7 +118,11 @@ EOF
 
 {
   dirty=$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)
-  echo "switchboard: $(git rev-parse HEAD 2>/dev/null || echo unknown)$([ "$dirty" -gt 0 ] && echo " + uncommitted changes in $dirty files")"
+  if [ -n "${BENCH_SWITCHBOARD_BIN:-}" ]; then
+    echo "switchboard: $BENCH_SWITCHBOARD_BIN"
+  else
+    echo "switchboard: $(git rev-parse HEAD 2>/dev/null || echo unknown)$([ "$dirty" -gt 0 ] && echo " + uncommitted changes in $dirty files")"
+  fi
   echo "rustc:       $(rustc --version)"
   echo "nats-server: $(nats-server --version 2>&1)"
   echo "mosquitto:   $(mosquitto -h 2>&1 | head -1)"
