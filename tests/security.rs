@@ -444,6 +444,13 @@ async fn a_repeated_token_parameter_is_refused_with_a_reason() {
 
 // ---- 14. id squatting and personal rooms ----
 
+/// The API publishes id `x` to room `r`: the seq and the `duplicate` flag it got.
+async fn api_publish_x(broker: &TestBroker) -> (Option<u64>, Value) {
+    let body = json!({"id": "x", "payload": "api"});
+    let (_, api) = call(broker, "POST", "/api/rooms/r/publish", KEY, Some(body)).await;
+    (api["seq"].as_u64(), api["duplicate"].clone())
+}
+
 #[actix_rt::test]
 async fn message_ids_are_deduplicated_per_publisher() {
     let mut config = test_config();
@@ -466,18 +473,7 @@ async fn message_ids_are_deduplicated_per_publisher() {
     let ack = alice.recv_type("ack").await;
     assert_eq!(ack["seq"], 2);
     assert!(ack["payload"].get("duplicate").is_none(), "{ack}");
-    let (_, api) = call(
-        &broker,
-        "POST",
-        "/api/rooms/r/publish",
-        KEY,
-        Some(json!({"id": "x", "payload": "api"})),
-    )
-    .await;
-    assert_eq!(
-        (api["seq"].as_u64(), &api["duplicate"]),
-        (Some(3), &json!(false))
-    );
+    assert_eq!(api_publish_x(&broker).await, (Some(3), json!(false)));
     // A retry by the same publisher is still a duplicate.
     alice.publish("r", "x", json!("mine")).await;
     let ack = alice.skip_until("ack").await;
@@ -485,18 +481,7 @@ async fn message_ids_are_deduplicated_per_publisher() {
         (ack["seq"].as_u64(), &ack["payload"]["duplicate"]),
         (Some(2), &json!(true))
     );
-    let (_, api) = call(
-        &broker,
-        "POST",
-        "/api/rooms/r/publish",
-        KEY,
-        Some(json!({"id": "x", "payload": "api"})),
-    )
-    .await;
-    assert_eq!(
-        (api["seq"].as_u64(), &api["duplicate"]),
-        (Some(3), &json!(true))
-    );
+    assert_eq!(api_publish_x(&broker).await, (Some(3), json!(true)));
 }
 
 #[actix_rt::test]

@@ -1219,11 +1219,16 @@ async fn a_rotation_signs_with_every_secret_and_the_secret_route_reads_them() {
         .await;
 }
 
-/// When the outbox cannot store an event, the publisher is told: members got the message,
-/// webhook receivers will not. (The endpoint's row is deleted behind the broker's back, so
-/// the commit fails the way a broken disk would make it fail.)
-#[actix_rt::test]
-async fn a_failed_outbox_commit_is_reported_to_the_publisher() {
+/// A broker with a file outbox (in a temp dir, returned to keep it alive) and an endpoint
+/// for `room.message` to a fresh receiver: what tests that tamper with the file start from.
+async fn with_file_outbox() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    TestBroker,
+    Api,
+    Receiver,
+    Endpoint,
+) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("outbox.db");
     let mut config = config();
@@ -1231,7 +1236,16 @@ async fn a_failed_outbox_commit_is_reported_to_the_publisher() {
     let broker = TestBroker::start(config);
     let api = api_of(&broker);
     let rx = Receiver::start();
-    let ep = register_for(&api, &rx, &["room.message"]).await;
+    let endpoint = register_for(&api, &rx, &["room.message"]).await;
+    (dir, path, broker, api, rx, endpoint)
+}
+
+/// When the outbox cannot store an event, the publisher is told: members got the message,
+/// webhook receivers will not. (The endpoint's row is deleted behind the broker's back, so
+/// the commit fails the way a broken disk would make it fail.)
+#[actix_rt::test]
+async fn a_failed_outbox_commit_is_reported_to_the_publisher() {
+    let (_dir, path, broker, api, rx, ep) = with_file_outbox().await;
     let mut bob = broker.client("bob", &["conversation:*"]).await;
     bob.join("conversation:9").await;
 
@@ -1275,14 +1289,7 @@ async fn a_failed_outbox_commit_is_reported_to_the_publisher() {
 /// works again the kept outcome is recorded and delivery goes on.
 #[actix_rt::test]
 async fn storage_errors_are_bounded_and_surfaced_not_retried_at_the_receiver() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let path = dir.path().join("outbox.db");
-    let mut config = config();
-    config.webhooks.outbox_path = path.to_string_lossy().into_owned();
-    let broker = TestBroker::start(config);
-    let api = api_of(&broker);
-    let rx = Receiver::start();
-    register_for(&api, &rx, &["room.message"]).await;
+    let (_dir, path, _broker, api, rx, _) = with_file_outbox().await;
     let (status, ready) = api.call("GET", "/readyz", None).await;
     assert_eq!((status, &ready["status"]), (200, &json!("ready")));
 
