@@ -69,13 +69,17 @@ if [ ! -f "$BENCH/node/node_modules/ws/package.json" ]; then
   (cd "$BENCH/node" && npm ci --no-audit --no-fund)
 fi
 
-log "building switchboard and loadgen (release)"
-cargo build --release --bin switchboard
+# With BENCH_PERF the broker is built with the `profiling` profile (release plus debug
+# info), so perf can name functions; otherwise the release profile, as shipped.
+SB_PROFILE=release
+[ "${BENCH_PERF:-0}" = 1 ] && SB_PROFILE=profiling
+log "building switchboard ($SB_PROFILE) and loadgen (release)"
+cargo build --profile "$SB_PROFILE" --bin switchboard
 cargo build --release -p loadgen
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 TARGET_DIR=${TARGET_DIR:-$ROOT/target}
-SB_BIN=${BENCH_SWITCHBOARD_BIN:-$TARGET_DIR/release/switchboard}
+SB_BIN=${BENCH_SWITCHBOARD_BIN:-$TARGET_DIR/$SB_PROFILE/switchboard}
 LG_BIN=$TARGET_DIR/release/loadgen
 
 # 10,000 connections on each side, plus margin.

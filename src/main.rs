@@ -1,4 +1,4 @@
-//! The `switchboard` binary: `serve` (default), `check-config`, `token`.
+//! The `switchboard` binary: `serve` (default), `check-config`, `genconfig`, `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,30 +18,36 @@ use switchboard::{auth, server, Broker};
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "Real-time message broker")]
 struct Cli {
+    /// TOML config file (also SWITCHBOARD_CONFIG). Without one: dev mode on 127.0.0.1:8000.
+    #[arg(long, global = true, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker (the default). Without --config: dev mode on 127.0.0.1:8000.
-    Serve {
-        /// TOML config file.
-        #[arg(long, env = "SWITCHBOARD_CONFIG")]
-        config: Option<PathBuf>,
-    },
-    /// Validate a config file and exit.
+    /// Run the broker (the default).
+    Serve,
+    /// Validate a config file (FILE or --config) and what the broker needs from it: key
+    /// files readable, the webhook outbox openable. Nothing is changed.
     CheckConfig {
         /// TOML config file.
-        file: PathBuf,
+        file: Option<PathBuf>,
+    },
+    /// Write a working config file: every key commented with its default, and a freshly
+    /// generated auth.hs256_secret and API key. Without FILE: to standard output.
+    Genconfig {
+        /// Where to write it; an existing file is not overwritten.
+        file: Option<PathBuf>,
     },
     /// Print an HS256 token signed with the configured secret (dev mode: the dev secret).
     Token {
-        /// User id (`sub`).
-        #[arg(long)]
+        /// User id (`sub`); not empty.
+        #[arg(long, value_parser = non_empty)]
         sub: String,
-        /// Room pattern the user may join; repeat for more.
-        #[arg(long = "room")]
+        /// Room pattern the user may join, e.g. 'conversation:*'; repeat for more.
+        #[arg(long = "room", required = true)]
         rooms: Vec<String>,
         /// Room pattern the user may publish to; repeat for more. Default: the --room patterns.
         #[arg(long = "publish")]
@@ -49,64 +55,114 @@ enum Command {
         /// Lifetime, e.g. 1h, 30m.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
-        /// TOML config file whose auth.hs256_secret signs the token.
-        #[arg(long, env = "SWITCHBOARD_CONFIG")]
-        config: Option<PathBuf>,
     },
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_owned())
+    }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve { config: None }) {
-        Command::Serve { config } => serve(config),
-        Command::CheckConfig { file } => match Config::load(Some(&file))
-            .and_then(|config| Broker::preflight(&config).map(|()| config))
-        {
-            Ok(config) => {
-                println!(
-                    "{}: ok (bind {}, algorithms {:?}, anonymous {})",
-                    file.display(),
-                    config.server.bind,
-                    config.auth.algorithms,
-                    config.auth.anonymous
-                );
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                ExitCode::from(2)
-            }
-        },
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::CheckConfig { file } => check_config(file.or(cli.config)),
+        Command::Genconfig { file } => genconfig(file),
         Command::Token {
             sub,
             rooms,
             publish,
             ttl,
-            config,
-        } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(c) => c,
-                Err(err) => {
-                    eprintln!("{err}");
-                    return ExitCode::from(2);
-                }
-            };
-            if config.auth.hs256_secret.is_empty() {
-                eprintln!("auth.hs256_secret is not set: cannot sign an HS256 token");
-                return ExitCode::from(2);
-            }
-            let publish = (!publish.is_empty()).then_some(publish);
-            match auth::mint_hs256(&config.auth.hs256_secret, &sub, rooms, publish, ttl) {
-                Ok(token) => {
-                    println!("{token}");
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("cannot sign token: {err}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => token(cli.config, &sub, rooms, publish, ttl),
+    }
+}
+
+fn check_config(file: Option<PathBuf>) -> ExitCode {
+    let Some(file) = file else {
+        eprintln!("check-config: name the file: `switchboard check-config FILE`");
+        return ExitCode::from(2);
+    };
+    match Config::load(Some(&file)).and_then(|config| Broker::preflight(&config).map(|()| config)) {
+        Ok(config) => {
+            println!(
+                "{}: ok (bind {}, algorithms {:?}, anonymous {})",
+                file.display(),
+                config.server.bind,
+                config.auth.algorithms,
+                config.auth.anonymous
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn genconfig(file: Option<PathBuf>) -> ExitCode {
+    let text = switchboard::config::generate_config_text();
+    let Some(file) = file else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "wrote {}: run it with `switchboard --config {}`",
+                file.display(),
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!("{} exists; not overwriting it", file.display());
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("cannot write {}: {err}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(
+    config: Option<PathBuf>,
+    sub: &str,
+    rooms: Vec<String>,
+    publish: Vec<String>,
+    ttl: Duration,
+) -> ExitCode {
+    let config = match Config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.auth.hs256_secret.is_empty() {
+        eprintln!("auth.hs256_secret is not set: cannot sign an HS256 token");
+        return ExitCode::from(2);
+    }
+    let publish = (!publish.is_empty()).then_some(publish);
+    match auth::mint_hs256(&config.auth.hs256_secret, sub, rooms, publish, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("cannot sign token: {err}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -142,10 +198,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     let result = actix_rt::System::new().block_on(async move {
         let broker = Broker::start(config)?;
-        log::info!(
-            "switchboard listening on ws://{bind}{}",
-            broker.config().server.ws_path
-        );
+        let bound = listener.local_addr().unwrap_or(bind);
+        log::info!("{}", server::banner(broker.config(), bound));
         let report = server::serve(broker, listener, server::termination_signal()).await?;
         log::info!(
             "shutdown complete: {} sessions closed, drained: {}",

@@ -4,12 +4,13 @@
 //! broker on `127.0.0.1:0` and end it without signals; the binary passes SIGINT/SIGTERM.
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 
 use crate::actors::supervisor::ShutdownReport;
+use crate::config::Config;
 use crate::Broker;
 
 /// Serves `broker` on `listener` until `shutdown` resolves or the server stops, then closes
@@ -51,6 +52,42 @@ pub async fn serve(
     let report = broker.shutdown(Some(handle)).await;
     let _ = running.await;
     Ok(report)
+}
+
+/// What the binary prints at start: the version, the engine and every URL that is on.
+pub fn banner(config: &Config, addr: SocketAddr) -> String {
+    let http = format!("http://{addr}");
+    let ws = format!("ws://{addr}");
+    let mut lines = vec![format!(
+        "switchboard {} listening on {addr} (engine: memory{})",
+        env!("CARGO_PKG_VERSION"),
+        if config.dev_mode { ", dev mode" } else { "" }
+    )];
+    lines.push(format!("  WebSocket  {ws}{}", config.server.ws_path));
+    let api_note = if config.api.keys.is_empty() {
+        " (no api.keys: admin tokens only)"
+    } else {
+        ""
+    };
+    lines.push(format!("  HTTP API   {http}/api{api_note}"));
+    lines.push(format!("  OpenAPI    {http}/api/openapi.json"));
+    lines.push(format!("  metrics    {http}/metrics"));
+    lines.push(format!("  health     {http}/healthz  {http}/readyz"));
+    if !config.conformance.echo_path.is_empty() {
+        lines.push(format!(
+            "  echo       {ws}{} (conformance)",
+            config.conformance.echo_path
+        ));
+    }
+    let outbox = &config.webhooks.outbox_path;
+    lines.push(if outbox.is_empty() {
+        "  webhooks   outbox in memory (pending deliveries do not survive a restart)".to_owned()
+    } else {
+        let path = std::path::absolute(outbox).unwrap_or_else(|_| outbox.into());
+        format!("  webhooks   outbox {}", path.display())
+    });
+    lines.push("  logging    RUST_LOG=debug shows connections and joins".to_owned());
+    lines.join("\n")
 }
 
 /// Resolves on SIGINT or SIGTERM.

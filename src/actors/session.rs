@@ -274,7 +274,13 @@ impl Session {
         joining
             .into_actor(self)
             .map(move |result, act, _| match result {
-                Ok((addr, _)) => {
+                Ok((addr, outcome)) => {
+                    log::debug!(
+                        "conn={} joined {room} at seq {} (recovered: {})",
+                        act.id,
+                        outcome.seq,
+                        outcome.recovered
+                    );
                     act.rooms.insert(room, addr);
                 }
                 Err(e) => {
@@ -458,10 +464,13 @@ impl Session {
             Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
         };
         match self.rooms.remove(&room) {
-            Some(addr) => addr.do_send(Leave {
-                connection_id: self.id.clone(),
-                reply_to: Some(inbound.reply_to),
-            }),
+            Some(addr) => {
+                log::debug!("conn={} left {room}", self.id);
+                addr.do_send(Leave {
+                    connection_id: self.id.clone(),
+                    reply_to: Some(inbound.reply_to),
+                });
+            }
             None => self.send_error(
                 &inbound.reply_to,
                 ErrorCode::NotFound,
