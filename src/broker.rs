@@ -8,6 +8,7 @@
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
@@ -25,6 +26,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::engine::MemoryEngine;
 use crate::http;
+use crate::http::error::resource;
 use crate::metrics::{self as metrics_mod, Metrics};
 use crate::middleware::{self, Middleware};
 use crate::webhooks::filter::Filters;
@@ -157,14 +159,16 @@ impl Broker {
         move |cfg: &mut web::ServiceConfig| {
             let config = broker.config();
             cfg.app_data(web::Data::new(broker.clone()))
-                .route(&config.server.ws_path, web::get().to(http::ws::connect))
-                .route("/healthz", web::get().to(http::health::healthz))
-                .route("/metrics", web::get().to(metrics_mod::endpoint));
+                .service(
+                    resource(&config.server.ws_path, "GET").route(web::get().to(http::ws::connect)),
+                )
+                .service(resource("/healthz", "GET").route(web::get().to(http::health::healthz)))
+                .service(resource("/metrics", "GET").route(web::get().to(metrics_mod::endpoint)));
             http::api::configure(cfg, &config.api);
             if !config.conformance.echo_path.is_empty() {
-                cfg.route(
-                    &config.conformance.echo_path,
-                    web::get().to(http::echo::echo),
+                cfg.service(
+                    resource(&config.conformance.echo_path, "GET")
+                        .route(web::get().to(http::echo::echo)),
                 );
             }
         }
@@ -180,7 +184,7 @@ impl Broker {
         let path = path.to_owned();
         move |cfg: &mut web::ServiceConfig| {
             cfg.service(
-                web::resource(path.as_str())
+                resource(path.as_str(), "GET")
                     .app_data(web::Data::new(broker.clone()))
                     .route(web::get().to(http::ws::connect)),
             );
@@ -208,13 +212,52 @@ impl Broker {
         let _ = self.router.send(AddMiddleware(middleware)).await;
     }
 
-    /// Live sessions, users and rooms.
-    pub async fn counts(&self) -> Counts {
-        self.state.registry.send(GetCounts).await.unwrap_or(Counts {
-            sessions: 0,
-            users: 0,
-            rooms: 0,
-        })
+    /// Live sessions, users and rooms; an error when the Registry does not answer (the
+    /// broker is stopping).
+    pub async fn counts(&self) -> Result<Counts, MailboxError> {
+        self.state.registry.send(GetCounts).await
+    }
+
+    /// Whether the broker's actors answer within `deadline`: the Registry (which returns
+    /// the counts) and each arbiter thread (rooms, webhook outbox, webhook deliveries). A
+    /// thread blocked by a stuck call or a busy loop fails the check, which `/healthz`
+    /// reports as 503.
+    pub async fn health(&self, deadline: Duration) -> Result<Counts, String> {
+        let arbiters = self
+            .room_arbiters
+            .iter()
+            .map(|a| ("a room arbiter", a))
+            .chain([
+                ("the webhook outbox arbiter", &self.webhook_arbiters[0]),
+                ("the webhook delivery arbiter", &self.webhook_arbiters[1]),
+            ]);
+        let probes = arbiters.map(|(name, arbiter)| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let started = arbiter.spawn(async move {
+                let _ = tx.send(());
+            });
+            async move {
+                if !started {
+                    return Err(format!("{name} has stopped"));
+                }
+                match tokio::time::timeout(deadline, rx).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(format!("{name} dropped the probe")),
+                    Err(_) => Err(format!("{name} did not answer within {deadline:?}")),
+                }
+            }
+        });
+        let registry = async {
+            match tokio::time::timeout(deadline, self.counts()).await {
+                Ok(Ok(counts)) => Ok(counts),
+                Ok(Err(err)) => Err(format!("the Registry is gone: {err}")),
+                Err(_) => Err(format!("the Registry did not answer within {deadline:?}")),
+            }
+        };
+        let (counts, arbiters) =
+            futures_util::future::join(registry, futures_util::future::join_all(probes)).await;
+        arbiters.into_iter().collect::<Result<Vec<()>, String>>()?;
+        counts
     }
 
     /// Graceful shutdown: `/readyz` answers 503 at once and the broker keeps serving for

@@ -302,7 +302,10 @@ impl Middleware for HandlerTiming {
     }
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: every metric in the Prometheus text format (no authentication).
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4",
+        content_type = "text/plain", body = String)))]
 pub async fn endpoint(broker: web::Data<Broker>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

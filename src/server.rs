@@ -29,6 +29,11 @@ pub async fn serve(
         App::new()
             .wrap(actix_web::middleware::from_fn(crate::metrics::track_http))
             .configure(configure.clone())
+            // The binary's own front page; embedders keep their `/`.
+            .service(
+                crate::http::error::resource("/", "GET")
+                    .route(actix_web::web::get().to(crate::http::landing::page)),
+            )
     })
     .workers(workers)
     .disable_signals()
@@ -71,6 +76,7 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
     };
     lines.push(format!("  HTTP API   {http}/api{api_note}"));
     lines.push(format!("  OpenAPI    {http}/api/openapi.json"));
+    lines.push(format!("  API docs   {http}/api/docs/"));
     lines.push(format!("  metrics    {http}/metrics"));
     lines.push(format!("  health     {http}/healthz  {http}/readyz"));
     if !config.conformance.echo_path.is_empty() {

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::collections::BTreeSet;
+
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 use support::{test_config, Client, TestBroker, SECRET};
@@ -389,4 +391,200 @@ async fn readiness_and_the_openapi_document() {
             "{path} missing from the OpenAPI document"
         );
     }
+}
+
+/// Every path the OpenAPI document lists answers a method it does not serve with 405, an
+/// `Allow` header naming exactly the documented methods, and the JSON error body; and every
+/// `/api` operation documents the errors it can get.
+#[actix_rt::test]
+async fn wrong_methods_get_405_with_allow_and_the_document_lists_every_answer() {
+    let broker = TestBroker::start(api_config());
+    let api = Api::new(&broker);
+    let (_, doc) = api.call("GET", "/api/openapi.json", None).await;
+    let paths = doc["paths"].as_object().expect("paths");
+    for path in ["/healthz", "/readyz", "/metrics", "/api/webhooks/{id}"] {
+        assert!(paths.contains_key(path), "{path} missing from the document");
+    }
+    let client = awc::Client::new();
+    for (path, item) in paths {
+        let item = item.as_object().expect("a path item");
+        let documented: BTreeSet<String> = item.keys().map(|m| m.to_uppercase()).collect();
+        let concrete = path
+            .replace("{room}", "r1")
+            .replace("{user}", "u1")
+            .replace("{delivery_id}", "msg_x")
+            .replace("{id}", "x");
+        let method = ["PUT", "PATCH", "DELETE", "POST", "GET"]
+            .into_iter()
+            .find(|m| !documented.contains(*m))
+            .expect("a method the path does not serve");
+        let mut resp = client
+            .request(method.parse().unwrap(), broker.http_url(&concrete))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 405, "{method} {concrete}");
+        let allow: BTreeSet<String> = resp
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        assert_eq!(allow, documented, "Allow of {path}");
+        let body: Value = resp.json().await.expect("a JSON body");
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{path}");
+
+        if path.starts_with("/api/") && path != "/api/openapi.json" {
+            for (m, op) in item {
+                let responses = op["responses"].as_object().expect("responses");
+                for status in ["401", "403", "429", "500"] {
+                    assert!(responses.contains_key(status), "{m} {path} lacks {status}");
+                }
+                if op.get("requestBody").is_some() {
+                    for status in ["400", "408", "413"] {
+                        assert!(responses.contains_key(status), "{m} {path} lacks {status}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_refused_cors_preflight_gets_the_json_error_body() {
+    let mut config = api_config();
+    config.api.cors_origins = vec!["https://app.example".into()];
+    let broker = TestBroker::start(config);
+    let client = awc::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(
+                awc::http::Method::OPTIONS,
+                broker.http_url("/api/rooms/r/publish"),
+            )
+            .insert_header(("Origin", origin))
+            .insert_header(("Access-Control-Request-Method", "POST"))
+            .send()
+    };
+    let mut refused = preflight("https://evil.example").await.expect("request");
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.expect("a JSON body");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let allowed = preflight("https://app.example").await.expect("request");
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+}
+
+#[actix_rt::test]
+async fn the_api_docs_page_and_the_landing_page_are_served() {
+    let broker = TestBroker::start(api_config());
+    let client = awc::Client::new();
+    let mut page = client
+        .get(broker.http_url("/api/docs/"))
+        .send()
+        .await
+        .expect("docs page");
+    assert_eq!(page.status(), 200);
+    let html = page.body().await.expect("body");
+    assert!(String::from_utf8_lossy(&html).contains("swagger-ui"));
+    let mut init = client
+        .get(broker.http_url("/api/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .expect("initializer");
+    let init = init.body().await.expect("body");
+    assert!(
+        String::from_utf8_lossy(&init).contains("/api/openapi.json"),
+        "the page loads this broker's document"
+    );
+    let redirect = awc::Client::builder()
+        .disable_redirects()
+        .finish()
+        .get(broker.http_url("/api/docs"))
+        .send()
+        .await
+        .expect("redirect");
+    assert_eq!(redirect.status(), 308);
+    assert_eq!(
+        redirect
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
+        Some("/api/docs/")
+    );
+    let mut landing = client
+        .get(broker.http_url("/"))
+        .send()
+        .await
+        .expect("landing page");
+    assert_eq!(landing.status(), 200);
+    let html = landing.body().await.expect("body");
+    let html = String::from_utf8_lossy(&html);
+    for link in ["/api/docs/", "/api/openapi.json", "/metrics", "/healthz"] {
+        assert!(html.contains(&format!("href=\"{link}\"")), "{link}: {html}");
+    }
+}
+
+/// A Registry that cannot answer makes /healthz 503 instead of a 200 with zero counts. A
+/// handler registered on the Registry's thread blocks that thread for 3 s (what a stuck
+/// actor would do); a health check meanwhile gets 503 within its 2 s deadline, and 200
+/// once the thread is free again.
+#[actix_rt::test]
+async fn healthz_is_503_while_the_registry_cannot_answer() {
+    use actix::prelude::*;
+    use switchboard::{HandlerError, HandlerRequest, Reply};
+
+    struct Blocker;
+    impl Actor for Blocker {
+        type Context = Context<Self>;
+    }
+    impl Handler<HandlerRequest> for Blocker {
+        type Result = Result<Reply, HandlerError>;
+        fn handle(&mut self, _: HandlerRequest, _: &mut Context<Self>) -> Self::Result {
+            // Blocking on purpose: this is the stuck actor under test.
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            Ok(Reply::new("test.blocked", serde_json::json!({})))
+        }
+    }
+    let mut config = api_config();
+    config.router.handler_timeout = std::time::Duration::from_secs(10);
+    let broker = TestBroker::start_with(config, |b| async move {
+        let blocker = Blocker.start(); // the same arbiter as the Registry
+        b.register_handler("test.block", blocker.recipient())
+            .await
+            .expect("register");
+    });
+    let api = Api::with_auth(&broker, None);
+    let (status, body) = api.call("GET", "/healthz", None).await;
+    assert_eq!((status.as_u16(), &body["status"]), (200, &json!("ok")));
+    let mut c = broker.client("a", &[]).await;
+    c.send_json(json!({"type": "test.block", "id": "b1"})).await;
+    // The request reaches the handler within milliseconds; give it that, then ask.
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = api.call("GET", "/healthz", None).await;
+        if status == 503 || started.elapsed() > std::time::Duration::from_secs(3) {
+            break (status, body);
+        }
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer"),
+        "{body}"
+    );
+    c.recv_type("test.blocked").await;
+    let (status, _) = api.call("GET", "/healthz", None).await;
+    assert_eq!(status, 200);
 }

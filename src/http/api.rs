@@ -10,16 +10,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix_cors::Cors;
-use actix_web::dev::Payload;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Condition;
+use actix_web::middleware::Next;
+use actix_web::ResponseError;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
 
-use super::error::ApiError;
+use super::error::{resource, ApiError};
 use crate::actors::registry::{DisconnectSession, ListRooms, RoomFor};
 use crate::actors::room::{
     GetHistory, GetPresence, PresenceInfo, Publish, Publisher, Room, RoomInfo,
@@ -45,10 +49,21 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
             cors.allowed_origin(origin)
         };
     }
+    // Registered before the /api scope, which would answer 404 for these paths.
+    cfg.service(
+        SwaggerUi::new("/api/docs/{_:.*}")
+            .config(utoipa_swagger_ui::Config::new(["/api/openapi.json"])),
+    )
+    .service(resource("/api/docs", "GET").route(web::get().to(|| async {
+        HttpResponse::PermanentRedirect()
+            .insert_header((header::LOCATION, "/api/docs/"))
+            .finish()
+    })));
     cfg.service(
         web::scope("/api")
             .wrap(actix_web::middleware::from_fn(super::body::deadline))
             .wrap(Condition::new(!api.cors_origins.is_empty(), cors))
+            .wrap(actix_web::middleware::from_fn(cors_refusals_as_json))
             .app_data(json)
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
                 ApiError::new(ErrorCode::BadRequest, format!("invalid query: {err}")).into()
@@ -56,20 +71,42 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
             .app_data(web::PathConfig::default().error_handler(|err, _| {
                 ApiError::new(ErrorCode::BadRequest, format!("invalid path: {err}")).into()
             }))
-            .route("/openapi.json", web::get().to(openapi))
-            .route("/rooms", web::get().to(list_rooms))
-            .route("/rooms/{room}/publish", web::post().to(publish))
-            .route("/rooms/{room}/history", web::get().to(history))
-            .route("/rooms/{room}/presence", web::get().to(presence))
-            .route("/users/{user}/send", web::post().to(send_to_user))
-            .route("/broadcast", web::post().to(broadcast))
-            .route("/sessions/{id}", web::delete().to(disconnect))
+            .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
+            .service(resource("/rooms", "GET").route(web::get().to(list_rooms)))
+            .service(resource("/rooms/{room}/publish", "POST").route(web::post().to(publish)))
+            .service(resource("/rooms/{room}/history", "GET").route(web::get().to(history)))
+            .service(resource("/rooms/{room}/presence", "GET").route(web::get().to(presence)))
+            .service(resource("/users/{user}/send", "POST").route(web::post().to(send_to_user)))
+            .service(resource("/broadcast", "POST").route(web::post().to(broadcast)))
+            .service(resource("/sessions/{id}", "DELETE").route(web::delete().to(disconnect)))
             .configure(super::webhooks::configure)
             .default_service(web::to(|| async {
                 Err::<HttpResponse, _>(ApiError::new(ErrorCode::NotFound, "no such API endpoint"))
             })),
     )
-    .route("/readyz", web::get().to(readyz));
+    .service(resource("/readyz", "GET").route(web::get().to(readyz)));
+}
+
+/// actix-cors answers a refused origin or preflight in plain text; API callers get the JSON
+/// error body here, like for every other error.
+async fn cors_refusals_as_json(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let refusal = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<actix_cors::CorsError>())
+        .map(|e| e.to_string());
+    match refusal {
+        Some(message) => {
+            let err = ApiError::new(ErrorCode::Forbidden, format!("CORS: {message}"));
+            let (req, _) = res.into_parts();
+            Ok(ServiceResponse::new(req, err.error_response()))
+        }
+        None => Ok(res.map_into_boxed_body()),
+    }
 }
 
 /// An authenticated API caller: `key#<index>` or `admin:<sub>` (as in the audit log).
@@ -287,7 +324,8 @@ async fn publish_to(
 #[utoipa::path(post, path = "/api/rooms/{room}/publish", request_body = PublishRequest,
     params(("room" = String, Path, description = "Room name")),
     responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`limit_exceeded`: the room is not running and the broker runs `limits.max_rooms` rooms")),
     security(("bearer" = [])))]
 async fn publish(
     caller: Caller,
@@ -357,7 +395,8 @@ pub struct HistoryResponse {
 /// Read a room's history.
 #[utoipa::path(get, path = "/api/rooms/{room}/history",
     params(("room" = String, Path, description = "Room name"), HistoryQuery),
-    responses((status = 200, body = HistoryResponse), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = HistoryResponse), (status = 400, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`limit_exceeded`: the room is not running and the broker runs `limits.max_rooms` rooms")),
     security(("bearer" = [])))]
 async fn history(
     _: Caller,
@@ -401,7 +440,8 @@ pub struct PresenceResponse {
 /// Read a room's presence (409 when presence is off for its namespace).
 #[utoipa::path(get, path = "/api/rooms/{room}/presence",
     params(("room" = String, Path, description = "Room name")),
-    responses((status = 200, body = PresenceResponse), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = PresenceResponse), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "`limit_exceeded`: the room is not running and the broker runs `limits.max_rooms` rooms")),
     security(("bearer" = [])))]
 async fn presence(
     _: Caller,
@@ -512,7 +552,8 @@ pub struct ErrorBody {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "switchboard HTTP API", description = "Publish, history, presence and session control for the switchboard broker."),
-    paths(publish, history, presence, list_rooms, send_to_user, broadcast, disconnect, readyz),
+    paths(publish, history, presence, list_rooms, send_to_user, broadcast, disconnect, readyz,
+        crate::http::health::healthz, crate::metrics::endpoint),
     components(schemas(PublishRequest, PublishResponse, HistoryResponse, PresenceResponse, RoomsResponse, ErrorBody)),
     modifiers(&BearerAuth)
 )]
@@ -531,9 +572,99 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// `GET /api/openapi.json` (no authentication: it describes, it does not act).
-async fn openapi() -> HttpResponse {
+/// The whole OpenAPI document: the API, the webhook routes, health and metrics, with the
+/// error answers every route shares.
+pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::webhooks::WebhooksDoc::openapi());
-    HttpResponse::Ok().json(doc)
+    utoipa::Modify::modify(&StandardErrors, &mut doc);
+    doc
+}
+
+/// Adds the answers that follow from where a route is rather than from what it does: every
+/// `/api` route authenticates (401, 403) and is rate limited (429); one with a body can get
+/// 400, 408 and 413; one with parameters, 400. Routes list their own other answers.
+struct StandardErrors;
+
+impl utoipa::Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::Operation;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let add = |op: &mut Operation, status: &str, description: &str| {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| error(description).into());
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/api/") && path != "/api/openapi.json";
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                if api {
+                    add(op, "500", "`internal`: the broker failed (an actor did not answer, the webhook outbox failed)");
+                    add(
+                        op,
+                        "401",
+                        "`unauthorized`: no API key or admin token, or an unknown one",
+                    );
+                    add(
+                        op,
+                        "403",
+                        "`forbidden`: a valid token without `admin: true`",
+                    );
+                    add(
+                        op,
+                        "429",
+                        "`rate_limited`: over `api.requests_per_second` (with `Retry-After`)",
+                    );
+                }
+                if op.request_body.is_some() {
+                    add(
+                        op,
+                        "400",
+                        "`bad_request`: the body is not valid JSON of the documented shape",
+                    );
+                    add(
+                        op,
+                        "408",
+                        "`request_timeout`: the body did not arrive within `api.body_timeout`",
+                    );
+                    add(
+                        op,
+                        "413",
+                        "`too_large`: the body is over `api.max_body_bytes`",
+                    );
+                }
+                if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    add(
+                        op,
+                        "400",
+                        "`bad_request`: an invalid path or query parameter",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `GET /api/openapi.json` (no authentication: it describes, it does not act).
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(document())
 }

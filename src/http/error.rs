@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// Human-readable message.
     pub message: String,
+    /// The methods the path serves, for the `Allow` header of a 405.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -23,8 +25,29 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            allow: None,
         }
     }
+
+    /// 405 for a path that serves only `allow` (e.g. `"GET, POST"`).
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        ApiError {
+            allow: Some(allow),
+            ..ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("this path answers {allow} only"),
+            )
+        }
+    }
+}
+
+/// A resource whose other methods get 405 with `Allow: <allow>` and the JSON error body
+/// (without it, actix-web would hand them to the scope's 404). `allow` must list the
+/// methods of the routes added to it; `tests/http_api.rs` checks every documented path.
+pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    actix_web::web::resource(path).default_service(actix_web::web::to(move || async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::method_not_allowed(allow))
+    }))
 }
 
 impl ResponseError for ApiError {
@@ -37,6 +60,9 @@ impl ResponseError for ApiError {
         if self.code == ErrorCode::RateLimited {
             // The API's limits refill every second.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        if let Some(allow) = self.allow {
+            response.insert_header((actix_web::http::header::ALLOW, allow));
         }
         response.json(json!({ "error": { "code": self.code, "message": self.message } }))
     }

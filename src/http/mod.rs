@@ -6,5 +6,6 @@ pub mod body;
 pub mod echo;
 pub mod error;
 pub mod health;
+pub mod landing;
 pub mod webhooks;
 pub mod ws;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::api::{mailbox, Caller, ErrorBody};
-use super::error::ApiError;
+use super::error::{resource, ApiError};
 use crate::actors::retry_queue::{
     CreateEndpoint, DeleteEndpoint, EndpointStatus, GetEndpoint, ListDeadLetters, ListDeliveries,
     ListEndpoints, Replay, SendTest, UpdateEndpoint,
@@ -28,21 +28,21 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `/webhooks/{id}` so that `dlq` is never taken for an endpoint id.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/webhooks")
+        resource("/webhooks", "GET, POST")
             .route(web::get().to(list))
             .route(web::post().to(create)),
     )
-    .route("/webhooks/dlq", web::get().to(dead_letters))
-    .route("/webhooks/dlq/{delivery_id}/replay", web::post().to(replay))
+    .service(resource("/webhooks/dlq", "GET").route(web::get().to(dead_letters)))
+    .service(resource("/webhooks/dlq/{delivery_id}/replay", "POST").route(web::post().to(replay)))
     .service(
-        web::resource("/webhooks/{id}")
+        resource("/webhooks/{id}", "GET, PATCH, DELETE")
             .route(web::get().to(get))
             .route(web::patch().to(update))
             .route(web::delete().to(delete)),
     )
-    .route("/webhooks/{id}/deliveries", web::get().to(deliveries))
-    .route("/webhooks/{id}/secret", web::get().to(secret))
-    .route("/webhooks/{id}/test", web::post().to(send_test));
+    .service(resource("/webhooks/{id}/deliveries", "GET").route(web::get().to(deliveries)))
+    .service(resource("/webhooks/{id}/secret", "GET").route(web::get().to(secret)))
+    .service(resource("/webhooks/{id}/test", "POST").route(web::post().to(send_test)));
 }
 
 /// A new endpoint.

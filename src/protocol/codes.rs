@@ -21,6 +21,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The target (room, session, resource) does not exist.
     NotFound,
+    /// The HTTP method is not one the path serves (HTTP API only).
+    MethodNotAllowed,
     /// The request conflicts with the target's state (HTTP API only).
     Conflict,
     /// The frame or body exceeds a configured size limit.
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
@@ -87,6 +91,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => -32001,
             ErrorCode::Forbidden => -32003,
             ErrorCode::NotFound => -32004,
+            ErrorCode::MethodNotAllowed => -32005,
             ErrorCode::Conflict => -32009,
             ErrorCode::TooLarge => -32013,
             ErrorCode::RateLimited => -32029,
@@ -148,6 +153,7 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
             ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
             ErrorCode::Conflict,
             ErrorCode::TooLarge,
             ErrorCode::RateLimited,
