@@ -322,9 +322,17 @@ pub struct WebhooksConfig {
     pub body_hmac_header: String,
     /// SSRF allowlist: CIDRs or exact host names exempt from the address checks.
     pub allow: Vec<crate::webhooks::ssrf::AllowRule>,
+    /// Registering an endpoint for a URL another endpoint already has: `warn` (log it and
+    /// say so in the answer) or `refuse` (409).
+    pub duplicate_urls: DuplicateUrls,
     /// Delivered deliveries are kept this long (for `GET /api/webhooks/{id}/deliveries`).
     #[serde(with = "duration")]
     pub retention: Duration,
+    /// Pending deliveries of a *disabled* endpoint older than this are dropped (counted in
+    /// `switchboard_webhook_expired_total`), so a paused endpoint nobody re-enables does not
+    /// grow the outbox without end.
+    #[serde(with = "duration")]
+    pub disabled_backlog_ttl: Duration,
     /// Endpoints defined in the file, by id (`[webhooks.endpoints.<id>]`).
     pub endpoints: BTreeMap<String, WebhookEndpointConfig>,
 }
@@ -338,6 +346,17 @@ pub enum OnCorruptOutbox {
     Refuse,
     /// Rename the file to `<file>.corrupt-<unix time>` and start with an empty outbox.
     MoveAside,
+}
+
+/// See [`WebhooksConfig::duplicate_urls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateUrls {
+    /// Register it, and warn.
+    #[default]
+    Warn,
+    /// Answer 409.
+    Refuse,
 }
 
 /// Whether webhook URLs must be `https://`.
@@ -391,7 +410,9 @@ impl Default for WebhooksConfig {
             rate_limit_per_s: 10,
             body_hmac_header: crate::webhooks::signing::DEFAULT_BODY_HMAC_HEADER.into(),
             allow: Vec::new(),
+            duplicate_urls: DuplicateUrls::Warn,
             retention: Duration::from_secs(7 * 24 * 3600),
+            disabled_backlog_ttl: Duration::from_secs(7 * 24 * 3600),
             endpoints: BTreeMap::new(),
         }
     }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub webhook_latency: HistogramVec,
     /// Pending webhook deliveries in the outbox.
     pub webhook_queue_depth: IntGauge,
+    /// Pending deliveries of disabled endpoints dropped after `disabled_backlog_ttl`.
+    pub webhook_expired: IntCounterVec,
     /// Deliveries in the dead-letter queue.
     pub webhook_dlq_size: IntGauge,
     /// Failed webhook outbox operations (disk full, I/O errors, damage).
@@ -191,6 +193,14 @@ impl Metrics {
                 &["endpoint"],
             )
             .expect("valid metric"),
+            webhook_expired: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_webhook_expired_total",
+                    "Pending deliveries of disabled endpoints dropped after webhooks.disabled_backlog_ttl",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
             webhook_queue_depth: IntGauge::new(
                 "switchboard_webhook_queue_depth",
                 "Pending webhook deliveries",
@@ -213,7 +223,7 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -233,6 +243,7 @@ impl Metrics {
             Box::new(m.webhook_dead_lettered.clone()),
             Box::new(m.webhook_latency.clone()),
             Box::new(m.webhook_queue_depth.clone()),
+            Box::new(m.webhook_expired.clone()),
             Box::new(m.webhook_dlq_size.clone()),
             Box::new(m.webhook_outbox_errors.clone()),
             Box::new(m.webhook_outbox_healthy.clone()),

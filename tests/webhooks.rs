@@ -1352,3 +1352,136 @@ async fn storage_errors_are_bounded_and_surfaced_not_retried_at_the_receiver() {
         "{ready}"
     );
 }
+
+/// Registering a URL twice (a setup script run twice, say) warns in the answer, or, with
+/// `webhooks.duplicate_urls = "refuse"`, answers 409.
+#[actix_rt::test]
+async fn a_url_registered_twice_warns_or_is_refused_by_option() {
+    let rx = Receiver::start();
+    let body = json!({"url": rx.url("/hook"), "events": ["room.message"]});
+    let broker = TestBroker::start(config());
+    let api = api_of(&broker);
+    let first = api
+        .expect(201, "POST", "/api/webhooks", Some(body.clone()))
+        .await;
+    assert!(first.get("warnings").is_none(), "{first}");
+    // Spelled differently, the same receiver is the same URL.
+    let same =
+        json!({"url": rx.url("/hook").replace("http://", "HTTP://"), "events": ["room.message"]});
+    let second = api.expect(201, "POST", "/api/webhooks", Some(same)).await;
+    let warning = second["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains(first["id"].as_str().unwrap()) && warning.contains("already delivers"),
+        "{second}"
+    );
+
+    let mut strict = config();
+    strict.webhooks.duplicate_urls = switchboard::config::DuplicateUrls::Refuse;
+    let broker = TestBroker::start(strict);
+    let api = api_of(&broker);
+    api.expect(201, "POST", "/api/webhooks", Some(body.clone()))
+        .await;
+    let (status, refused) = api.call("POST", "/api/webhooks", Some(body)).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "conflict");
+    let (_, list) = api.call("GET", "/api/webhooks", None).await;
+    assert_eq!(list["endpoints"].as_array().map(Vec::len), Some(1));
+}
+
+/// The auto-disable streak is a run of failed attempts: one failure, a quiet period longer
+/// than `disable_after`, and another failure do not disable the endpoint.
+#[actix_rt::test]
+async fn quiet_periods_between_failures_do_not_count_towards_disabling() {
+    let mut config = config();
+    config.webhooks.disable_after = Duration::from_millis(300);
+    config.webhooks.max_retries = 0; // each failure dead-letters at once: then it is quiet
+    config.webhooks.max_retry_after = Duration::from_millis(20);
+    config.webhooks.timeout = Duration::from_millis(200);
+    let broker = TestBroker::start(config);
+    let api = api_of(&broker);
+    let rx = Receiver::start_with(Reply::status(500));
+    let ep = register_for(&api, &rx, &["room.message"]).await;
+    let path = format!("/api/webhooks/{}", ep.id);
+
+    api.publish("conversation:1", None, json!({"n": 1})).await;
+    rx.wait_for(1).await;
+    // The scenario itself: a quiet spell longer than disable_after (and than the longest
+    // wait between two attempts of a failing endpoint, here 2 x (50 ms + 200 ms)).
+    actix_rt::time::sleep(Duration::from_millis(700)).await;
+    api.publish("conversation:1", None, json!({"n": 2})).await;
+    rx.wait_for(2).await;
+    let dlq = poll_until("both failures recorded", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let (_, dlq) = api.call("GET", "/api/webhooks/dlq", None).await;
+            match dlq["deliveries"].as_array().map(Vec::len) {
+                Some(2) => Ok(dlq),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let got = api.expect(200, "GET", &path, None).await;
+    assert_eq!(got["enabled"], true, "{got}\n{dlq}");
+    // A streak runs, started again at the second failure.
+    assert!(got["failing_since"].is_number(), "{got}");
+    let requests = rx.requests();
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(600));
+}
+
+/// A disabled endpoint's pending deliveries older than `disabled_backlog_ttl` are dropped
+/// (here at start, as every hour), counted per endpoint; an enabled endpoint keeps all.
+#[actix_rt::test]
+async fn a_disabled_endpoints_old_backlog_expires_and_is_counted() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("outbox.db");
+    let (paused, live) = {
+        let mut outbox = Outbox::open(&path).expect("create the outbox");
+        let new = |url: &str| switchboard::webhooks::outbox::NewEndpoint {
+            url: url.into(),
+            secret: WebhookSecret::generate().expose_secret().to_owned(),
+            events: vec!["room.message".into()],
+            rooms: vec!["*".into()],
+            rate_limit_per_s: 10,
+        };
+        let paused = outbox
+            .insert_endpoint(new("https://a.example/hook"), 0)
+            .expect("a");
+        let live = outbox
+            .insert_endpoint(new("https://b.example/hook"), 0)
+            .expect("b");
+        let eight_days_ago = i64::try_from(unix_now() - 8 * 24 * 3600).unwrap() * 1000;
+        for _ in 0..3 {
+            for ep in [&paused, &live] {
+                outbox
+                    .enqueue(&ep.id, "room.message", "{}", eight_days_ago)
+                    .expect("enqueue");
+            }
+        }
+        outbox
+            .disable_endpoint(&paused.id, "paused by hand")
+            .expect("disable");
+        (paused.id, live.id)
+    };
+    let mut config = config();
+    config.webhooks.outbox_path = path.to_string_lossy().into_owned();
+    let broker = TestBroker::start(config);
+    let api = api_of(&broker);
+    let got = api
+        .expect(200, "GET", &format!("/api/webhooks/{paused}"), None)
+        .await;
+    assert_eq!(got["pending"], 0, "{got}");
+    let got = api
+        .expect(200, "GET", &format!("/api/webhooks/{live}"), None)
+        .await;
+    assert!(got["pending"].as_u64().unwrap_or(0) > 0, "{got}");
+    let metrics = api.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("switchboard_webhook_expired_total{{endpoint=\"{paused}\"}}")
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+}

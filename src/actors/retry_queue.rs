@@ -21,7 +21,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::webhook_target::{Attempt, Reconfigure, StopTarget, TargetSettings, WebhookTarget};
-use crate::config::{Config, ConfigError, OnCorruptOutbox, WebhooksConfig};
+use crate::config::{Config, ConfigError, DuplicateUrls, OnCorruptOutbox, WebhooksConfig};
 use crate::metrics::Metrics;
 use crate::webhooks::event::{self, WebhookEvent};
 use crate::webhooks::filter::{subscribed, EndpointFilter, Filters};
@@ -116,6 +116,8 @@ struct TargetState {
     in_flight: Option<String>,
     /// A wake-up for the head's next attempt.
     timer: Option<SpawnHandle>,
+    /// When its last attempt failed (since this process started).
+    last_failure_at: Option<i64>,
 }
 
 fn now_ms() -> i64 {
@@ -394,6 +396,7 @@ impl RetryQueue {
                 addr,
                 in_flight: None,
                 timer: None,
+                last_failure_at: None,
             },
         );
     }
@@ -598,12 +601,25 @@ impl RetryQueue {
     }
 
     /// Disables an endpoint whose failure streak has lasted `disable_after`.
+    ///
+    /// The streak is a run of failed *attempts*: while an endpoint has a delivery to retry it
+    /// is attempted at least every [`RetryQueue::streak_gap`], so two failures further apart
+    /// than that had a quiet period between them (no events), and the streak starts again
+    /// at the later one. One failure, five quiet days and another failure do not disable.
     fn check_failing(&mut self, endpoint_id: &str, now: i64) -> Result<(), WebhookError> {
         let disable_after =
             i64::try_from(self.config.disable_after.as_millis()).unwrap_or(i64::MAX);
+        let gap = self.streak_gap();
         let Some(target) = self.targets.get_mut(endpoint_id) else {
             return Ok(());
         };
+        let quiet_before = target.last_failure_at.is_some_and(|last| now - last > gap);
+        target.last_failure_at = Some(now);
+        if quiet_before {
+            target.endpoint.failing_since = Some(now);
+            self.outbox.restart_failure_streak(endpoint_id, now)?;
+            return Ok(());
+        }
         let since = *target.endpoint.failing_since.get_or_insert(now);
         if target.endpoint.enabled && now - since >= disable_after {
             let reason = format!(
@@ -620,6 +636,57 @@ impl RetryQueue {
             log::warn!("webhooks: endpoint {endpoint_id} disabled: {reason}");
         }
         Ok(())
+    }
+
+    /// The longest an endpoint that keeps failing waits between two attempts: its longest
+    /// backoff or the longest `Retry-After` honoured, plus an attempt's timeout, twice over
+    /// (for jitter and the rate limit).
+    fn streak_gap(&self) -> i64 {
+        let w = &self.config;
+        let longest_wait = w
+            .backoff
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default()
+            .max(w.max_retry_after);
+        i64::try_from(((longest_wait + w.timeout) * 2).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Hourly upkeep: purges delivered deliveries past `webhooks.retention` and expires the
+    /// backlog of disabled endpoints past `webhooks.disabled_backlog_ttl`.
+    fn purge(&mut self) {
+        let retention = i64::try_from(self.config.retention.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .outbox
+            .purge_delivered_before(now_ms().saturating_sub(retention))
+        {
+            Ok(0) => {}
+            Ok(n) => log::info!("webhooks: purged {n} delivered deliveries"),
+            Err(err) => log::error!("webhooks: purge failed: {err}"),
+        }
+        let ttl = i64::try_from(self.config.disabled_backlog_ttl.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .outbox
+            .expire_disabled_backlog(now_ms().saturating_sub(ttl))
+        {
+            Ok(expired) if expired.is_empty() => {}
+            Ok(expired) => {
+                for (endpoint, n) in expired {
+                    self.metrics
+                        .webhook_expired
+                        .with_label_values(&[endpoint.as_str()])
+                        .inc_by(n);
+                    log::warn!(
+                        "webhooks: endpoint {endpoint} is disabled; {n} of its pending deliveries \
+                         were older than webhooks.disabled_backlog_ttl ({}) and were dropped",
+                        humantime::format_duration(self.config.disabled_backlog_ttl)
+                    );
+                }
+                self.recount();
+            }
+            Err(err) => log::error!("webhooks: expiring disabled backlogs failed: {err}"),
+        }
     }
 
     fn validate(&self, url: Option<&str>, events: Option<&[String]>) -> Result<(), WebhookError> {
@@ -669,18 +736,10 @@ impl Actor for RetryQueue {
                 self.pending
             );
         }
+        // Upkeep at start too: a broker restarted more often than hourly still expires.
+        self.purge();
         self.pump_all(ctx);
-        ctx.run_interval(PURGE_EVERY, |act, _| {
-            let retention = i64::try_from(act.config.retention.as_millis()).unwrap_or(i64::MAX);
-            match act
-                .outbox
-                .purge_delivered_before(now_ms().saturating_sub(retention))
-            {
-                Ok(0) => {}
-                Ok(n) => log::info!("webhooks: purged {n} delivered deliveries"),
-                Err(err) => log::error!("webhooks: purge failed: {err}"),
-            }
-        });
+        ctx.run_interval(PURGE_EVERY, |act, _| act.purge());
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -837,7 +896,7 @@ pub struct EndpointStatus {
 /// `POST /api/webhooks`. The URL must already have passed the SSRF guard with DNS
 /// resolution (the API does that off this actor's thread).
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Endpoint, WebhookError>")]
+#[rtype(result = "Result<Created, WebhookError>")]
 pub struct CreateEndpoint {
     /// Where to POST.
     pub url: String,
@@ -851,11 +910,49 @@ pub struct CreateEndpoint {
     pub rate_limit_per_s: Option<u32>,
 }
 
+/// A new endpoint, with what the caller should know about it.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// E.g. that another endpoint already delivers to the same URL.
+    pub warnings: Vec<String>,
+}
+
+/// Whether two webhook URLs name the same receiver (compared as parsed, so case and default
+/// ports do not hide a repeat).
+fn same_url(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 impl Handler<CreateEndpoint> for RetryQueue {
-    type Result = Result<Endpoint, WebhookError>;
+    type Result = Result<Created, WebhookError>;
 
     fn handle(&mut self, msg: CreateEndpoint, ctx: &mut Self::Context) -> Self::Result {
         self.validate(Some(&msg.url), Some(&msg.events))?;
+        let mut same: Vec<&str> = self
+            .targets
+            .values()
+            .filter(|t| same_url(&t.endpoint.url, &msg.url))
+            .map(|t| t.endpoint.id.as_str())
+            .collect();
+        same.sort_unstable();
+        let mut warnings = Vec::new();
+        if !same.is_empty() {
+            let already = format!("{} already delivers to {}", same.join(", "), msg.url);
+            if self.config.duplicate_urls == DuplicateUrls::Refuse {
+                return Err(WebhookError::Conflict(format!(
+                    "{already} (webhooks.duplicate_urls = \"refuse\")"
+                )));
+            }
+            log::warn!("webhooks: registering another endpoint for a URL: {already}");
+            warnings.push(format!(
+                "{already}: each endpoint gets its own copy of every event it subscribes to"
+            ));
+        }
         let secret = match &msg.secret {
             Some(s) => normalize_secrets(s)?,
             None => WebhookSecret::generate().expose_secret().to_owned(),
@@ -883,7 +980,7 @@ impl Handler<CreateEndpoint> for RetryQueue {
         );
         self.start_target(endpoint.clone(), ctx);
         self.publish_filters();
-        Ok(endpoint)
+        Ok(Created { endpoint, warnings })
     }
 }
 

@@ -110,6 +110,10 @@ pub struct EndpointView {
     /// The signing secret (creation only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// What the caller should know (creation only), e.g. that another endpoint already
+    /// delivers to this URL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl EndpointView {
@@ -128,6 +132,7 @@ impl EndpointView {
             pending: status.pending,
             source: if e.from_config { "config" } else { "api" },
             secret: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -286,6 +291,7 @@ where
 /// Register an endpoint. The answer holds its secret; it is not shown again.
 #[utoipa::path(post, path = "/api/webhooks", request_body = CreateRequest,
     responses((status = 201, body = EndpointView), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`conflict`: another endpoint has this URL and `webhooks.duplicate_urls = \"refuse\"`"),
         (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn create(
@@ -295,7 +301,7 @@ async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     check_url(&broker, &body.url).await?;
-    let endpoint = ask(
+    let created = ask(
         &broker,
         CreateEndpoint {
             url: body.url,
@@ -306,12 +312,13 @@ async fn create(
         },
     )
     .await??;
-    let secret = endpoint.secret.clone();
+    let secret = created.endpoint.secret.clone();
     let mut view = EndpointView::from_status(EndpointStatus {
-        endpoint,
+        endpoint: created.endpoint,
         pending: 0,
     });
     view.secret = Some(secret);
+    view.warnings = created.warnings;
     Ok(HttpResponse::Created().json(view))
 }
 

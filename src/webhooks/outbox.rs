@@ -611,6 +611,19 @@ impl Outbox {
         set_enabled(&self.conn, id, false, Some(reason))
     }
 
+    /// Starts an endpoint's failure streak afresh at `since_ms`: the failures before it were
+    /// separated from this one by a quiet period, not a run of failed attempts.
+    pub fn restart_failure_streak(&mut self, id: &str, since_ms: i64) -> Result<()> {
+        let changed = self.conn.execute(
+            "UPDATE endpoints SET failing_since = ?2 WHERE id = ?1",
+            params![id, since_ms],
+        )?;
+        if changed == 0 {
+            return Err(OutboxError::NotFound(format!("endpoint {id}")));
+        }
+        Ok(())
+    }
+
     /// Re-enables an endpoint and clears its disabled reason and failure streak.
     pub fn enable_endpoint(&mut self, id: &str) -> Result<()> {
         set_enabled(&self.conn, id, true, None)
@@ -859,6 +872,34 @@ impl Outbox {
             "state = 'pending' AND endpoint_id = ?1",
             Some(endpoint_id),
         )
+    }
+
+    /// Deletes the pending deliveries of *disabled* endpoints accepted before `cutoff_ms`, so
+    /// a paused endpoint nobody re-enables does not grow the outbox forever. Returns how
+    /// many went, per endpoint.
+    pub fn expire_disabled_backlog(&mut self, cutoff_ms: i64) -> Result<Vec<(String, u64)>> {
+        let tx = self.conn.transaction()?;
+        let expired: Vec<(String, u64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT d.endpoint_id, COUNT(*) FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+                 WHERE d.state = 'pending' AND e.enabled = 0 AND d.created_at < ?1
+                 GROUP BY d.endpoint_id ORDER BY d.endpoint_id",
+            )?;
+            let rows = stmt.query_map(params![cutoff_ms], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        tx.execute(
+            "DELETE FROM deliveries WHERE state = 'pending' AND created_at < ?1
+             AND endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 0)",
+            params![cutoff_ms],
+        )?;
+        tx.commit()?;
+        Ok(expired)
     }
 
     /// Deletes delivered deliveries (and their attempts) that were delivered before
@@ -1185,6 +1226,26 @@ mod tests {
         damage(&mut bytes);
         std::fs::write(&db.0, bytes).unwrap();
         db
+    }
+
+    #[test]
+    fn a_disabled_endpoints_old_backlog_expires_and_nothing_else_does() {
+        let (mut ob, a, b) = two_endpoints();
+        for at in [100, 200, 300] {
+            ob.enqueue(&a.id, "room.message", "{}", at).unwrap();
+            ob.enqueue(&b.id, "room.message", "{}", at).unwrap();
+        }
+        ob.disable_endpoint(&a.id, "paused").unwrap();
+        // Only a's deliveries accepted before 250 go; b is enabled and keeps everything.
+        assert_eq!(
+            ob.expire_disabled_backlog(250).unwrap(),
+            vec![(a.id.clone(), 2)]
+        );
+        assert_eq!(ob.pending_count_for(&a.id).unwrap(), 1);
+        assert_eq!(ob.pending_count_for(&b.id).unwrap(), 3);
+        assert!(ob.expire_disabled_backlog(250).unwrap().is_empty());
+        // What is left is still in order.
+        assert_eq!(ob.head(&a.id).unwrap().unwrap().created_at, 300);
     }
 
     #[test]

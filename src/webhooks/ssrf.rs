@@ -53,8 +53,9 @@ pub enum SsrfError {
     /// The host is a cloud metadata service name (e.g. `metadata.google.internal`).
     #[error("{0} is blocked: cloud metadata service")]
     MetadataHost(String),
-    /// An address of the target is in a refused range.
-    #[error("{addr} is blocked: {reason}{}", via_note(.via))]
+    /// An address of the target is in a refused range. The message says how to allow a
+    /// receiver of one's own there (a local receiver in development, say).
+    #[error("{addr} is blocked: {reason}{}; if the receiver there is yours, allow it with webhooks.allow = [\"{}\"]", via_note(.via), allow_rule(.addr))]
     Blocked {
         /// The refused address, as the URL or the resolver gave it.
         addr: IpAddr,
@@ -79,6 +80,14 @@ pub struct Embedded {
     pub form: &'static str,
     /// The embedded IPv4 address, which is in the refused range.
     pub ipv4: Ipv4Addr,
+}
+
+/// The allowlist rule that would let `addr` through: its /32 or /128.
+fn allow_rule(addr: &IpAddr) -> String {
+    match addr {
+        IpAddr::V4(v4) => format!("{v4}/32"),
+        IpAddr::V6(v6) => format!("{v6}/128"),
+    }
 }
 
 fn via_note(via: &Option<Embedded>) -> String {
@@ -1008,11 +1017,17 @@ mod tests {
     #[test]
     fn messages_say_why() {
         let e = check_url("http://127.0.0.1/", &dev()).unwrap_err();
-        assert_eq!(e.to_string(), "127.0.0.1 is blocked: loopback");
-        let e = check_url("http://[::ffff:10.1.2.3]/", &dev()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "::ffff:10.1.2.3 is blocked: private network (IPv4-mapped IPv6 address of 10.1.2.3)"
+            "127.0.0.1 is blocked: loopback; if the receiver there is yours, allow it with \
+             webhooks.allow = [\"127.0.0.1/32\"]"
+        );
+        let e = check_url("http://[::ffff:10.1.2.3]/", &dev()).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "::ffff:10.1.2.3 is blocked: private network (IPv4-mapped IPv6 address of 10.1.2.3)"
+            ),
+            "{e}"
         );
         let e = check_url("https://metadata.google.internal/", &prod()).unwrap_err();
         assert_eq!(
