@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, ConfigError};
+use crate::glob;
 
 /// Which kind of key an algorithm verifies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,7 +200,7 @@ impl Identity {
         if room.starts_with(PERSONAL_PREFIX) && !self.admin {
             return false;
         }
-        self.rooms.iter().any(|p| glob_match(p, room))
+        self.rooms.iter().any(|p| glob::matches(p, room))
     }
 
     /// Whether the session may publish to `room` (the same rule for personal rooms).
@@ -210,35 +211,12 @@ impl Identity {
         {
             return false;
         }
-        self.publish.iter().any(|p| glob_match(p, room))
+        self.publish.iter().any(|p| glob::matches(p, room))
     }
 }
 
 /// The prefix of personal rooms: `user:{sub}`.
 pub const PERSONAL_PREFIX: &str = "user:";
-
-/// `*` matches any run of characters, `?` exactly one; everything else literally.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            backtrack = Some((pi, ti));
-            pi += 1;
-        } else if let Some((star, matched)) = backtrack {
-            pi = star + 1;
-            ti = matched + 1;
-            backtrack = Some((star, matched + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
 
 /// Verifies tokens with the configured keys and algorithms.
 pub struct Authenticator {
@@ -453,17 +431,6 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearer"), None);
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("conversation:*", "conversation:42"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(glob_match("*:*:x", "a:b:x"));
-        assert!(!glob_match("conversation:*", "task:1"));
-        assert!(!glob_match("a", "ab"));
-        assert!(glob_match("a*", "a"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod engine;
+mod glob;
 pub mod http;
 pub mod metrics;
 pub mod middleware;
