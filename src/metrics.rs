@@ -53,7 +53,7 @@ pub struct Metrics {
     pub webhook_succeeded: IntCounterVec,
     /// Webhook attempts that failed (any reason), by endpoint.
     pub webhook_failed: IntCounterVec,
-    /// Deliveries moved to the dead-letter queue (the issue's `webhook.dead_lettered`).
+    /// Deliveries moved to the dead-letter queue.
     pub webhook_dead_lettered: IntCounter,
     /// Webhook attempt latency by endpoint.
     pub webhook_latency: HistogramVec,
@@ -281,16 +281,11 @@ impl Default for Metrics {
 /// `registered` is only asked for application types, keeping room traffic off the route
 /// table.
 pub fn type_label(msg_type: &str, registered: impl FnOnce() -> bool) -> &str {
-    if crate::protocol::types::is_broker_type(msg_type) {
-        match msg_type {
-            crate::protocol::types::ROOM_JOIN
-            | crate::protocol::types::ROOM_LEAVE
-            | crate::protocol::types::ROOM_PUBLISH
-            | crate::protocol::types::SYSTEM_PING
-            | crate::protocol::types::SYSTEM_PONG
-            | crate::protocol::types::SYSTEM_CONNECTION_RESUME => msg_type,
-            _ => "unknown",
-        }
+    use crate::protocol::types::{is_broker_type, Command};
+    if let Some(command) = Command::from_type(msg_type) {
+        command.msg_type()
+    } else if is_broker_type(msg_type) {
+        "unknown"
     } else if registered() {
         msg_type
     } else {

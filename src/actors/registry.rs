@@ -14,7 +14,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::room::{GetInfo, Join, JoinOutcome, Retire, Room, RoomInfo};
-use super::session::{Disconnect, Session};
+use super::session::Control;
 use super::ConnectionId;
 use crate::auth::PERSONAL_PREFIX;
 use crate::config::Config;
@@ -48,7 +48,7 @@ struct Detached {
 }
 
 struct SessionEntry {
-    addr: Addr<Session>,
+    control: Recipient<Control>,
     user: Arc<str>,
 }
 
@@ -181,8 +181,8 @@ pub struct Register {
     pub connection_id: ConnectionId,
     /// Its user.
     pub user: Arc<str>,
-    /// Its actor.
-    pub addr: Addr<Session>,
+    /// Where to send it heartbeats, shutdown and disconnect orders.
+    pub control: Recipient<Control>,
 }
 
 impl Handler<Register> for Registry {
@@ -208,7 +208,7 @@ impl Handler<Register> for Registry {
         self.sessions.insert(
             msg.connection_id,
             SessionEntry {
-                addr: msg.addr,
+                control: msg.control,
                 user: msg.user,
             },
         );
@@ -368,16 +368,16 @@ impl Handler<RoomIdle> for Registry {
     }
 }
 
-/// The addresses of all live sessions (for heartbeats and shutdown).
+/// Every live session's control recipient (for heartbeats and shutdown).
 #[derive(Message)]
-#[rtype(result = "Vec<Addr<Session>>")]
+#[rtype(result = "Vec<Recipient<Control>>")]
 pub struct ListSessions;
 
 impl Handler<ListSessions> for Registry {
     type Result = MessageResult<ListSessions>;
 
     fn handle(&mut self, _: ListSessions, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.sessions.values().map(|e| e.addr.clone()).collect())
+        MessageResult(self.sessions.values().map(|e| e.control.clone()).collect())
     }
 }
 
@@ -467,7 +467,9 @@ impl Handler<DisconnectSession> for Registry {
     fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) -> bool {
         match self.sessions.get(msg.connection_id.as_str()) {
             Some(entry) => {
-                entry.addr.do_send(Disconnect { reason: msg.reason });
+                entry
+                    .control
+                    .do_send(Control::Disconnect { reason: msg.reason });
                 true
             }
             None => false,

@@ -1,7 +1,7 @@
 //! Supervisor actor: the broker's clock and its exit.
 //!
 //! Every `heartbeat.interval` it asks the Registry for the live sessions and sends each a
-//! [`Heartbeat`]: the session pings its peer or, if nothing came in for `heartbeat.timeout`,
+//! [`Control::Heartbeat`]: the session pings its peer or, if nothing came in for `heartbeat.timeout`,
 //! closes with 4010. On shutdown it first keeps serving for `server.drain_delay` (with
 //! `/readyz` answering 503, so load balancers take the broker out of rotation, and keep-alive
 //! connections get that answer rather than a reset), then stops accepting, tells every
@@ -18,7 +18,7 @@ use actix_web::dev::ServerHandle;
 
 use super::registry::{ListSessions, Registry, WaitUntilEmpty};
 use super::retry_queue::{Drain, RetryQueue};
-use super::session::{Heartbeat, ServerShutdown};
+use super::session::Control;
 use crate::config::ServerConfig;
 
 /// The Supervisor actor.
@@ -58,7 +58,7 @@ impl Supervisor {
             .into_actor(self)
             .map(|sessions, _, _| {
                 for session in sessions.unwrap_or_default() {
-                    session.do_send(Heartbeat);
+                    session.do_send(Control::Heartbeat);
                 }
             })
             .spawn(ctx);
@@ -117,7 +117,7 @@ impl Handler<Shutdown> for Supervisor {
             let sessions = registry.send(ListSessions).await.unwrap_or_default();
             log::info!("shutdown: closing {} sessions with 1012", sessions.len());
             for session in &sessions {
-                session.do_send(ServerShutdown);
+                session.do_send(Control::Shutdown);
             }
             let drained = match registry.send(WaitUntilEmpty).await {
                 Ok(empty) => tokio::time::timeout(deadline, empty).await.is_ok(),

@@ -33,6 +33,54 @@ pub const PRESENCE_JOIN: &str = "presence.join";
 /// Server → client: a user's last connection left a room (presence on).
 pub const PRESENCE_LEAVE: &str = "presence.leave";
 
+/// What a client may ask of the broker itself: the one list of client commands, for the
+/// session's dispatch and the metrics labels alike. Every other type is either unknown (in
+/// the broker's `room.` / `system.` name space) or goes to an application handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `room.join`
+    Join,
+    /// `room.leave`
+    Leave,
+    /// `room.publish`
+    Publish,
+    /// `system.ping`
+    Ping,
+    /// `system.pong`
+    Pong,
+    /// `system.connection.resume`
+    Resume,
+}
+
+impl Command {
+    /// Every command.
+    pub const ALL: [Command; 6] = [
+        Command::Join,
+        Command::Leave,
+        Command::Publish,
+        Command::Ping,
+        Command::Pong,
+        Command::Resume,
+    ];
+
+    /// The command a message type names, if it names one.
+    pub fn from_type(msg_type: &str) -> Option<Command> {
+        Command::ALL.into_iter().find(|c| c.msg_type() == msg_type)
+    }
+
+    /// Its message type on the wire.
+    pub fn msg_type(self) -> &'static str {
+        match self {
+            Command::Join => ROOM_JOIN,
+            Command::Leave => ROOM_LEAVE,
+            Command::Publish => ROOM_PUBLISH,
+            Command::Ping => SYSTEM_PING,
+            Command::Pong => SYSTEM_PONG,
+            Command::Resume => SYSTEM_CONNECTION_RESUME,
+        }
+    }
+}
+
 /// Whether `msg_type` belongs to the broker itself rather than to an application handler.
 ///
 /// Broker types are handled inside the session; everything else goes to the Router.
@@ -51,3 +99,18 @@ pub const REASON_SERVER_SHUTDOWN: &str = "server_shutdown";
 
 /// The room every session joins by itself; a publish to it reaches every session.
 pub const BROADCAST_ROOM: &str = "broadcast";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_broker_types_and_round_trip() {
+        for command in Command::ALL {
+            assert!(is_broker_type(command.msg_type()), "{command:?}");
+            assert_eq!(Command::from_type(command.msg_type()), Some(command));
+        }
+        assert_eq!(Command::from_type("room.explode"), None);
+        assert_eq!(Command::from_type("task.run"), None);
+    }
+}

@@ -1,6 +1,6 @@
 //! What an attempt's result means and when to try again.
 //!
-//! Pure functions, so the rules in the issue (which statuses retry, backoff with jitter,
+//! Pure functions, so the retry rules (which statuses retry, backoff with jitter,
 //! `Retry-After` in both spellings, the cap) are unit-tested without a network.
 
 use std::time::{Duration, SystemTime};

@@ -708,8 +708,10 @@ mod tests {
     const RESERVED: &str = "reserved (240.0.0.0/4)";
     const V6RES: &str = "reserved (outside global unicast 2000::/3)";
 
-    /// Every case of issue 5 point 3, plus neighbours; policy `dev` allows http and has
-    /// no allowlist, `prod` is https only.
+    /// Every rule of the guard: each blocked range (also IPv4-mapped, NAT64, 6to4 and odd
+    /// spellings), metadata hosts, https in production, credentials, schemes and bad URLs,
+    /// plus allowed neighbours; policy `dev` allows http and has no allowlist, `prod` is https
+    /// only.
     #[test]
     fn table() {
         use Want::*;

@@ -1,0 +1,118 @@
+//! `room.join`: permission and limit checks, then the Registry finds or starts the room,
+//! which answers `room.joined` and replays what the client missed.
+
+use actix::prelude::*;
+use serde::Deserialize;
+
+use super::{parse_payload, truncate, Session};
+use crate::actors::registry::{JoinError, JoinRoom};
+use crate::actors::room::{Join, JoinOutcome, Room};
+use crate::protocol::frame::{self, Inbound, ReplyTo};
+use crate::protocol::{types, ErrorCode};
+
+impl Session {
+    pub(super) fn join(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
+        let room = match self.room_name(&inbound) {
+            Ok(room) => room,
+            Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
+        };
+        #[derive(Deserialize)]
+        struct JoinPayload {
+            since_seq: Option<u64>,
+        }
+        let since_seq = match inbound.payload.as_deref().map(parse_payload::<JoinPayload>) {
+            None => None,
+            Some(Ok(p)) => p.since_seq,
+            Some(Err(msg)) => {
+                let msg = format!("invalid room.join payload: {msg}");
+                return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg);
+            }
+        };
+        if let Err((code, msg)) = self.check_join(&room, 0) {
+            return self.send_error(&inbound.reply_to, code, &msg);
+        }
+        let reply_to = inbound.reply_to.clone();
+        let joining = self.join_room(room.clone(), Some(inbound.reply_to), Some(since_seq));
+        joining
+            .into_actor(self)
+            .map(move |result, act, _| match result {
+                Ok((addr, outcome)) => {
+                    log::debug!(
+                        "conn={} joined {room} at seq {} (recovered: {})",
+                        act.id,
+                        outcome.seq,
+                        outcome.recovered
+                    );
+                    act.rooms.insert(room, addr);
+                }
+                Err(e) => {
+                    log::warn!("conn={} join {room}: {e}", act.id);
+                    act.send_error(&reply_to, e.code(), &e.to_string());
+                }
+            })
+            // Hold further frames until the room is known, so a publish or leave sent right
+            // after the join finds it.
+            .wait(ctx);
+    }
+
+    /// Whether this session may join `room`, counting `also_joining` rooms not yet joined.
+    pub(super) fn check_join(
+        &self,
+        room: &str,
+        also_joining: usize,
+    ) -> Result<(), (ErrorCode, String)> {
+        if !frame::valid_room_name(room) {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("invalid room name `{}`", truncate(room, 64)),
+            ));
+        }
+        let allowed = self.is_automatic(room) || self.identity.may_join(room);
+        if !allowed || (self.identity.anonymous && !self.state.config.room_policy(room).anonymous) {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("not allowed to join `{room}`"),
+            ));
+        }
+        let max = self.state.config.limits.max_rooms_per_session;
+        if !self.rooms.contains_key(room) && self.counted_rooms() + also_joining >= max {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("room limit reached: a session may be in {max} rooms"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rooms joined, the automatic ones (broadcast, personal) not counted.
+    pub(super) fn counted_rooms(&self) -> usize {
+        self.rooms.keys().filter(|r| !self.is_automatic(r)).count()
+    }
+
+    /// Whether `room` is one the session joins by itself (broadcast, personal).
+    pub(super) fn is_automatic(&self, room: &str) -> bool {
+        room == types::BROADCAST_ROOM || self.identity.personal_room().as_deref() == Some(room)
+    }
+
+    /// Asks the Registry to join `room`; resolves with the room's address and outcome.
+    /// `since_seq` is `Some(None)` for a plain join, `Some(Some(n))` to replay after `n`, and
+    /// `None` when the client's position is unknown (see [`Join::position_unknown`]).
+    pub(super) fn join_room(
+        &self,
+        room: String,
+        reply_to: Option<ReplyTo>,
+        since_seq: Option<Option<u64>>,
+    ) -> impl std::future::Future<Output = Result<(Addr<Room>, JoinOutcome), JoinError>> + 'static
+    {
+        let join = Join {
+            connection_id: self.id.clone(),
+            user: self.identity.user.clone(),
+            out: self.out.clone(),
+            reply_to,
+            since_seq: since_seq.flatten(),
+            position_unknown: since_seq.is_none(),
+        };
+        let sent = self.state.registry.send(JoinRoom { room, join });
+        async move { sent.await? }
+    }
+}

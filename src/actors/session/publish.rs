@@ -1,0 +1,47 @@
+//! `room.publish`: permission, membership and id checks here; sequencing, fan-out and the
+//! ack in the Room.
+
+use super::Session;
+use crate::actors::room::{Publish, Publisher};
+use crate::protocol::frame::{self, Inbound};
+use crate::protocol::{types, ErrorCode};
+
+impl Session {
+    pub(super) fn publish(&mut self, inbound: Inbound) {
+        let room = match self.room_name(&inbound) {
+            Ok(room) => room,
+            Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
+        };
+        // Only the server reaches every session: clients never publish to `broadcast`.
+        if room == types::BROADCAST_ROOM
+            || !self.identity.may_publish(&room)
+            || !self.state.config.room_policy(&room).client_publish
+        {
+            return self.send_error(
+                &inbound.reply_to,
+                ErrorCode::Forbidden,
+                &format!("not allowed to publish to `{room}`"),
+            );
+        }
+        let Some(addr) = self.rooms.get(&room) else {
+            return self.send_error(
+                &inbound.reply_to,
+                ErrorCode::BadRequest,
+                &format!("not a member of room `{room}`: join it before publishing"),
+            );
+        };
+        if let Some(Err(msg)) = inbound.id.as_deref().map(frame::check_message_id) {
+            self.state.metrics.limit_refused("message_id");
+            return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg);
+        }
+        addr.do_send(Publish {
+            from: Publisher::Member {
+                connection_id: self.id.clone(),
+                reply_to: inbound.reply_to,
+            },
+            id: inbound.id,
+            msg_type: None,
+            payload: inbound.payload,
+        });
+    }
+}
