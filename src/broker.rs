@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::actors::registry::{Counts, GetCounts, Registry};
-use crate::actors::retry_queue::{self, RetryQueue};
+use crate::actors::retry_queue::RetryQueue;
 use crate::actors::router::{
     AddMiddleware, HandlerError, HandlerRequest, RegisterHandler, Router, Routes,
 };
@@ -70,7 +70,7 @@ impl Broker {
     pub fn preflight(config: &Config) -> Result<(), ConfigError> {
         config.validate()?;
         Authenticator::from_config(&config.auth)?;
-        retry_queue::check_outbox(config)
+        crate::webhooks::setup::check_outbox(config)
     }
 
     /// Starts the broker's actors. Must be called inside a running actix system.
@@ -86,7 +86,7 @@ impl Broker {
             (0..shard_count).map(|_| Arbiter::new().handle()).collect();
         let metrics = Arc::new(Metrics::new());
         let filters = Filters::default();
-        let outbox = retry_queue::open_outbox(&config, &filters)?;
+        let outbox = crate::webhooks::setup::open_outbox(&config, &filters)?;
         let outbox_arbiter = Arbiter::new().handle();
         let delivery_arbiter = Arbiter::new().handle();
         let health = OutboxHealth::default();

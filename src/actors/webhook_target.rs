@@ -16,7 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::retry_queue::{AttemptDone, RetryQueue};
 use crate::webhooks::outbox::{Delivery, Endpoint};
-use crate::webhooks::policy::{classify_status, Verdict};
+use crate::webhooks::policy::{classify_status, Outcome};
 use crate::webhooks::signing::{webhook_headers, WebhookSecret};
 use crate::webhooks::ssrf::{self, SsrfError, SsrfPolicy};
 
@@ -112,12 +112,12 @@ impl Handler<Attempt> for WebhookTarget {
             limiter.until_ready().await;
             let started_at = SystemTime::now();
             let t0 = Instant::now();
-            let verdict = attempt(&client, &settings, &url, &secrets, &delivery).await;
+            let outcome = attempt(&client, &settings, &url, &secrets, &delivery).await;
             queue.do_send(AttemptDone {
                 endpoint_id,
                 delivery_id: delivery.id,
                 attempt: delivery.attempts + 1,
-                verdict,
+                outcome,
                 latency: t0.elapsed(),
                 started_at,
             });
@@ -161,26 +161,26 @@ const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 const SNIPPET_CHARS: usize = 200;
 
 /// Appends the start of the receiver's answer to a failure's error.
-fn with_response_snippet(verdict: Verdict, body: Option<&[u8]>) -> Verdict {
+fn with_response_snippet(outcome: Outcome, body: Option<&[u8]>) -> Outcome {
     let Some(body) = body.filter(|b| !b.is_empty()) else {
-        return verdict;
+        return outcome;
     };
     let text = String::from_utf8_lossy(body);
     let mut snippet: String = text.chars().take(SNIPPET_CHARS).collect();
     if text.chars().nth(SNIPPET_CHARS).is_some() {
         snippet.push('…');
     }
-    match verdict {
-        Verdict::Retry {
+    match outcome {
+        Outcome::Retry {
             status,
             error,
             retry_after,
-        } => Verdict::Retry {
+        } => Outcome::Retry {
             status,
             error: format!("{error}; response: {snippet}"),
             retry_after,
         },
-        Verdict::Dead { status, error } => Verdict::Dead {
+        Outcome::Dead { status, error } => Outcome::Dead {
             status,
             error: format!("{error}; response: {snippet}"),
         },
@@ -195,18 +195,18 @@ async fn attempt(
     url: &str,
     secrets: &[WebhookSecret],
     delivery: &Delivery,
-) -> Verdict {
+) -> Outcome {
     let addrs = match check_and_resolve(url, settings).await {
         Ok(addrs) => addrs,
         Err(err @ (SsrfError::Resolve(_) | SsrfError::NoAddresses(_))) => {
-            return Verdict::Retry {
+            return Outcome::Retry {
                 status: None,
                 error: err.to_string(),
                 retry_after: None,
             }
         }
         Err(err) => {
-            return Verdict::Dead {
+            return Outcome::Dead {
                 status: None,
                 error: format!("refused by the SSRF guard: {err}"),
             }
@@ -239,7 +239,7 @@ async fn attempt(
                     .get(actix_web::http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let verdict = classify_status(
+                let outcome = classify_status(
                     response.status().as_u16(),
                     retry_after.as_deref(),
                     SystemTime::now(),
@@ -254,7 +254,7 @@ async fn attempt(
                 .await
                 .ok()
                 .and_then(Result::ok);
-                return with_response_snippet(verdict, body.as_deref());
+                return with_response_snippet(outcome, body.as_deref());
             }
             // Nothing was sent: the next address may answer.
             Err(SendRequestError::Connect(err)) => {
@@ -270,7 +270,7 @@ async fn attempt(
             }
         }
     }
-    Verdict::Retry {
+    Outcome::Retry {
         status: None,
         error: last_error,
         retry_after: None,

@@ -23,6 +23,15 @@ pub struct EndpointFilter {
 }
 
 impl EndpointFilter {
+    /// The filter of a stored endpoint.
+    pub fn of(endpoint: &super::outbox::Endpoint) -> EndpointFilter {
+        EndpointFilter {
+            endpoint_id: endpoint.id.clone(),
+            events: endpoint.events.clone(),
+            rooms: endpoint.rooms.clone(),
+        }
+    }
+
     /// Whether this endpoint receives `event_type` raised in `room` (session events have
     /// no room and ignore the globs).
     pub fn matches(&self, event_type: &str, room: Option<&str>) -> bool {

@@ -10,6 +10,7 @@ pub mod event;
 pub mod filter;
 pub mod outbox;
 pub mod policy;
+pub mod setup;
 pub mod signing;
 pub mod ssrf;
 
@@ -66,6 +67,13 @@ impl From<actix::MailboxError> for WebhookError {
     fn from(err: actix::MailboxError) -> Self {
         WebhookError::Unavailable(err.to_string())
     }
+}
+
+/// Now, in unix milliseconds: the outbox's clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Endpoint ids name TOML tables and URL path segments: 1-64 of `[A-Za-z0-9_-]`.

@@ -38,6 +38,8 @@ use std::str::FromStr;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+use super::policy::Outcome;
+
 /// Current schema version, stored in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -333,39 +335,17 @@ pub struct DeliveryHistory {
     pub attempts: Vec<Attempt>,
 }
 
-/// How one attempt ended, for [`Outbox::record_outcomes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome<'a> {
-    /// A 2xx: delivered; the endpoint's failure streak ends.
-    Delivered {
-        /// The status.
-        status: u16,
-    },
-    /// Failed; try again at `next_attempt_at_ms`. Starts the failure streak if none runs.
-    Retry {
-        /// The status, if there was a response.
-        status: Option<u16>,
-        /// What went wrong.
-        error: &'a str,
-        /// When to try again (unix ms).
-        next_attempt_at_ms: i64,
-    },
-    /// Failed for good: dead-lettered.
-    Dead {
-        /// The status, if there was a response.
-        status: Option<u16>,
-        /// What went wrong.
-        error: &'a str,
-    },
-}
-
 /// One attempt's outcome to record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptRecord<'a> {
     /// The delivery (must be pending).
     pub delivery_id: &'a str,
-    /// How it ended.
-    pub outcome: Outcome<'a>,
+    /// How it ended: `Delivered` ends the endpoint's failure streak; `Retry` and `Dead`
+    /// start one if none runs.
+    pub outcome: &'a Outcome,
+    /// For a `Retry`: when to try again (unix ms); the caller computes backoff, jitter and
+    /// `Retry-After`. Not read for the other outcomes.
+    pub next_attempt_at_ms: i64,
     /// How long it took.
     pub latency_ms: i64,
     /// When it finished (unix ms).
@@ -709,7 +689,8 @@ impl Outbox {
     ) -> Result<()> {
         self.record_one(AttemptRecord {
             delivery_id,
-            outcome: Outcome::Delivered { status },
+            outcome: &Outcome::Delivered { status },
+            next_attempt_at_ms: 0,
             latency_ms,
             now_ms,
         })
@@ -729,11 +710,12 @@ impl Outbox {
     ) -> Result<()> {
         self.record_one(AttemptRecord {
             delivery_id,
-            outcome: Outcome::Retry {
+            outcome: &Outcome::Retry {
                 status,
-                error,
-                next_attempt_at_ms,
+                error: error.to_owned(),
+                retry_after: None,
             },
+            next_attempt_at_ms,
             latency_ms,
             now_ms,
         })
@@ -751,7 +733,11 @@ impl Outbox {
     ) -> Result<()> {
         self.record_one(AttemptRecord {
             delivery_id,
-            outcome: Outcome::Dead { status, error },
+            outcome: &Outcome::Dead {
+                status,
+                error: error.to_owned(),
+            },
+            next_attempt_at_ms: 0,
             latency_ms,
             now_ms,
         })
@@ -1039,13 +1025,9 @@ fn apply_outcome(tx: &Transaction<'_>, d: &Delivery, record: &AttemptRecord<'_>)
             .execute(params![id, attempt, status, latency_ms, now_ms])?;
             tx.prepare_cached("UPDATE endpoints SET failing_since = NULL WHERE id = ?1")?
                 .execute(params![d.endpoint_id])?;
-            (Some(status), None)
+            (Some(*status), None)
         }
-        Outcome::Retry {
-            status,
-            error,
-            next_attempt_at_ms,
-        } => {
+        Outcome::Retry { status, error, .. } => {
             tx.prepare_cached(
                 "UPDATE deliveries SET attempts = ?2, next_attempt_at = ?3, last_status = ?4, \
                  last_error = ?5, last_latency_ms = ?6 WHERE id = ?1",
@@ -1053,13 +1035,13 @@ fn apply_outcome(tx: &Transaction<'_>, d: &Delivery, record: &AttemptRecord<'_>)
             .execute(params![
                 id,
                 attempt,
-                next_attempt_at_ms,
+                record.next_attempt_at_ms,
                 status,
                 error,
                 latency_ms
             ])?;
             mark_failing(tx, &d.endpoint_id, now_ms)?;
-            (status, Some(error))
+            (*status, Some(error.as_str()))
         }
         Outcome::Dead { status, error } => {
             tx.prepare_cached(
@@ -1068,7 +1050,7 @@ fn apply_outcome(tx: &Transaction<'_>, d: &Delivery, record: &AttemptRecord<'_>)
             )?
             .execute(params![id, attempt, status, error, latency_ms])?;
             mark_failing(tx, &d.endpoint_id, now_ms)?;
-            (status, Some(error))
+            (*status, Some(error.as_str()))
         }
     };
     insert_attempt(tx, id, attempt, status, error, latency_ms, now_ms)
@@ -1673,24 +1655,27 @@ mod tests {
         let db = ob.enqueue(&b.id, "room.message", "{}", 1).unwrap();
         let delivered = ob.enqueue(&b.id, "room.message", "{}", 1).unwrap();
         ob.record_success(&delivered, 200, 1, 2).unwrap();
-        let record = |delivery_id, outcome| AttemptRecord {
+        let (ok_204, ok_200) = (
+            Outcome::Delivered { status: 204 },
+            Outcome::Delivered { status: 200 },
+        );
+        let retry = Outcome::Retry {
+            status: Some(503),
+            error: "HTTP 503".into(),
+            retry_after: None,
+        };
+        let record = |delivery_id, outcome, next_attempt_at_ms| AttemptRecord {
             delivery_id,
             outcome,
+            next_attempt_at_ms,
             latency_ms: 3,
             now_ms: 10,
         };
         let results = ob
             .record_outcomes(&[
-                record(&da, Outcome::Delivered { status: 204 }),
-                record(&delivered, Outcome::Delivered { status: 200 }),
-                record(
-                    &db,
-                    Outcome::Retry {
-                        status: Some(503),
-                        error: "HTTP 503",
-                        next_attempt_at_ms: 500,
-                    },
-                ),
+                record(&da, &ok_204, 0),
+                record(&delivered, &ok_200, 0),
+                record(&db, &retry, 500),
             ])
             .unwrap();
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");

@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::WebhooksConfig;
 
-/// How an attempt ended, as far as the retry schedule cares.
+/// How a delivery attempt ended: one type for its whole way, from the target that reads the
+/// receiver's answer (`classify_status`), through the queue that applies the retry schedule
+/// (a `Retry` past `max_retries` becomes `Dead`), to the outbox that records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Outcome {
     /// 2xx: delivered.
     Delivered {
         /// The status.
@@ -39,21 +41,21 @@ pub fn classify_status(
     retry_after: Option<&str>,
     now: SystemTime,
     cap: Duration,
-) -> Verdict {
+) -> Outcome {
     match status {
-        200..=299 => Verdict::Delivered { status },
-        408 | 429 | 500..=599 => Verdict::Retry {
+        200..=299 => Outcome::Delivered { status },
+        408 | 429 | 500..=599 => Outcome::Retry {
             status: Some(status),
             error: format!("HTTP {status}"),
             retry_after: retry_after
                 .and_then(|v| parse_retry_after(v, now))
                 .map(|d| d.min(cap)),
         },
-        300..=399 => Verdict::Dead {
+        300..=399 => Outcome::Dead {
             status: Some(status),
             error: format!("HTTP {status}: redirects are not followed"),
         },
-        _ => Verdict::Dead {
+        _ => Outcome::Dead {
             status: Some(status),
             error: format!("HTTP {status}: not retried"),
         },
@@ -164,13 +166,13 @@ mod tests {
         let cap = Duration::from_secs(300);
         assert_eq!(
             classify_status(204, None, now, cap),
-            Verdict::Delivered { status: 204 }
+            Outcome::Delivered { status: 204 }
         );
         for status in [408, 429, 500, 502, 503, 599] {
             assert!(
                 matches!(
                     classify_status(status, None, now, cap),
-                    Verdict::Retry { .. }
+                    Outcome::Retry { .. }
                 ),
                 "{status}"
             );
@@ -179,7 +181,7 @@ mod tests {
             assert!(
                 matches!(
                     classify_status(status, None, now, cap),
-                    Verdict::Dead { .. }
+                    Outcome::Dead { .. }
                 ),
                 "{status}"
             );
@@ -191,7 +193,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let cap = Duration::from_secs(300);
         let ra = |v: &str| match classify_status(429, Some(v), now, cap) {
-            Verdict::Retry { retry_after, .. } => retry_after,
+            Outcome::Retry { retry_after, .. } => retry_after,
             other => panic!("{other:?}"),
         };
         assert_eq!(ra("2"), Some(Duration::from_secs(2)));

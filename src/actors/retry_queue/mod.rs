@@ -11,27 +11,32 @@
 //! It runs on its own arbiter because SQLite calls block; the targets run on another, so a
 //! slow commit never stalls an HTTP attempt and vice versa. On start it picks up whatever
 //! the outbox holds, which is how deliveries pending at a crash go out after the restart.
+//!
+//! This file is the delivery machinery; `manage.rs` holds the HTTP API's endpoint management
+//! messages, and `webhooks::setup` opens the outbox at start.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::webhook_target::{Attempt, Reconfigure, StopTarget, TargetSettings, WebhookTarget};
-use crate::config::{Config, ConfigError, DuplicateUrls, OnCorruptOutbox, WebhooksConfig};
+mod manage;
+
+pub use manage::{
+    CreateEndpoint, Created, DeleteEndpoint, EndpointStatus, GetEndpoint, ListDeadLetters,
+    ListDeliveries, ListEndpoints, Replay, SendTest, UpdateEndpoint,
+};
+
+use super::webhook_target::{Attempt, StopTarget, TargetSettings, WebhookTarget};
+use crate::config::{Config, WebhooksConfig};
 use crate::metrics::Metrics;
 use crate::webhooks::event::{self, WebhookEvent};
 use crate::webhooks::filter::{subscribed, EndpointFilter, Filters};
-use crate::webhooks::outbox::{
-    AttemptRecord, Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint, Outbox,
-    OutboxError, Outcome,
-};
-use crate::webhooks::policy::{RetryPolicy, Verdict};
-use crate::webhooks::signing::WebhookSecret;
-use crate::webhooks::{normalize_secrets, ssrf, OutboxHealth, WebhookError};
+use crate::webhooks::outbox::{AttemptRecord, Endpoint, Outbox};
+use crate::webhooks::policy::{Outcome, RetryPolicy};
+use crate::webhooks::{now_ms, ssrf, OutboxHealth, WebhookError};
 
 /// How often delivered deliveries older than `webhooks.retention` are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -71,39 +76,6 @@ pub struct RetryQueue {
     health: OutboxHealth,
 }
 
-/// An attempt's outcome with the retry schedule applied.
-enum Decision {
-    Delivered {
-        status: u16,
-    },
-    Retry {
-        status: Option<u16>,
-        error: String,
-        at: i64,
-    },
-    Dead {
-        status: Option<u16>,
-        error: String,
-    },
-}
-
-impl Decision {
-    fn outcome(&self) -> Outcome<'_> {
-        match self {
-            Decision::Delivered { status } => Outcome::Delivered { status: *status },
-            Decision::Retry { status, error, at } => Outcome::Retry {
-                status: *status,
-                error,
-                next_attempt_at_ms: *at,
-            },
-            Decision::Dead { status, error } => Outcome::Dead {
-                status: *status,
-                error,
-            },
-        }
-    }
-}
-
 /// Who waits for an event's commit.
 type EmitReply = oneshot::Sender<Result<usize, WebhookError>>;
 
@@ -118,171 +90,6 @@ struct TargetState {
     timer: Option<SpawnHandle>,
     /// When its last attempt failed (since this process started).
     last_failure_at: Option<i64>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn filter_of(endpoint: &Endpoint) -> EndpointFilter {
-    EndpointFilter {
-        endpoint_id: endpoint.id.clone(),
-        events: endpoint.events.clone(),
-        rooms: endpoint.rooms.clone(),
-    }
-}
-
-/// Opens the outbox `[webhooks] outbox_path` names, creates or updates the endpoints the
-/// file defines, and publishes their filters (before any room can raise an event). Errors
-/// name the config key, or the file and how to recover it.
-pub fn open_outbox(config: &Config, filters: &Filters) -> Result<Outbox, ConfigError> {
-    let w = &config.webhooks;
-    let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
-    let mut outbox = if w.outbox_path.is_empty() {
-        Outbox::in_memory().map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?
-    } else {
-        open_file_outbox(config)?
-    };
-    for (id, endpoint) in &w.endpoints {
-        let key = format!("webhooks.endpoints.{id}");
-        let keep_secret = endpoint.secret.is_none();
-        let secret = match &endpoint.secret {
-            Some(secret) => {
-                normalize_secrets(secret).map_err(|e| invalid(key.clone(), e.to_string()))?
-            }
-            None => WebhookSecret::generate().expose_secret().to_owned(),
-        };
-        let new = NewEndpoint {
-            url: endpoint.url.clone(),
-            secret,
-            events: endpoint.events.clone(),
-            rooms: endpoint.rooms.clone(),
-            rate_limit_per_s: endpoint.rate_limit_per_s.unwrap_or(w.rate_limit_per_s),
-        };
-        outbox
-            .upsert_endpoint(id, new, keep_secret, now_ms())
-            .map_err(|e| invalid(key, e.to_string()))?;
-    }
-    let keep: Vec<&str> = w.endpoints.keys().map(String::as_str).collect();
-    let removed = outbox
-        .disable_removed_config_endpoints(&keep)
-        .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;
-    for id in removed {
-        let pending = outbox.pending_count_for(&id).unwrap_or(0);
-        log::warn!("webhooks: endpoint {id} was removed from the config file: disabled, {pending} pending deliveries kept (DELETE /api/webhooks/{id} drops them)");
-    }
-    let endpoints = outbox
-        .list_endpoints()
-        .map_err(|e| invalid("webhooks.outbox_path".into(), e.to_string()))?;
-    if w.outbox_path.is_empty() {
-        log::warn!("webhooks: the outbox is in memory (webhooks.outbox_path = \"\"): pending deliveries do not survive a restart");
-    } else {
-        log::info!(
-            "webhooks: outbox {} ({} endpoints)",
-            w.outbox_path,
-            endpoints.len()
-        );
-    }
-    filters.publish(endpoints.iter().map(filter_of).collect());
-    Ok(outbox)
-}
-
-/// Opens the file outbox, applying `webhooks.on_corrupt_outbox` to a damaged one.
-fn open_file_outbox(config: &Config) -> Result<Outbox, ConfigError> {
-    let w = &config.webhooks;
-    let path = Path::new(&w.outbox_path);
-    let failed = |message: String| ConfigError::Outbox {
-        path: path.to_owned(),
-        message,
-    };
-    let detail = match Outbox::open_with(path, w.synchronous) {
-        Ok(outbox) => return Ok(outbox),
-        Err(OutboxError::Corrupt(detail)) => detail,
-        Err(err) => return Err(failed(format!("cannot be opened: {err}"))),
-    };
-    if w.on_corrupt_outbox == OnCorruptOutbox::Refuse {
-        return Err(failed(format!(
-            "is damaged ({detail}). Not starting: the pending deliveries it holds would be \
-             lost. Recover what is readable with `sqlite3 {file} .recover | sqlite3 \
-             {file}.recovered` and point webhooks.outbox_path at the recovered file, or set \
-             webhooks.on_corrupt_outbox = \"move_aside\" to keep the damaged file aside \
-             and start with an empty outbox.",
-            file = path.display()
-        )));
-    }
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
-    // SQLite's companions move with it, so the fresh outbox does not pick up the old log.
-    for suffix in ["", "-wal", "-shm"] {
-        let from = PathBuf::from(format!("{}{suffix}", path.display()));
-        if from.exists() {
-            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
-            std::fs::rename(&from, &to).map_err(|e| {
-                failed(format!(
-                    "is damaged ({detail}) and could not be moved to {}: {e}",
-                    to.display()
-                ))
-            })?;
-        }
-    }
-    log::error!(
-        "webhooks: the outbox {} was damaged ({detail}); moved it to {} and started with an \
-         EMPTY outbox: the deliveries that were pending in it will not be sent (recover them \
-         from the moved file), and endpoints made through the API must be registered again",
-        path.display(),
-        aside.display()
-    );
-    Outbox::open_with(path, w.synchronous)
-        .map_err(|e| failed(format!("a fresh outbox cannot be created: {e}")))
-}
-
-/// Checks, without changing anything, that `serve` will be able to open the outbox that
-/// `webhooks.outbox_path` names: an undamaged file it can write, or a directory in which
-/// it can create one. For `switchboard check-config`.
-pub fn check_outbox(config: &Config) -> Result<(), ConfigError> {
-    let w = &config.webhooks;
-    if w.outbox_path.is_empty() {
-        return Ok(());
-    }
-    let path = Path::new(&w.outbox_path);
-    let failed = |message: String| ConfigError::Outbox {
-        path: path.to_owned(),
-        message,
-    };
-    if path.is_dir() {
-        return Err(failed("is a directory, not a file".into()));
-    }
-    if path.exists() {
-        Outbox::check_file(path).map_err(|e| failed(e.to_string()))?;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| failed(format!("cannot be opened for writing: {e}")))?;
-        return Ok(());
-    }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(failed(format!(
-            "cannot be created: the directory {} does not exist",
-            dir.display()
-        )));
-    }
-    // The only way to know a file can be created there is to create one.
-    let probe = dir.join(format!(".switchboard-check-{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .map_err(|e| failed(format!("cannot be created in {}: {e}", dir.display())))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
 }
 
 impl RetryQueue {
@@ -358,7 +165,7 @@ impl RetryQueue {
         self.filters.publish(
             self.targets
                 .values()
-                .map(|t| filter_of(&t.endpoint))
+                .map(|t| EndpointFilter::of(&t.endpoint))
                 .collect(),
         );
     }
@@ -464,33 +271,30 @@ impl RetryQueue {
         }
     }
 
-    /// What to record for an attempt: the verdict with the retry schedule applied (a
-    /// retry past `max_retries` becomes a dead letter).
-    fn decide(&self, done: &AttemptDone, now: i64) -> Decision {
-        match &done.verdict {
-            Verdict::Delivered { status } => Decision::Delivered { status: *status },
-            Verdict::Retry {
-                status,
-                error,
-                retry_after,
-            } => {
-                let unit: f64 = rand::random();
-                match self.policy.delay(done.attempt, *retry_after, unit) {
-                    Some(delay) => Decision::Retry {
-                        status: *status,
-                        error: error.clone(),
-                        at: now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
-                    },
-                    None => Decision::Dead {
-                        status: *status,
-                        error: format!("{error} (gave up after {} attempts)", done.attempt),
-                    },
-                }
-            }
-            Verdict::Dead { status, error } => Decision::Dead {
-                status: *status,
-                error: error.clone(),
-            },
+    /// What to record for an attempt: its outcome with the retry schedule applied (a retry
+    /// past `max_retries` becomes a dead letter), and for a retry, when (unix ms).
+    fn decide(&self, done: &AttemptDone, now: i64) -> (Outcome, i64) {
+        let Outcome::Retry {
+            status,
+            error,
+            retry_after,
+        } = &done.outcome
+        else {
+            return (done.outcome.clone(), 0);
+        };
+        let unit: f64 = rand::random();
+        match self.policy.delay(done.attempt, *retry_after, unit) {
+            Some(delay) => (
+                done.outcome.clone(),
+                now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+            ),
+            None => (
+                Outcome::Dead {
+                    status: *status,
+                    error: format!("{error} (gave up after {} attempts)", done.attempt),
+                },
+                0,
+            ),
         }
     }
 
@@ -502,13 +306,14 @@ impl RetryQueue {
     fn record_batch(&mut self, ctx: &mut Context<Self>) {
         let batch = std::mem::take(&mut self.done_batch);
         let now = now_ms();
-        let decisions: Vec<Decision> = batch.iter().map(|d| self.decide(d, now)).collect();
+        let decisions: Vec<(Outcome, i64)> = batch.iter().map(|d| self.decide(d, now)).collect();
         let records: Vec<AttemptRecord<'_>> = batch
             .iter()
             .zip(&decisions)
-            .map(|(done, decision)| AttemptRecord {
+            .map(|(done, (outcome, retry_at))| AttemptRecord {
                 delivery_id: &done.delivery_id,
-                outcome: decision.outcome(),
+                outcome,
+                next_attempt_at_ms: *retry_at,
                 latency_ms: i64::try_from(done.latency.as_millis()).unwrap_or(i64::MAX),
                 now_ms: now,
             })
@@ -535,12 +340,12 @@ impl RetryQueue {
             }
         };
         self.storage_ok();
-        for ((done, decision), result) in batch.iter().zip(&decisions).zip(results) {
+        for ((done, (outcome, retry_at)), result) in batch.iter().zip(&decisions).zip(results) {
             if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
                 t.in_flight = None;
             }
             match result {
-                Ok(()) => self.account(done, decision, now),
+                Ok(()) => self.account(done, outcome, *retry_at, now),
                 // The delivery was deleted or replayed meanwhile: nothing to account.
                 Err(err) => log::debug!(
                     "webhooks: outcome of {} not recorded: {err}",
@@ -554,15 +359,15 @@ impl RetryQueue {
     }
 
     /// The in-memory side of a recorded outcome: counters, metrics, logs, failure streak.
-    fn account(&mut self, done: &AttemptDone, decision: &Decision, now: i64) {
+    fn account(&mut self, done: &AttemptDone, outcome: &Outcome, retry_at: i64, now: i64) {
         let label = [done.endpoint_id.as_str()];
         let m = &self.metrics;
         m.webhook_attempts.with_label_values(&label).inc();
         m.webhook_latency
             .with_label_values(&label)
             .observe(done.latency.as_secs_f64());
-        match decision {
-            Decision::Delivered { .. } => {
+        match outcome {
+            Outcome::Delivered { .. } => {
                 m.webhook_succeeded.with_label_values(&label).inc();
                 self.pending -= 1;
                 if let Some(t) = self.targets.get_mut(&done.endpoint_id) {
@@ -570,16 +375,16 @@ impl RetryQueue {
                 }
                 return;
             }
-            Decision::Retry { error, at, .. } => {
+            Outcome::Retry { error, .. } => {
                 log::debug!(
                     "webhooks: {} attempt {} to {} failed ({error}); retry in {} ms",
                     done.delivery_id,
                     done.attempt,
                     done.endpoint_id,
-                    at - now
+                    retry_at - now
                 );
             }
-            Decision::Dead { error, .. } => {
+            Outcome::Dead { error, .. } => {
                 m.webhook_dead_lettered.inc();
                 self.pending -= 1;
                 self.dead += 1;
@@ -857,7 +662,7 @@ pub struct AttemptDone {
     /// Which attempt this was (1-based).
     pub attempt: u32,
     /// How it ended.
-    pub verdict: Verdict,
+    pub outcome: Outcome,
     /// How long it took (excluding the rate-limit wait).
     pub latency: Duration,
     /// When it started.
@@ -881,284 +686,6 @@ impl Handler<AttemptDone> for RetryQueue {
         if self.done_batch.len() == 1 {
             ctx.spawn(actix::fut::ready(()).map(|_, act: &mut Self, ctx| act.record_batch(ctx)));
         }
-    }
-}
-
-/// An endpoint with its backlog, as the API shows it.
-#[derive(Debug, Clone)]
-pub struct EndpointStatus {
-    /// The endpoint.
-    pub endpoint: Endpoint,
-    /// Its pending deliveries.
-    pub pending: u64,
-}
-
-/// `POST /api/webhooks`. The URL must already have passed the SSRF guard with DNS
-/// resolution (the API does that off this actor's thread).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Created, WebhookError>")]
-pub struct CreateEndpoint {
-    /// Where to POST.
-    pub url: String,
-    /// `whsec_…` (space-separated for several); generated when `None`.
-    pub secret: Option<String>,
-    /// Event types.
-    pub events: Vec<String>,
-    /// Room globs; every room when `None`.
-    pub rooms: Option<Vec<String>>,
-    /// Deliveries per second; `webhooks.rate_limit_per_s` when `None`.
-    pub rate_limit_per_s: Option<u32>,
-}
-
-/// A new endpoint, with what the caller should know about it.
-#[derive(Debug, Clone)]
-pub struct Created {
-    /// The endpoint.
-    pub endpoint: Endpoint,
-    /// E.g. that another endpoint already delivers to the same URL.
-    pub warnings: Vec<String>,
-}
-
-/// Whether two webhook URLs name the same receiver (compared as parsed, so case and default
-/// ports do not hide a repeat).
-fn same_url(a: &str, b: &str) -> bool {
-    match (url::Url::parse(a), url::Url::parse(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
-impl Handler<CreateEndpoint> for RetryQueue {
-    type Result = Result<Created, WebhookError>;
-
-    fn handle(&mut self, msg: CreateEndpoint, ctx: &mut Self::Context) -> Self::Result {
-        self.validate(Some(&msg.url), Some(&msg.events))?;
-        let mut same: Vec<&str> = self
-            .targets
-            .values()
-            .filter(|t| same_url(&t.endpoint.url, &msg.url))
-            .map(|t| t.endpoint.id.as_str())
-            .collect();
-        same.sort_unstable();
-        let mut warnings = Vec::new();
-        if !same.is_empty() {
-            let already = format!("{} already delivers to {}", same.join(", "), msg.url);
-            if self.config.duplicate_urls == DuplicateUrls::Refuse {
-                return Err(WebhookError::Conflict(format!(
-                    "{already} (webhooks.duplicate_urls = \"refuse\")"
-                )));
-            }
-            log::warn!("webhooks: registering another endpoint for a URL: {already}");
-            warnings.push(format!(
-                "{already}: each endpoint gets its own copy of every event it subscribes to"
-            ));
-        }
-        let secret = match &msg.secret {
-            Some(s) => normalize_secrets(s)?,
-            None => WebhookSecret::generate().expose_secret().to_owned(),
-        };
-        let rate = msg.rate_limit_per_s.unwrap_or(self.config.rate_limit_per_s);
-        if rate == 0 {
-            return Err(WebhookError::Invalid(
-                "rate_limit_per_s must be greater than zero".into(),
-            ));
-        }
-        let endpoint = self.outbox.insert_endpoint(
-            NewEndpoint {
-                url: msg.url,
-                secret,
-                events: msg.events,
-                rooms: msg.rooms.unwrap_or_else(|| vec!["*".into()]),
-                rate_limit_per_s: rate,
-            },
-            now_ms(),
-        )?;
-        log::info!(
-            "webhooks: endpoint {} created for {}",
-            endpoint.id,
-            endpoint.url
-        );
-        self.start_target(endpoint.clone(), ctx);
-        self.publish_filters();
-        Ok(Created { endpoint, warnings })
-    }
-}
-
-/// `GET /api/webhooks`.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<EndpointStatus>, WebhookError>")]
-pub struct ListEndpoints;
-
-impl Handler<ListEndpoints> for RetryQueue {
-    type Result = Result<Vec<EndpointStatus>, WebhookError>;
-
-    fn handle(&mut self, _: ListEndpoints, _: &mut Self::Context) -> Self::Result {
-        let endpoints = self.outbox.list_endpoints()?;
-        Ok(endpoints.into_iter().map(|e| self.status(e)).collect())
-    }
-}
-
-/// `GET /api/webhooks/{id}`.
-#[derive(Message)]
-#[rtype(result = "Result<EndpointStatus, WebhookError>")]
-pub struct GetEndpoint(pub String);
-
-impl Handler<GetEndpoint> for RetryQueue {
-    type Result = Result<EndpointStatus, WebhookError>;
-
-    fn handle(&mut self, GetEndpoint(id): GetEndpoint, _: &mut Self::Context) -> Self::Result {
-        let endpoint = self.outbox.get_endpoint(&id)?;
-        Ok(self.status(endpoint))
-    }
-}
-
-/// `PATCH /api/webhooks/{id}`. A new URL must already have passed the SSRF guard with DNS
-/// resolution.
-#[derive(Message)]
-#[rtype(result = "Result<EndpointStatus, WebhookError>")]
-pub struct UpdateEndpoint {
-    /// The endpoint.
-    pub id: String,
-    /// What changes.
-    pub patch: EndpointPatch,
-}
-
-impl Handler<UpdateEndpoint> for RetryQueue {
-    type Result = Result<EndpointStatus, WebhookError>;
-
-    fn handle(&mut self, msg: UpdateEndpoint, ctx: &mut Self::Context) -> Self::Result {
-        let mut patch = msg.patch;
-        self.validate(patch.url.as_deref(), patch.events.as_deref())?;
-        if let Some(secret) = &patch.secret {
-            patch.secret = Some(normalize_secrets(secret)?);
-        }
-        if patch.rate_limit_per_s == Some(0) {
-            return Err(WebhookError::Invalid(
-                "rate_limit_per_s must be greater than zero".into(),
-            ));
-        }
-        let endpoint = self.outbox.update_endpoint(&msg.id, patch)?;
-        if let Some(target) = self.targets.get_mut(&msg.id) {
-            target.addr.do_send(Reconfigure(endpoint.clone()));
-            target.endpoint = endpoint.clone();
-        }
-        self.publish_filters();
-        log::info!(
-            "webhooks: endpoint {} updated (enabled: {})",
-            endpoint.id,
-            endpoint.enabled
-        );
-        self.pump(&msg.id, ctx);
-        Ok(self.status(endpoint))
-    }
-}
-
-/// `DELETE /api/webhooks/{id}`: the endpoint, its pending deliveries and its DLQ entries.
-#[derive(Message)]
-#[rtype(result = "Result<(), WebhookError>")]
-pub struct DeleteEndpoint(pub String);
-
-impl Handler<DeleteEndpoint> for RetryQueue {
-    type Result = Result<(), WebhookError>;
-
-    fn handle(
-        &mut self,
-        DeleteEndpoint(id): DeleteEndpoint,
-        ctx: &mut Self::Context,
-    ) -> Self::Result {
-        self.outbox.delete_endpoint(&id)?;
-        if let Some(target) = self.targets.remove(&id) {
-            if let Some(timer) = target.timer {
-                ctx.cancel_future(timer);
-            }
-            target.addr.do_send(StopTarget);
-        }
-        self.publish_filters();
-        self.recount();
-        self.finish_drain_if_idle();
-        log::info!("webhooks: endpoint {id} deleted");
-        Ok(())
-    }
-}
-
-/// `GET /api/webhooks/{id}/deliveries`: newest first, with attempts.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<DeliveryHistory>, WebhookError>")]
-pub struct ListDeliveries {
-    /// The endpoint.
-    pub endpoint_id: String,
-    /// At most this many.
-    pub limit: usize,
-}
-
-impl Handler<ListDeliveries> for RetryQueue {
-    type Result = Result<Vec<DeliveryHistory>, WebhookError>;
-
-    fn handle(&mut self, msg: ListDeliveries, _: &mut Self::Context) -> Self::Result {
-        self.outbox.get_endpoint(&msg.endpoint_id)?;
-        Ok(self.outbox.deliveries_for(&msg.endpoint_id, msg.limit)?)
-    }
-}
-
-/// `GET /api/webhooks/dlq`: newest first.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<Delivery>, WebhookError>")]
-pub struct ListDeadLetters {
-    /// At most this many.
-    pub limit: usize,
-}
-
-impl Handler<ListDeadLetters> for RetryQueue {
-    type Result = Result<Vec<Delivery>, WebhookError>;
-
-    fn handle(&mut self, msg: ListDeadLetters, _: &mut Self::Context) -> Self::Result {
-        Ok(self.outbox.dead_letters(msg.limit)?)
-    }
-}
-
-/// `POST /api/webhooks/dlq/{delivery_id}/replay`: back to pending, attempts reset.
-#[derive(Message)]
-#[rtype(result = "Result<Delivery, WebhookError>")]
-pub struct Replay(pub String);
-
-impl Handler<Replay> for RetryQueue {
-    type Result = Result<Delivery, WebhookError>;
-
-    fn handle(&mut self, Replay(id): Replay, ctx: &mut Self::Context) -> Self::Result {
-        self.outbox.replay(&id, now_ms())?;
-        let delivery = self.outbox.get_delivery(&id)?;
-        self.dead -= 1;
-        self.pending += 1;
-        self.update_gauges();
-        log::info!(
-            "webhooks: delivery {id} replayed to endpoint {}",
-            delivery.endpoint_id
-        );
-        self.pump(&delivery.endpoint_id, ctx);
-        Ok(delivery)
-    }
-}
-
-/// `POST /api/webhooks/{id}/test`: queues a `webhook.ping` for one endpoint.
-#[derive(Message)]
-#[rtype(result = "Result<String, WebhookError>")]
-pub struct SendTest(pub String);
-
-impl Handler<SendTest> for RetryQueue {
-    type Result = Result<String, WebhookError>;
-
-    fn handle(&mut self, SendTest(id): SendTest, ctx: &mut Self::Context) -> Self::Result {
-        if !self.targets.contains_key(&id) {
-            return Err(WebhookError::NotFound(format!("endpoint {id}")));
-        }
-        let event = WebhookEvent::ping(&id);
-        let delivery_id = self
-            .outbox
-            .enqueue(&id, event.event_type, &event.body, now_ms())?;
-        self.pending += 1;
-        self.update_gauges();
-        self.pump(&id, ctx);
-        Ok(delivery_id)
     }
 }
 
