@@ -33,7 +33,7 @@ use crate::webhooks::filter::Filters;
 use crate::webhooks::{OutboxHealth, Webhooks};
 
 /// What every session and route shares: read-only after start.
-pub struct BrokerState {
+pub(crate) struct BrokerState {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// The Registry actor.

@@ -3,14 +3,21 @@
 //! Browsers, agents and services connect over WebSocket (`/ws`), join rooms and exchange
 //! JSON messages (protocol v1, or JSON-RPC 2.0 on the same socket).
 //!
-//! Where things live:
-//! - [`protocol`]: the wire format: envelopes, message types, error and close codes.
-//! - [`actors`]: Session, Registry, Room, Router, Supervisor: one file each.
-//! - [`transport`]: inbound frame checks and the bounded outbound queue per socket.
-//! - [`engine`]: room sequence numbers and history (memory now, Redis later).
-//! - [`auth`], [`middleware`], [`config`]: who may do what, handler middleware, settings.
-//! - [`metrics`]: Prometheus metrics (`GET /metrics`).
-//! - [`http`]: thin routes; [`broker`]: the embedding API; [`server`]: the runnable server.
+//! What an embedding application uses:
+//! - [`Broker`]: start the actors, mount the routes (`Broker::configure`), register
+//!   handlers for your own message types ([`HandlerRequest`], [`Reply`], [`HandlerError`])
+//!   and middleware ([`middleware::Middleware`]), health and graceful shutdown.
+//! - [`Config`] and [`config`]: settings, the same as the binary's config file.
+//! - [`server`]: run a broker as its own server on a listener (what the binary does).
+//! - [`auth`]: token claims and `mint_hs256` for tokens of your own.
+//! - [`protocol`]: the wire format's names: message types, error and close codes, frames.
+//! - [`engine`]: where room sequences and history live (the memory engine now).
+//! - [`metrics`]: the Prometheus registry and the HTTP middleware that counts requests.
+//! - [`webhooks::signing`]: verify a webhook delivery in a receiver written in Rust.
+//!
+//! Inside (not public): the actors (Session, Registry, Room, Router, Supervisor,
+//! RetryQueue, WebhookTarget: `src/actors/`), the HTTP routes (`src/http/`) and the
+//! WebSocket transport (`src/transport/`); docs/ARCHITECTURE.md describes them.
 //!
 //! Embedding: inside an actix system, `Broker::start(config)`, then
 //! `App::new().configure(broker.configure())`, and `broker.register_handler("task.request",
@@ -18,20 +25,22 @@
 
 #![warn(missing_docs)]
 
-pub mod actors;
+pub(crate) mod actors;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod engine;
 mod glob;
-pub mod http;
+pub(crate) mod http;
 pub mod metrics;
 pub mod middleware;
 pub mod protocol;
 pub mod server;
-pub mod transport;
+pub(crate) mod transport;
 pub mod webhooks;
 
+pub use actors::registry::Counts;
 pub use actors::router::{HandlerError, HandlerRequest, Reply};
+pub use actors::supervisor::ShutdownReport;
 pub use broker::Broker;
 pub use config::Config;

@@ -110,7 +110,6 @@ impl Handler<Attempt> for WebhookTarget {
         let endpoint_id = self.endpoint_id.clone();
         let fut = async move {
             limiter.until_ready().await;
-            let started_at = SystemTime::now();
             let t0 = Instant::now();
             let outcome = attempt(&client, &settings, &url, &secrets, &delivery).await;
             queue.do_send(AttemptDone {
@@ -119,7 +118,6 @@ impl Handler<Attempt> for WebhookTarget {
                 attempt: delivery.attempts + 1,
                 outcome,
                 latency: t0.elapsed(),
-                started_at,
             });
         };
         ctx.spawn(fut.into_actor(self));

@@ -26,7 +26,7 @@ pub async fn echo(
                 Ok(Some(InboundEvent::Text(text))) => ws.text(text).await,
                 Ok(Some(InboundEvent::Binary(bin))) => ws.binary(bin).await,
                 Ok(Some(InboundEvent::Ping(bytes))) => ws.pong(&bytes).await,
-                Ok(Some(InboundEvent::Pong(_))) => Ok(()),
+                Ok(Some(InboundEvent::Pong)) => Ok(()),
                 Ok(Some(InboundEvent::Close(reason))) => {
                     let _ = ws.close(reason).await;
                     return;

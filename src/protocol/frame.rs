@@ -69,11 +69,6 @@ impl RpcId {
         }
     }
 
-    /// The id's JSON text.
-    pub fn as_json(&self) -> &str {
-        self.0.get()
-    }
-
     /// The id as a handler request id: a string's value, a number's text; none for `null`.
     fn as_request_id(&self) -> Option<String> {
         match self.0.get().as_bytes().first() {
@@ -93,16 +88,6 @@ impl PartialEq for RpcId {
 impl Serialize for RpcId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
-    }
-}
-
-impl ReplyTo {
-    /// The correlation id for native replies.
-    pub fn correlation_id(&self) -> Option<&str> {
-        match self {
-            ReplyTo::Native { correlation_id } => correlation_id.as_deref(),
-            _ => None,
-        }
     }
 }
 
@@ -602,7 +587,10 @@ mod tests {
     use super::*;
 
     fn native_corr(inbound: &Inbound) -> Option<&str> {
-        inbound.reply_to.correlation_id()
+        match &inbound.reply_to {
+            ReplyTo::Native { correlation_id } => correlation_id.as_deref(),
+            _ => None,
+        }
     }
 
     fn rpc_id(text: &str) -> RpcId {

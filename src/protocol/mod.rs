@@ -4,8 +4,8 @@
 //! (tests included), so the protocol reference in `docs/PROTOCOL.md` has one source.
 
 pub mod codes;
-pub mod frame;
+pub(crate) mod frame;
 pub mod types;
 
 pub use codes::{close, ErrorCode};
-pub use frame::{parse, valid_room_name, Inbound, ParseError, ReplyTo};
+pub use frame::{valid_room_name, MAX_MESSAGE_ID_BYTES};

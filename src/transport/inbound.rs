@@ -26,8 +26,8 @@ pub enum InboundEvent {
     Binary(Bytes),
     /// A ping; answer with a pong carrying the same bytes.
     Ping(Bytes),
-    /// A pong.
-    Pong(Bytes),
+    /// A pong (its bytes are not needed: any inbound frame counts as liveness).
+    Pong,
     /// The peer started (or answered) the closing handshake.
     Close(Option<CloseReason>),
 }
@@ -143,7 +143,7 @@ impl Assembler {
                 InboundEvent::Binary(bin)
             }
             Message::Ping(b) => InboundEvent::Ping(b),
-            Message::Pong(b) => InboundEvent::Pong(b),
+            Message::Pong(_) => InboundEvent::Pong,
             Message::Close(reason) => InboundEvent::Close(reason),
             Message::Continuation(item) => return self.continuation(item),
             Message::Nop => return Ok(None),

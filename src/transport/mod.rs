@@ -9,8 +9,8 @@ pub mod outbound;
 use actix_web::{web, FromRequest, HttpRequest};
 
 pub use guard::FrameLimit;
-pub use inbound::{Assembler, InboundEvent, TransportError};
-pub use outbound::{Outbound, OutboundReceiver, SendError};
+pub use inbound::{Assembler, InboundEvent};
+pub use outbound::{Outbound, SendError};
 
 /// The body of a WebSocket upgrade request with [`FrameLimit`] in front: a frame or
 /// fragmented message declared larger than `max_bytes` ends the stream at its header.

@@ -155,11 +155,6 @@ impl Outbound {
         self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
     }
 
-    /// Frames currently queued.
-    pub fn queued_frames(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
-
     fn overflow(&self) {
         if !self.shared.closed.swap(true, Ordering::AcqRel) {
             log::warn!(

@@ -1,16 +1,20 @@
 //! Outbound webhooks.
 //!
-//! Events ([`event`]) leave the broker as signed HTTP POSTs ([`signing`]) to endpoints that
+//! Events (`event`) leave the broker as signed HTTP POSTs ([`signing`]) to endpoints that
 //! the SSRF guard allows ([`ssrf`]). Rooms and the Registry check a lock-free snapshot of the
-//! endpoints' filters ([`filter`]) and hand matching events to the `RetryQueue` actor, which
-//! commits them to the SQLite [`outbox`] and schedules attempts; one `WebhookTarget` actor
-//! per endpoint makes them, rate limited, and [`policy`] decides what a failure means.
+//! endpoints' filters (`filter`) and hand matching events to the `RetryQueue` actor, which
+//! commits them to the SQLite `outbox` and schedules attempts; one `WebhookTarget` actor
+//! per endpoint makes them, rate limited, and `policy` decides what a failure means.
 
-pub mod event;
-pub mod filter;
+pub(crate) mod event;
+pub(crate) mod filter;
+// The outbox and the retry outcome it records are not part of the embedding API; they are
+// public so the project's own integration tests can open and damage an outbox file.
+#[doc(hidden)]
 pub mod outbox;
+#[doc(hidden)]
 pub mod policy;
-pub mod setup;
+pub(crate) mod setup;
 pub mod signing;
 pub mod ssrf;
 
@@ -24,7 +28,7 @@ use event::WebhookEvent;
 use filter::Filters;
 
 /// Everything that can go wrong managing webhooks; mapped to HTTP statuses in
-/// [`crate::http::error`].
+/// `src/http/error.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     /// A request is malformed: unknown event type, bad secret, bad id.
@@ -117,7 +121,7 @@ pub fn normalize_secrets(secrets: &str) -> Result<String, WebhookError> {
 /// Whether the outbox is working: set by the `RetryQueue` after each write, read by
 /// `/readyz`. Cheap to clone; all clones share one state.
 #[derive(Clone, Default)]
-pub struct OutboxHealth(Arc<ArcSwapOption<String>>);
+pub(crate) struct OutboxHealth(Arc<ArcSwapOption<String>>);
 
 impl OutboxHealth {
     /// The last storage error, while the outbox is failing.
@@ -140,7 +144,7 @@ impl OutboxHealth {
 
 /// What rooms, the Registry and the HTTP API hold to raise webhook events: cheap to clone.
 #[derive(Clone)]
-pub struct Webhooks {
+pub(crate) struct Webhooks {
     filters: Filters,
     queue: Addr<RetryQueue>,
     health: OutboxHealth,

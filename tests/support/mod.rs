@@ -14,8 +14,8 @@ use awc::BoxedSocket;
 use bytestring::ByteString;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use switchboard::actors::supervisor::ShutdownReport;
 use switchboard::config::Config;
+use switchboard::ShutdownReport;
 use switchboard::{server, Broker};
 use tokio::sync::oneshot;
 

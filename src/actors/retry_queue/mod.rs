@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 mod manage;
 
 pub use manage::{
-    CreateEndpoint, Created, DeleteEndpoint, EndpointStatus, GetEndpoint, ListDeadLetters,
-    ListDeliveries, ListEndpoints, Replay, SendTest, UpdateEndpoint,
+    CreateEndpoint, DeleteEndpoint, EndpointStatus, GetEndpoint, ListDeadLetters, ListDeliveries,
+    ListEndpoints, Replay, SendTest, UpdateEndpoint,
 };
 
 use super::webhook_target::{Attempt, StopTarget, TargetSettings, WebhookTarget};
@@ -663,10 +663,9 @@ pub struct AttemptDone {
     pub attempt: u32,
     /// How it ended.
     pub outcome: Outcome,
-    /// How long it took (excluding the rate-limit wait).
+    /// How long it took (excluding the rate-limit wait); the outbox records the start
+    /// as the recording time minus this.
     pub latency: Duration,
-    /// When it started.
-    pub started_at: SystemTime,
 }
 
 impl Handler<AttemptDone> for RetryQueue {
