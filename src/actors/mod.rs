@@ -15,6 +15,8 @@ pub mod room;
 pub mod router;
 pub mod session;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 pub mod webhook_target;
 
 use std::sync::Arc;

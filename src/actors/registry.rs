@@ -476,3 +476,136 @@ impl Handler<DisconnectSession> for Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::testing::{member, registry};
+
+    /// A stand-in session: the Registry only needs somewhere to send `Control`.
+    struct Quiet;
+
+    impl Actor for Quiet {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Control> for Quiet {
+        type Result = ();
+
+        fn handle(&mut self, _: Control, _: &mut Context<Self>) {}
+    }
+
+    fn register(conn: &str, user: &str) -> Register {
+        Register {
+            connection_id: conn.into(),
+            user: user.into(),
+            control: Quiet.start().recipient(),
+        }
+    }
+
+    fn join_room(room: &str, conn: &str) -> JoinRoom {
+        let (id, out, _rx) = member(conn);
+        JoinRoom {
+            room: room.into(),
+            join: Join {
+                connection_id: id,
+                user: "u".into(),
+                out,
+                reply_to: None,
+                since_seq: None,
+                position_unknown: false,
+            },
+        }
+    }
+
+    #[actix_rt::test]
+    async fn sessions_per_user_are_capped_and_a_leaving_one_frees_its_place() {
+        let mut config = Config::default();
+        config.limits.max_sessions_per_user = 2;
+        let (registry, _, metrics) = registry(config);
+        assert_eq!(
+            registry.send(register("a1", "alice")).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            registry.send(register("a2", "alice")).await.unwrap(),
+            Ok(())
+        );
+        let refused = registry.send(register("a3", "alice")).await.unwrap();
+        assert!(refused.is_err_and(|r| r.contains("max_sessions_per_user")));
+        assert_eq!(registry.send(register("b1", "bob")).await.unwrap(), Ok(()));
+        registry
+            .send(Unregister {
+                connection_id: "a1".into(),
+                rooms: Vec::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            registry.send(register("a3", "alice")).await.unwrap(),
+            Ok(())
+        );
+        let counts = registry.send(GetCounts).await.unwrap();
+        assert_eq!((counts.sessions, counts.users), (3, 2));
+        assert_eq!(
+            metrics
+                .limit_refusals
+                .with_label_values(&["sessions_per_user"])
+                .get(),
+            1
+        );
+    }
+
+    #[actix_rt::test]
+    async fn rooms_are_capped_but_broadcast_and_personal_rooms_always_open() {
+        let mut config = Config::default();
+        config.limits.max_rooms = 2;
+        let (registry, _, _) = registry(config);
+        for room in ["r1", "r2", "r1"] {
+            assert!(
+                registry.send(join_room(room, "c")).await.unwrap().is_ok(),
+                "{room}"
+            );
+        }
+        let refused = registry.send(join_room("r3", "c")).await.unwrap();
+        assert!(matches!(refused, Err(JoinError::RoomLimit(2))));
+        for room in [types::BROADCAST_ROOM, "user:alice", "user:bob"] {
+            assert!(
+                registry.send(join_room(room, "c")).await.unwrap().is_ok(),
+                "{room}"
+            );
+        }
+        let refused = registry.send(RoomFor { room: "r3".into() }).await.unwrap();
+        assert_eq!(
+            refused.map(|_| ()).unwrap_err().code(),
+            ErrorCode::LimitExceeded
+        );
+    }
+
+    #[actix_rt::test]
+    async fn resume_state_goes_to_its_own_user_once() {
+        let (registry, _, _) = registry(Config::default());
+        registry
+            .send(register("a1", "alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        registry
+            .send(Unregister {
+                connection_id: "a1".into(),
+                rooms: vec!["r1".into(), "r2".into()],
+            })
+            .await
+            .unwrap();
+        let take = |user: &str| TakeResume {
+            connection_id: "a1".into(),
+            user: user.into(),
+        };
+        assert_eq!(registry.send(take("mallory")).await.unwrap(), None);
+        assert_eq!(
+            registry.send(take("alice")).await.unwrap(),
+            Some(vec!["r1".to_owned(), "r2".to_owned()])
+        );
+        assert_eq!(registry.send(take("alice")).await.unwrap(), None);
+    }
+}

@@ -644,3 +644,225 @@ impl Handler<Retire> for Room {
         ctx.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::registry::JoinRoom;
+    use crate::actors::testing::{member, registry, types};
+    use crate::config::{Config, NamespaceConfig};
+    use crate::transport::outbound::OutboundReceiver;
+
+    fn native(id: &str) -> Option<ReplyTo> {
+        Some(ReplyTo::Native {
+            correlation_id: Some(id.into()),
+        })
+    }
+
+    /// Joins `conn` (of `user`) to `room` through the Registry; the room and its answer.
+    async fn join(
+        registry: &Addr<Registry>,
+        room: &str,
+        user: &str,
+        conn: &str,
+        since_seq: Option<u64>,
+    ) -> (Addr<Room>, JoinOutcome, ConnectionId, OutboundReceiver) {
+        let (id, out, rx) = member(conn);
+        let join = Join {
+            connection_id: id.clone(),
+            user: user.into(),
+            out,
+            reply_to: native("j"),
+            since_seq,
+            position_unknown: false,
+        };
+        let (addr, outcome) = registry
+            .send(JoinRoom {
+                room: room.into(),
+                join,
+            })
+            .await
+            .expect("registry")
+            .expect("joined");
+        (addr, outcome, id, rx)
+    }
+
+    fn publish_as(conn: &ConnectionId, id: &str, n: u64) -> Publish {
+        Publish {
+            from: Publisher::Member {
+                connection_id: conn.clone(),
+                reply_to: ReplyTo::Native {
+                    correlation_id: Some(id.into()),
+                },
+            },
+            id: Some(id.into()),
+            msg_type: None,
+            payload: Some(RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap()),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_publish_is_sequenced_fanned_out_and_acked_and_ids_repeat_per_publisher() {
+        let (registry, _, _) = registry(Config::default());
+        let (room, _, alice, mut alice_rx) = join(&registry, "r", "alice", "a1", None).await;
+        let (_, _, bob, mut bob_rx) = join(&registry, "r", "bob", "b1", None).await;
+        alice_rx.drain();
+        bob_rx.drain();
+
+        let first = room
+            .send(publish_as(&alice, "m1", 1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.seq, first.duplicate), (1, false));
+        let (frames, _) = alice_rx.drain();
+        assert_eq!(types(&frames), ["room.message", "ack"]);
+        assert_eq!(
+            (frames[0]["seq"].as_u64(), frames[1]["seq"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(frames[1]["correlation_id"], "m1");
+        assert_eq!(types(&bob_rx.drain().0), ["room.message"]);
+
+        // The same id from the same user is a retry: acked with the original seq, not sent.
+        let again = room
+            .send(publish_as(&alice, "m1", 1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.seq, again.duplicate), (1, true));
+        let (frames, _) = alice_rx.drain();
+        assert_eq!(types(&frames), ["ack"]);
+        assert_eq!(frames[0]["payload"]["duplicate"], true);
+        assert!(bob_rx.drain().0.is_empty());
+
+        // The same id from another user is another message.
+        let bobs = room.send(publish_as(&bob, "m1", 2)).await.unwrap().unwrap();
+        assert_eq!((bobs.seq, bobs.duplicate), (2, false));
+        assert_eq!(types(&alice_rx.drain().0), ["room.message"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_join_with_since_seq_gets_room_joined_then_the_gap_in_order() {
+        let (registry, _, _) = registry(Config::default());
+        let room = registry
+            .send(crate::actors::registry::RoomFor { room: "r".into() })
+            .await
+            .unwrap()
+            .unwrap();
+        for n in 1..=3 {
+            let publish = Publish {
+                from: Publisher::Server {
+                    caller: "key#0".into(),
+                },
+                id: None,
+                msg_type: None,
+                payload: Some(RawValue::from_string(n.to_string()).unwrap()),
+            };
+            room.send(publish).await.unwrap();
+        }
+        let (_, outcome, _, mut rx) = join(&registry, "r", "carol", "c1", Some(1)).await;
+        assert_eq!(
+            outcome,
+            JoinOutcome {
+                seq: 3,
+                recovered: true
+            }
+        );
+        let (frames, _) = rx.drain();
+        assert_eq!(
+            types(&frames),
+            ["room.joined", "room.message", "room.message"]
+        );
+        let seqs: Vec<_> = frames.iter().map(|f| f["seq"].as_u64()).collect();
+        assert_eq!(seqs, [Some(3), Some(2), Some(3)]);
+        assert_eq!(frames[0]["payload"]["recovered"], true);
+    }
+
+    #[actix_rt::test]
+    async fn presence_is_announced_to_the_others_once_per_user() {
+        let mut config = Config::default();
+        config.namespaces.insert(
+            "conv".into(),
+            NamespaceConfig {
+                presence: true,
+                ..NamespaceConfig::default()
+            },
+        );
+        let (registry, _, _) = registry(config);
+        let (room, _, _, mut a1) = join(&registry, "conv:1", "alice", "a1", None).await;
+        let (_, _, _, mut a2) = join(&registry, "conv:1", "alice", "a2", None).await;
+        // alice's second connection is not news to her first.
+        assert_eq!(types(&a1.drain().0), ["room.joined"]);
+        let (_, _, bob, mut b1) = join(&registry, "conv:1", "bob", "b1", None).await;
+        let (joined, _) = b1.drain();
+        assert_eq!(
+            joined[0]["payload"]["presence"],
+            serde_json::json!([
+                {"user": "alice", "connections": 2, "joined_at": joined[0]["payload"]["presence"][0]["joined_at"]},
+                {"user": "bob", "connections": 1, "joined_at": joined[0]["payload"]["presence"][1]["joined_at"]},
+            ])
+        );
+        for rx in [&mut a1, &mut a2] {
+            let (frames, _) = rx.drain();
+            let last = frames.last().expect("a presence event");
+            assert_eq!(
+                (last["type"].as_str(), last["payload"]["user"].as_str()),
+                (Some("presence.join"), Some("bob"))
+            );
+        }
+        room.send(Leave {
+            connection_id: bob,
+            reply_to: None,
+        })
+        .await
+        .unwrap();
+        let (frames, _) = a1.drain();
+        assert_eq!(types(&frames), ["presence.leave"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_member_whose_queue_overflows_is_dropped_and_the_others_keep_receiving() {
+        let (registry, _, metrics) = registry(Config::default());
+        let (room, _, publisher, mut p_rx) = join(&registry, "r", "p", "p1", None).await;
+        let (slow_id, slow_out, mut slow_rx) = {
+            let (out, rx) = crate::transport::Outbound::bounded(
+                "slow".into(),
+                2,
+                1 << 20,
+                Some(metrics.slow_consumer_closes.clone()),
+            );
+            (ConnectionId::from("slow"), out, rx)
+        };
+        room.send(Join {
+            connection_id: slow_id,
+            user: "s".into(),
+            out: slow_out,
+            reply_to: None,
+            since_seq: None,
+            position_unknown: false,
+        })
+        .await
+        .unwrap();
+        p_rx.drain();
+        for n in 1..=5 {
+            room.send(publish_as(&publisher, &format!("m{n}"), n))
+                .await
+                .unwrap();
+        }
+        let (frames, _) = p_rx.drain();
+        assert_eq!(
+            types(&frames)
+                .iter()
+                .filter(|t| **t == "room.message")
+                .count(),
+            5
+        );
+        let (got, closed) = slow_rx.drain();
+        assert!(closed, "the slow member's queue was closed");
+        assert_eq!(got.len(), 2);
+        assert_eq!(metrics.slow_consumer_closes.get(), 1);
+        let info = room.send(GetInfo).await.unwrap();
+        assert_eq!(info.members, 1, "the slow member was dropped");
+    }
+}

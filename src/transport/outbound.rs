@@ -193,6 +193,25 @@ pub enum WriterExit {
 }
 
 impl OutboundReceiver {
+    /// The JSON text frames queued so far, and whether the queue was closed (by a close
+    /// frame, or an overflow): what a member would have been sent. For actor tests, which
+    /// need no socket.
+    #[cfg(test)]
+    pub(crate) fn drain(&mut self) -> (Vec<serde_json::Value>, bool) {
+        let mut frames = Vec::new();
+        let mut closed = self.shared.abort.lock().is_ok_and(|a| a.is_some());
+        while let Ok(item) = self.rx.try_recv() {
+            match item {
+                Outgoing::Text(text) => {
+                    frames.push(serde_json::from_str(&text).expect("frames are JSON"))
+                }
+                Outgoing::Close(_) => closed = true,
+                Outgoing::Pong(_) => {}
+            }
+        }
+        (frames, closed)
+    }
+
     async fn aborted(shared: &Shared) -> CloseReason {
         loop {
             if let Some(reason) = shared.abort.lock().ok().and_then(|mut s| s.take()) {
