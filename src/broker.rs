@@ -70,6 +70,7 @@ impl Broker {
     pub fn preflight(config: &Config) -> Result<(), ConfigError> {
         config.validate()?;
         Authenticator::from_config(&config.auth)?;
+        crate::webhooks::tls::client_config(&config.webhooks)?;
         crate::webhooks::setup::check_outbox(config)
     }
 
@@ -86,6 +87,7 @@ impl Broker {
             (0..shard_count).map(|_| Arbiter::new().handle()).collect();
         let metrics = Arc::new(Metrics::new());
         let filters = Filters::default();
+        let tls = crate::webhooks::tls::client_config(&config.webhooks)?;
         let outbox = crate::webhooks::setup::open_outbox(&config, &filters)?;
         let outbox_arbiter = Arbiter::new().handle();
         let delivery_arbiter = Arbiter::new().handle();
@@ -93,8 +95,17 @@ impl Broker {
         let queue = {
             let (config, filters, metrics) = (config.clone(), filters.clone(), metrics.clone());
             let (delivery_arbiter, health) = (delivery_arbiter.clone(), health.clone());
+            let tls = tls.clone();
             RetryQueue::start_in_arbiter(&outbox_arbiter, move |_| {
-                RetryQueue::new(outbox, &config, filters, metrics, delivery_arbiter, health)
+                RetryQueue::new(
+                    outbox,
+                    &config,
+                    filters,
+                    metrics,
+                    delivery_arbiter,
+                    health,
+                    tls,
+                )
             })
         };
         let webhooks = Webhooks::new(filters, queue.clone(), health);

@@ -322,6 +322,14 @@ pub struct WebhooksConfig {
     pub body_hmac_header: String,
     /// SSRF allowlist: CIDRs or exact host names exempt from the address checks.
     pub allow: Vec<crate::webhooks::ssrf::AllowRule>,
+    /// PEM file of CA certificates trusted for `https://` receivers, besides the public
+    /// roots (a private CA); `""` for the public roots only.
+    pub ca_file: String,
+    /// PEM certificate chain presented to receivers that ask for one (mutual TLS); with
+    /// `client_key_file`.
+    pub client_cert_file: String,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: String,
     /// Registering an endpoint for a URL another endpoint already has: `warn` (log it and
     /// say so in the answer) or `refuse` (409).
     pub duplicate_urls: DuplicateUrls,
@@ -410,6 +418,9 @@ impl Default for WebhooksConfig {
             rate_limit_per_s: 10,
             body_hmac_header: crate::webhooks::signing::DEFAULT_BODY_HMAC_HEADER.into(),
             allow: Vec::new(),
+            ca_file: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
             duplicate_urls: DuplicateUrls::Warn,
             retention: Duration::from_secs(7 * 24 * 3600),
             disabled_backlog_ttl: Duration::from_secs(7 * 24 * 3600),

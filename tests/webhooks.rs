@@ -1485,3 +1485,136 @@ async fn a_disabled_endpoints_old_backlog_expires_and_is_counted() {
         "{metrics}"
     );
 }
+
+/// A receiver behind a private CA that asks for a client certificate (mutual TLS): with
+/// `webhooks.ca_file` and the client certificate configured the delivery arrives; without
+/// the certificate the handshake is refused and the attempt says so.
+#[actix_rt::test]
+async fn a_private_ca_and_a_client_certificate_reach_a_mutual_tls_receiver() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "switchboard test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).expect("the CA");
+    let server_key = KeyPair::generate().expect("a server key");
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("the server certificate");
+    let client_key = KeyPair::generate().expect("a client key");
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "switchboard");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("the client certificate");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write a PEM file");
+        path.to_string_lossy().into_owned()
+    };
+    let ca_file = write("ca.pem", ca.pem());
+    let client_cert_file = write("client.pem", client_cert.pem());
+    let client_key_file = write("client.key", client_key.serialize_pem());
+
+    // The receiver: HTTPS on localhost, client certificates from the CA required.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("trust the CA");
+    let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .expect("a client verifier");
+    let server_config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(server_cert.der().to_vec())],
+            PrivateKeyDer::try_from(server_key.serialize_der()).expect("a server key"),
+        )
+        .expect("a server config");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("address").port();
+    let (tx, got) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let server = actix_web::HttpServer::new(move || {
+                let tx = tx.clone();
+                actix_web::App::new().route(
+                    "/hook",
+                    actix_web::web::post().to(move |body: actix_web::web::Bytes| {
+                        let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+                        async { actix_web::HttpResponse::Ok().finish() }
+                    }),
+                )
+            })
+            .workers(1)
+            .listen_rustls_0_23(listener, server_config)
+            .expect("listen with TLS")
+            .run();
+            let _ = server.await;
+        });
+    });
+
+    let broker_with = |client_cert: bool| {
+        let mut config = config();
+        config.webhooks.allow = vec!["localhost".parse().expect("a host rule")];
+        config.webhooks.ca_file = ca_file.clone();
+        if client_cert {
+            config.webhooks.client_cert_file = client_cert_file.clone();
+            config.webhooks.client_key_file = client_key_file.clone();
+        }
+        config.webhooks.backoff = vec![Duration::from_secs(60)];
+        TestBroker::start(config)
+    };
+    let url = format!("https://localhost:{port}/hook");
+
+    let broker = broker_with(true);
+    let api = api_of(&broker);
+    register(&api, json!({"url": url, "events": ["room.message"]})).await;
+    api.publish("orders:1", Some("tls-1"), json!({"over": "mtls"}))
+        .await;
+    let body = got
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a delivery over mutual TLS");
+    assert!(body.contains("\"over\":\"mtls\""), "{body}");
+
+    // Without the client certificate, the receiver refuses the handshake.
+    let broker = broker_with(false);
+    let api = api_of(&broker);
+    let ep = register(&api, json!({"url": url, "events": ["room.message"]})).await;
+    api.publish("orders:1", Some("tls-2"), json!({"over": "tls"}))
+        .await;
+    let path = format!("/api/webhooks/{}/deliveries", ep.id);
+    let failed = poll_until("the failed attempt", Duration::from_secs(10), || {
+        let (api, path) = (api.clone(), path.clone());
+        async move {
+            let (_, list) = api.call("GET", &path, None).await;
+            let delivery = &list["deliveries"][0];
+            match delivery["last_error"].as_str() {
+                Some(error) => Ok(error.to_owned()),
+                None => Err(list.to_string()),
+            }
+        }
+    })
+    .await;
+    assert!(
+        got.try_recv().is_err(),
+        "nothing arrived without a certificate"
+    );
+    // The receiver's alert (CertificateRequired) or, when it lands after the client has
+    // sent its request (TLS 1.3), the broken connection: a failed request either way.
+    assert!(
+        failed.starts_with("request to 127.0.0.1:") && failed.contains("failed"),
+        "{failed}"
+    );
+}

@@ -31,6 +31,7 @@ pub(crate) fn registry(config: Config) -> (Addr<Registry>, Webhooks, Arc<Metrics
         metrics.clone(),
         Arbiter::current(),
         health.clone(),
+        crate::webhooks::tls::client_config(&config.webhooks).expect("the default TLS client"),
     )
     .start();
     let webhooks = Webhooks::new(filters, queue, health);

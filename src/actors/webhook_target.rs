@@ -31,6 +31,9 @@ pub struct TargetSettings {
     pub body_hmac_header: Option<String>,
     /// Cap on `Retry-After`.
     pub max_retry_after: Duration,
+    /// The TLS client: the public roots, plus a private CA and a client certificate when
+    /// configured.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// The WebhookTarget actor.
@@ -53,6 +56,7 @@ impl WebhookTarget {
         queue: Addr<RetryQueue>,
     ) -> WebhookTarget {
         let client = awc::Client::builder()
+            .connector(awc::Connector::new().rustls_0_23(settings.tls.clone()))
             .disable_redirects()
             .timeout(settings.timeout)
             .add_default_header((

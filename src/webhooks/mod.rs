@@ -17,6 +17,7 @@ pub mod policy;
 pub(crate) mod setup;
 pub mod signing;
 pub mod ssrf;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 

@@ -102,6 +102,7 @@ impl RetryQueue {
         metrics: Arc<Metrics>,
         delivery_arbiter: ArbiterHandle,
         health: OutboxHealth,
+        tls: Arc<rustls::ClientConfig>,
     ) -> RetryQueue {
         let w = &config.webhooks;
         let settings = TargetSettings {
@@ -109,6 +110,7 @@ impl RetryQueue {
             ssrf: config.ssrf_policy(),
             body_hmac_header: (!w.body_hmac_header.is_empty()).then(|| w.body_hmac_header.clone()),
             max_retry_after: w.max_retry_after,
+            tls,
         };
         RetryQueue {
             outbox,
