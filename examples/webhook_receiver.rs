@@ -2,7 +2,7 @@
 //! event and answers 204. See docs/WEBHOOKS.md for what the broker sends and why.
 //!
 //! ```text
-//! cargo run --example webhook_receiver -- --secret whsec_… [--bind 127.0.0.1:9000]
+//! cargo run --release --example webhook_receiver -- --secret whsec_… [--bind 127.0.0.1:9000]
 //! ```
 //!
 //! Deliveries are accepted on `POST /webhooks`. Running it against a local broker:
@@ -19,7 +19,7 @@
 //! #    a config file turns dev mode off, so it then needs its own [api] keys too.)
 //!
 //! # 3. This receiver.
-//! cargo run --example webhook_receiver -- --secret "$SECRET"
+//! cargo run --release --example webhook_receiver -- --secret "$SECRET"
 //!
 //! # 4. Register it (use 127.0.0.1, not localhost: localhost may also resolve to ::1,
 //! #    which the allowlist above does not cover, and every address must pass).

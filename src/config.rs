@@ -926,7 +926,14 @@ impl Config {
 /// its default) with a freshly generated `auth.hs256_secret` and API key, for
 /// `switchboard genconfig`.
 pub fn generate_config_text() -> String {
-    let example = include_str!("../config.example.toml");
+    // The example's note on what to fill in is about the example, not this file.
+    let example: String = {
+        let text = include_str!("../config.example.toml");
+        let start = text.find("# As copied,").unwrap_or(text.len());
+        let end = text[start..].find("#\n").map_or(start, |i| start + i + 2);
+        format!("{}{}", &text[..start], &text[end..])
+    };
+    let example = example.as_str();
     let secret = random_token();
     let key = random_token();
     let text = set_key_line(example, "auth", "hs256_secret", &format!("\"{secret}\""));
@@ -1309,6 +1316,10 @@ mod tests {
         let a = generate_config_text();
         let b = generate_config_text();
         let config = parse(&a).expect("a generated config passes validation");
+        assert!(
+            !a.contains("As copied"),
+            "the example's fill-in note is left out"
+        );
         assert_eq!(config.auth.hs256_secret.len(), 43);
         assert_eq!(config.api.keys.len(), 1);
         assert_ne!(config.auth.hs256_secret, config.api.keys[0]);

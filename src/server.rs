@@ -68,6 +68,7 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
         env!("CARGO_PKG_VERSION"),
         if config.dev_mode { ", dev mode" } else { "" }
     )];
+    lines.push(format!("  home       {http}/"));
     lines.push(format!("  WebSocket  {ws}{}", config.server.ws_path));
     let api_note = if config.api.keys.is_empty() {
         " (no api.keys: admin tokens only)"

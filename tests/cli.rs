@@ -141,12 +141,20 @@ async fn config_at_the_top_level_serves_and_the_banner_lists_every_url() {
     let mut broker = BrokerProcess::spawn_args(&["--config"], &config, dir.path().join("log"));
     broker.wait_ready(&format!("http://127.0.0.1:{port}")).await;
     let log = broker.log();
+    // Every URL the banner names answers (a WebSocket URL needs an upgrade).
+    let client = awc::Client::new();
+    for url in log.split_whitespace().filter(|w| w.starts_with("http://")) {
+        let status = client.get(url).send().await.expect("request").status();
+        assert!(status.is_success(), "{url}: {status}");
+    }
     for line in [
         format!("switchboard {}", env!("CARGO_PKG_VERSION")),
         "engine: memory".to_owned(),
         format!("ws://127.0.0.1:{port}/ws"),
         format!("http://127.0.0.1:{port}/api"),
         format!("http://127.0.0.1:{port}/api/openapi.json"),
+        format!("http://127.0.0.1:{port}/api/docs/"),
+        format!("home       http://127.0.0.1:{port}/"),
         format!("http://127.0.0.1:{port}/metrics"),
         format!("http://127.0.0.1:{port}/healthz"),
         format!("outbox {}", outbox.display()),

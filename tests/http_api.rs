@@ -521,6 +521,16 @@ async fn the_api_docs_page_and_the_landing_page_are_served() {
             .and_then(|v| v.to_str().ok()),
         Some("/api/docs/")
     );
+    for index in ["/api", "/api/"] {
+        let mut resp = client
+            .get(broker.http_url(index))
+            .send()
+            .await
+            .expect("index");
+        assert_eq!(resp.status(), 200, "{index}");
+        let body: Value = resp.json().await.expect("JSON");
+        assert_eq!(body["docs"], "/api/docs/", "{body}");
+    }
     let mut landing = client
         .get(broker.http_url("/"))
         .send()

@@ -24,6 +24,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::error::{resource, ApiError};
+use super::peer;
 use crate::actors::registry::{DisconnectSession, ListRooms, RoomFor};
 use crate::actors::room::{
     GetHistory, GetPresence, PresenceInfo, Publish, Publisher, Room, RoomInfo,
@@ -71,6 +72,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
             .app_data(web::PathConfig::default().error_handler(|err, _| {
                 ApiError::new(ErrorCode::BadRequest, format!("invalid path: {err}")).into()
             }))
+            .service(resource("", "GET").route(web::get().to(index)))
+            .service(resource("/", "GET").route(web::get().to(index)))
             .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
             .service(resource("/rooms", "GET").route(web::get().to(list_rooms)))
             .service(resource("/rooms/{room}/publish", "POST").route(web::post().to(publish)))
@@ -134,10 +137,10 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .and_then(crate::auth::bearer_token);
     let audit = |outcome: &str, caller: &str| {
         log::info!(
-            "audit: api {} {} caller={caller} {outcome} peer={:?}",
+            "audit: api {} {} caller={caller} {outcome} peer={}",
             req.method(),
             req.path(),
-            req.peer_addr()
+            peer(req)
         );
     };
     let Some(token) = token else {
@@ -662,6 +665,16 @@ impl utoipa::Modify for StandardErrors {
             }
         }
     }
+}
+
+/// `GET /api`: where to read about this API (no authentication).
+async fn index() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "name": "switchboard HTTP API",
+        "version": env!("CARGO_PKG_VERSION"),
+        "docs": "/api/docs/",
+        "openapi": "/api/openapi.json",
+    }))
 }
 
 /// `GET /api/openapi.json` (no authentication: it describes, it does not act).

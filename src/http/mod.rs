@@ -9,3 +9,9 @@ pub mod health;
 pub mod landing;
 pub mod webhooks;
 pub mod ws;
+
+/// The peer's address for audit lines (`-` when unknown, e.g. in tests).
+pub(crate) fn peer(req: &actix_web::HttpRequest) -> String {
+    req.peer_addr()
+        .map_or_else(|| "-".to_owned(), |addr| addr.to_string())
+}

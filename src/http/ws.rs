@@ -13,6 +13,7 @@ use actix_ws::CloseReason;
 use url::{Host, Url};
 
 use super::error::ApiError;
+use super::peer;
 use crate::actors::session::Session;
 use crate::config::ServerConfig;
 use crate::protocol::{close, frame, ErrorCode};
@@ -34,9 +35,9 @@ pub async fn connect(
     let state = broker.state();
     if !origin_allowed(&req, &state.config.server) {
         log::warn!(
-            "audit: origin rejected origin={:?} peer={:?}",
+            "audit: origin rejected origin={:?} peer={}",
             req.headers().get(header::ORIGIN),
-            req.peer_addr()
+            peer(&req)
         );
         return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -58,9 +59,9 @@ pub async fn connect(
                 .with_label_values(&[err.reason()])
                 .inc();
             log::warn!(
-                "audit: auth failure conn={connection_id} reason={} peer={:?}",
+                "audit: auth failure conn={connection_id} reason={} peer={}",
                 err.reason(),
-                req.peer_addr()
+                peer(&req)
             );
             actix_rt::spawn(async move {
                 let reason = CloseReason {
