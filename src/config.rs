@@ -97,6 +97,10 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Outbound webhooks: outbox, retries, SSRF allowlist, configured endpoints.
     pub webhooks: WebhooksConfig,
+    /// Where rooms' shared state lives: this process, or Redis for several nodes.
+    pub engine: EngineConfig,
+    /// The Redis server of the Redis engine.
+    pub redis: RedisConfig,
     /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -459,6 +463,57 @@ pub struct ResumeConfig {
     pub ttl: Duration,
 }
 
+/// `[engine]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `memory` (one node, no dependency) or `redis` (several nodes over one Redis).
+    pub kind: EngineKind,
+}
+
+/// [`EngineConfig::kind`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// Rooms live in this process.
+    #[default]
+    Memory,
+    /// Rooms live in Redis (`[redis]`); every broker on the same Redis and prefix serves
+    /// the same rooms.
+    Redis,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, `rediss://` for TLS, or
+    /// `redis+unix:///path/to/socket`.
+    pub url: String,
+    /// Multiplexed connections for commands (publishes and reads are spread over them).
+    pub pool_size: usize,
+    /// Prepended to every key and channel, so several clusters can share one Redis.
+    pub prefix: String,
+    /// A command not answered within this fails with `unavailable`.
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// Longest wait between two reconnection attempts (they start at 100 ms and double).
+    #[serde(with = "duration")]
+    pub max_reconnect_delay: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 2,
+            prefix: "switchboard".into(),
+            command_timeout: Duration::from_secs(2),
+            max_reconnect_delay: Duration::from_secs(5),
+        }
+    }
+}
+
 /// `[conformance]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -807,11 +862,53 @@ impl Config {
                 ));
             }
         }
+        self.validate_engine()?;
         self.validate_webhooks()?;
         if !self.conformance.echo_path.is_empty() && !self.conformance.echo_path.starts_with('/') {
             return Err(invalid(
                 "conformance.echo_path",
                 "must start with `/`".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_engine(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if self.engine.kind != EngineKind::Redis {
+            return Ok(());
+        }
+        let r = &self.redis;
+        if let Err(err) = redis::Client::open(r.url.as_str()) {
+            return Err(invalid(
+                "redis.url",
+                format!(
+                    "not a Redis URL (redis://host:port, rediss://, redis+unix:///path): {err}"
+                ),
+            ));
+        }
+        if r.pool_size == 0 {
+            return Err(invalid("redis.pool_size", "must be at least 1".into()));
+        }
+        if r.prefix.is_empty() || r.prefix.contains(char::is_whitespace) {
+            return Err(invalid(
+                "redis.prefix",
+                "must be non-empty, without spaces".into(),
+            ));
+        }
+        if r.command_timeout.is_zero() {
+            return Err(invalid(
+                "redis.command_timeout",
+                "must be greater than zero".into(),
+            ));
+        }
+        if r.max_reconnect_delay < Duration::from_millis(100) {
+            return Err(invalid(
+                "redis.max_reconnect_delay",
+                "must be at least 100ms".into(),
             ));
         }
         Ok(())

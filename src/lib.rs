@@ -40,7 +40,9 @@ pub(crate) mod transport;
 pub mod webhooks;
 
 pub use actors::registry::Counts;
+pub use actors::room::{History, PresenceInfo};
 pub use actors::router::{HandlerError, HandlerRequest, Reply};
 pub use actors::supervisor::ShutdownReport;
+pub use broker::rooms::{Receipt, RoomError, ServerMessage};
 pub use broker::Broker;
 pub use config::Config;

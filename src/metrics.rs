@@ -67,6 +67,14 @@ pub struct Metrics {
     pub webhook_outbox_errors: IntCounter,
     /// 1 while the webhook outbox works, 0 after a failed operation until the next success.
     pub webhook_outbox_healthy: IntGauge,
+    /// 1 while the engine reaches its store (always 1 for the memory engine).
+    pub engine_up: IntGauge,
+    /// Times the engine connected to its store again after losing it.
+    pub engine_reconnects: IntCounter,
+    /// Engine operations that failed (store unreachable, timeout).
+    pub engine_errors: IntCounter,
+    /// Gaps in a room's feed that history could no longer fill (members missed messages).
+    pub feed_gaps_lost: IntCounter,
 }
 
 impl Metrics {
@@ -221,9 +229,29 @@ impl Metrics {
                 "1 while the webhook outbox works, 0 while it fails",
             )
             .expect("valid metric"),
+            engine_up: IntGauge::new(
+                "switchboard_engine_up",
+                "1 while the engine reaches its store (Redis), 0 while it does not",
+            )
+            .expect("valid metric"),
+            engine_reconnects: IntCounter::new(
+                "switchboard_engine_reconnects_total",
+                "Times the engine connected to its store again after losing it",
+            )
+            .expect("valid metric"),
+            engine_errors: IntCounter::new(
+                "switchboard_engine_errors_total",
+                "Engine operations that failed (store unreachable, timeout)",
+            )
+            .expect("valid metric"),
+            feed_gaps_lost: IntCounter::new(
+                "switchboard_feed_gaps_lost_total",
+                "Gaps in a room's feed that history could no longer fill",
+            )
+            .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 27] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -247,12 +275,28 @@ impl Metrics {
             Box::new(m.webhook_dlq_size.clone()),
             Box::new(m.webhook_outbox_errors.clone()),
             Box::new(m.webhook_outbox_healthy.clone()),
+            Box::new(m.engine_up.clone()),
+            Box::new(m.engine_reconnects.clone()),
+            Box::new(m.engine_errors.clone()),
+            Box::new(m.feed_gaps_lost.clone()),
         ];
         m.webhook_outbox_healthy.set(1);
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
         }
         m
+    }
+
+    /// Copies the engine's health into its metrics (read when scraped).
+    pub fn observe_engine(&self, status: &crate::engine::EngineStatus) {
+        self.engine_up.set(i64::from(status.down.is_none()));
+        let counters = [
+            (&self.engine_reconnects, status.reconnects),
+            (&self.engine_errors, status.errors),
+        ];
+        for (counter, total) in counters {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -313,6 +357,7 @@ impl Middleware for HandlerTiming {
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
         content_type = "text/plain", body = String)))]
 pub async fn endpoint(broker: web::Data<Broker>) -> HttpResponse {
+    broker.metrics().observe_engine(&broker.engine().status());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(broker.metrics().render())

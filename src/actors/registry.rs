@@ -18,7 +18,7 @@ use super::session::Control;
 use super::ConnectionId;
 use crate::auth::PERSONAL_PREFIX;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::metrics::Metrics;
 use crate::protocol::{types, ErrorCode};
 use crate::webhooks::event::{self, WebhookEvent};
@@ -146,6 +146,9 @@ pub enum JoinError {
     /// The Registry or the room did not answer (the broker is stopping).
     #[error("broker actor unavailable: {0}")]
     Unavailable(#[from] MailboxError),
+    /// The engine could not answer (Redis unreachable).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 impl JoinError {
@@ -154,6 +157,7 @@ impl JoinError {
         match self {
             JoinError::RoomLimit(_) => ErrorCode::LimitExceeded,
             JoinError::Unavailable(_) => ErrorCode::Internal,
+            JoinError::Engine(err) => err.code(),
         }
     }
 }
@@ -290,7 +294,7 @@ impl Handler<JoinRoom> for Registry {
         entry.joins_sent += 1;
         let addr = entry.addr.clone();
         let outcome = addr.send(msg.join);
-        Box::pin(async move { Ok((addr.clone(), outcome.await?)) })
+        Box::pin(async move { Ok((addr.clone(), outcome.await??)) })
     }
 }
 

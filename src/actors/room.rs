@@ -1,10 +1,15 @@
-//! Room actor: one per room. Owns the member list, presence, and the room's [`RoomLog`]
-//! (seq, history, recently seen client ids).
+//! Room actor: one per room on each node where the room is in use. Owns this node's member
+//! list, presence, and the room's [`RoomLog`] (seq, history, recently seen client ids).
 //!
 //! Each published message is encoded once and the same bytes are queued to every member
 //! with a non-blocking try: the Room never awaits a member's socket, and a member whose
 //! queue is full is closed (4009) by its own queue and dropped here while the others keep
 //! receiving.
+//!
+//! With a shared engine (Redis) the Room does not fan out what it publishes: the engine
+//! carries every message of the room, from any node, back to each node's Room as a
+//! [`RoomFeed`], in seq order. The Room subscribes while it has members, tracks the last
+//! seq it delivered, and fills any gap from history before delivering further.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,13 +24,14 @@ use serde_json::value::RawValue;
 use super::registry::{Registry, RoomIdle};
 use super::ConnectionId;
 use crate::config::RoomPolicy;
-use crate::engine::{Appended, DedupKey, Engine, RoomLog};
+use crate::engine::{Answer, Appended, DedupKey, Engine, EngineError, Replay, RoomFeed, RoomLog};
 use crate::metrics::Metrics;
 use crate::protocol::frame::{self, ReplyTo};
 use crate::protocol::{types, ErrorCode};
 use crate::transport::{Outbound, SendError};
 use crate::webhooks::event::{self as webhook_event, WebhookEvent};
-use crate::webhooks::Webhooks;
+use crate::webhooks::{WebhookError, Webhooks};
+use futures_util::future::LocalBoxFuture;
 
 /// A room's actor.
 pub struct Room {
@@ -43,11 +49,27 @@ pub struct Room {
     idle_deadline: Instant,
     /// Whether the one idle timer is running.
     idle_timer: bool,
+    /// Where this node's deliveries come from.
+    feed: Feed,
+}
+
+/// How the room's messages reach this node's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// The engine is local: the Room fans out what it appends.
+    Local,
+    /// A shared engine, not subscribed (no members here).
+    Unfed,
+    /// A shared engine delivers the room's messages; `delivered` is the newest seq handed
+    /// to members (the next one expected is `delivered + 1`).
+    Fed { delivered: u64 },
 }
 
 struct Member {
     out: Outbound,
     user: Arc<str>,
+    /// Messages up to this seq reached the member another way (its join's replay).
+    after: u64,
 }
 
 struct PresenceEntry {
@@ -77,6 +99,11 @@ impl Room {
         webhooks: Webhooks,
     ) -> Room {
         let log = engine.open(&name, &policy);
+        let feed = if log.is_shared() {
+            Feed::Unfed
+        } else {
+            Feed::Local
+        };
         Room {
             name,
             policy,
@@ -90,6 +117,7 @@ impl Room {
             joins_seen: 0,
             idle_deadline: Instant::now(),
             idle_timer: false,
+            feed,
         }
     }
 
@@ -110,7 +138,12 @@ impl Room {
         if !self.members.is_empty() {
             return;
         }
-        if self.log().last_seq() == 0 {
+        if let Feed::Fed { .. } = self.feed {
+            self.log().unfeed();
+            self.feed = Feed::Unfed;
+        }
+        // A shared engine keeps the room's state without this actor.
+        if self.feed == Feed::Unfed || self.log().last_seq() == 0 {
             self.report_idle(ctx);
             return;
         }
@@ -138,6 +171,13 @@ impl Room {
         });
     }
 
+    /// A query may have started this room: let it retire again if it holds nothing here.
+    fn retire_if_unused(&mut self, ctx: &mut Context<Self>) {
+        if self.members.is_empty() && (self.feed == Feed::Unfed || self.log().last_seq() == 0) {
+            self.report_if_idle(ctx);
+        }
+    }
+
     fn report_idle(&self, ctx: &mut Context<Self>) {
         self.registry.do_send(RoomIdle {
             room: self.name.clone(),
@@ -146,12 +186,13 @@ impl Room {
         });
     }
 
-    /// Queues `frame` to every member except `except`; members whose queue overflowed are
-    /// dropped (their queue already closed them with 4009).
-    fn broadcast(&mut self, frame: &ByteString, except: Option<&ConnectionId>) {
+    /// Queues `frame` to every member except `except` (and, for a message, those whose join
+    /// replay already had `seq`); members whose queue overflowed are dropped (their queue
+    /// already closed them with 4009).
+    fn broadcast(&mut self, frame: &ByteString, except: Option<&ConnectionId>, seq: Option<u64>) {
         let mut overflowed = Vec::new();
         for (conn, member) in &self.members {
-            if Some(conn) == except {
+            if Some(conn) == except || seq.is_some_and(|seq| seq <= member.after) {
                 continue;
             }
             if let Err(SendError::Overflow) = member.out.send(frame.clone()) {
@@ -182,7 +223,7 @@ impl Room {
                     Some(&self.name),
                     Some(json!({ "user": &*member.user })),
                 );
-                self.broadcast(&event, None);
+                self.broadcast(&event, None, None);
             }
         }
         Some(member)
@@ -240,7 +281,7 @@ pub struct JoinOutcome {
 /// Sent by the Registry, which counts joins so that it never retires a room a join is
 /// still travelling to.
 #[derive(Message)]
-#[rtype(result = "JoinOutcome")]
+#[rtype(result = "Result<JoinOutcome, EngineError>")]
 pub struct Join {
     /// The joining connection.
     pub connection_id: ConnectionId,
@@ -258,12 +299,104 @@ pub struct Join {
 }
 
 impl Handler<Join> for Room {
-    type Result = MessageResult<Join>;
+    type Result = ActorResponse<Self, Result<JoinOutcome, EngineError>>;
 
-    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
         self.joins_seen += 1;
-        let replay = msg.since_seq.map(|since| self.log().since(since));
-        let seq = self.log().last_seq();
+        let since_seq = msg.since_seq;
+        match self.feed {
+            Feed::Local => {
+                let replay = since_seq.map(|since| self.local_replay(since));
+                let seq = self.log().last_seq();
+                ActorResponse::reply(Ok(self.admit(msg, replay, seq)))
+            }
+            Feed::Fed { delivered } if since_seq.is_none() => {
+                ActorResponse::reply(Ok(self.admit(msg, None, delivered)))
+            }
+            _ => {
+                // The engine has to answer first (subscribe, read the gap). Nothing else is
+                // handled meanwhile, so no feed message slips between that answer and the
+                // member's arrival.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let engine_work = self.subscribe_and_read(since_seq, ctx.address().recipient());
+                ctx.wait(engine_work.map(move |read, act, ctx| {
+                    let outcome = read.map(|(replay, seq)| act.admit(msg, replay, seq));
+                    if outcome.is_err() {
+                        act.report_if_idle(ctx);
+                    }
+                    let _ = tx.send(outcome);
+                }));
+                ActorResponse::r#async(rx.into_actor(self).map(|answer, _, _| {
+                    answer.unwrap_or_else(|_| {
+                        Err(EngineError::Unavailable("the room stopped".into()))
+                    })
+                }))
+            }
+        }
+    }
+}
+
+impl Room {
+    fn local_replay(&mut self, since: u64) -> Replay {
+        match self.log().since(since) {
+            Answer::Now(replay) => replay,
+            Answer::Later(_) => unreachable!("a local engine answers at once"),
+        }
+    }
+
+    /// Subscribes to the engine's feed if not yet, then reads the replay after `since_seq`:
+    /// the replay (if asked for) and the seq the member joins at.
+    fn subscribe_and_read(
+        &mut self,
+        since_seq: Option<u64>,
+        to: Recipient<RoomFeed>,
+    ) -> impl ActorFuture<Self, Output = Result<(Option<Replay>, u64), EngineError>> + 'static {
+        let subscribe = match self.feed {
+            Feed::Unfed => self.log().feed(to),
+            _ => None,
+        };
+        let subscribed = async move {
+            match subscribe {
+                Some(Answer::Now(seq)) => Ok(Some(seq)),
+                Some(Answer::Later(fut)) => fut.await.map(Some),
+                None => Ok(None),
+            }
+        };
+        subscribed.into_actor(self).then(move |subscribed, act, _| {
+            let read = match subscribed {
+                Err(err) => Err(err),
+                Ok(first) => {
+                    if let Some(seq) = first {
+                        act.feed = Feed::Fed { delivered: seq };
+                    }
+                    Ok(since_seq.map(|since| act.log().since(since)))
+                }
+            };
+            let delivered = match act.feed {
+                Feed::Fed { delivered } => delivered,
+                _ => act.log().last_seq(),
+            };
+            async move {
+                match read? {
+                    None => Ok((None, delivered)),
+                    Some(Answer::Now(replay)) => {
+                        let seq = replay.last_seq;
+                        Ok((Some(replay), seq))
+                    }
+                    Some(Answer::Later(fut)) => {
+                        let replay = fut.await?;
+                        let seq = replay.last_seq;
+                        Ok((Some(replay), seq))
+                    }
+                }
+            }
+            .into_actor(act)
+        })
+    }
+
+    /// Adds a member that joins at `seq` (having had `replay`), answers `room.joined`,
+    /// replays, and announces a new user's presence.
+    fn admit(&mut self, msg: Join, replay: Option<Replay>, seq: u64) -> JoinOutcome {
         let recovered = !msg.position_unknown && replay.as_ref().is_none_or(|r| r.recovered);
         let rejoin = self.members.contains_key(&msg.connection_id);
         let new_user = self.policy.presence && !rejoin && {
@@ -301,7 +434,7 @@ impl Handler<Join> for Room {
         }
         if let Some(replay) = replay {
             self.metrics.replayed.inc_by(replay.frames.len() as u64);
-            for frame in replay.frames {
+            for (_, frame) in replay.frames {
                 if msg.out.send(frame).is_err() {
                     break;
                 }
@@ -314,16 +447,20 @@ impl Handler<Join> for Room {
                 Some(&self.name),
                 Some(json!({ "user": &*msg.user })),
             );
-            self.broadcast(&event, Some(&msg.connection_id));
+            self.broadcast(&event, Some(&msg.connection_id), None);
         }
+        // With a shared engine, messages up to `seq` may still be on their way through the
+        // feed; the member has them (replay) or joined after them.
+        let after = if self.feed == Feed::Local { 0 } else { seq };
         self.members.insert(
             msg.connection_id,
             Member {
                 out: msg.out,
                 user: msg.user,
+                after,
             },
         );
-        MessageResult(JoinOutcome { seq, recovered })
+        JoinOutcome { seq, recovered }
     }
 }
 
@@ -399,7 +536,7 @@ pub struct Published {
 /// answer for the HTTP API) waits until the outbox has committed it; members get the message
 /// at once, and the room goes on with the next message meanwhile.
 #[derive(Message)]
-#[rtype(result = "Option<Published>")]
+#[rtype(result = "Result<Option<Published>, EngineError>")]
 pub struct Publish {
     /// Who publishes.
     pub from: Publisher,
@@ -412,7 +549,7 @@ pub struct Publish {
 }
 
 impl Handler<Publish> for Room {
-    type Result = Response<Option<Published>>;
+    type Result = Response<Result<Option<Published>, EngineError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
         let ack_to = match &msg.from {
@@ -420,7 +557,11 @@ impl Handler<Publish> for Room {
                 connection_id,
                 reply_to,
             } => match self.members.get(connection_id) {
-                Some(m) => Some((m.out.clone(), reply_to.clone(), m.user.clone())),
+                Some(m) => Some(AckTo {
+                    out: m.out.clone(),
+                    reply_to: reply_to.clone(),
+                    user: m.user.clone(),
+                }),
                 None => {
                     // The session only publishes to rooms it joined and waits for its joins,
                     // so this publish raced its own leave: nothing to deliver or ack.
@@ -428,122 +569,293 @@ impl Handler<Publish> for Room {
                         "room {}: publish from non-member {connection_id}",
                         self.name
                     );
-                    return Response::reply(None);
+                    return Response::reply(Ok(None));
                 }
             },
             Publisher::Server { .. } => None,
         };
         let client_id = msg.id.clone();
-        let id = msg.id.unwrap_or_else(frame::new_id);
-        let name = self.name.clone();
-        let payload = msg.payload;
-        let msg_type = msg.msg_type.as_deref().unwrap_or(types::ROOM_MESSAGE);
-        let dedup = client_id.as_deref().map(|id| match (&msg.from, &ack_to) {
-            (Publisher::Server { caller }, _) => DedupKey {
+        let accepted = Accepted {
+            room: self.name.clone(),
+            id: msg.id.unwrap_or_else(frame::new_id),
+            msg_type: msg
+                .msg_type
+                .unwrap_or_else(|| types::ROOM_MESSAGE.to_owned()),
+            payload: msg.payload,
+            user: ack_to.as_ref().map(|a| a.user.clone()),
+            webhooks: self.webhooks.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let dedup = client_id.as_deref().map(|id| match &msg.from {
+            Publisher::Server { caller } => DedupKey {
                 server: true,
                 publisher: caller,
                 id,
             },
-            (Publisher::Member { .. }, user) => DedupKey {
+            Publisher::Member { .. } => DedupKey {
                 server: false,
-                publisher: user.as_ref().map_or("", |(_, _, user)| user),
+                publisher: accepted.user.as_deref().unwrap_or(""),
                 id,
             },
         });
-        let appended = self.log().append(dedup, &mut |seq| {
-            frame::room_message(msg_type, &name, seq, &id, payload.as_deref())
-        });
-        let mut webhook = None;
-        let (seq, duplicate) = match appended {
-            Appended::New { seq, frame } => {
-                if self
-                    .webhooks
-                    .wants(webhook_event::ROOM_MESSAGE, Some(&self.name))
-                {
-                    let user = ack_to.as_ref().map(|(_, _, user)| &**user);
-                    let event = WebhookEvent::room_message(
-                        &self.name,
-                        seq,
-                        &id,
-                        msg_type,
-                        payload.as_deref(),
-                        user,
-                    );
-                    webhook = Some(self.webhooks.emit(event));
+        let appended = {
+            let Accepted {
+                room,
+                id,
+                msg_type,
+                payload,
+                ..
+            } = &accepted;
+            self.log().append(dedup, &mut |seq| {
+                frame::room_message(msg_type, room, seq, id, payload.as_deref())
+            })
+        };
+        match appended {
+            Answer::Now(appended) => {
+                if let Appended::New { seq, frame } = &appended {
+                    self.deliver(*seq, frame);
                 }
-                self.broadcast(&frame, None);
-                self.metrics.deliveries.inc_by(self.members.len() as u64);
-                if let Ok(c) = self
-                    .metrics
-                    .messages_published
-                    .get_metric_with_label_values(&[msg_type])
-                {
-                    c.inc();
+                // Raised here, inside the handler, so a room's webhook events are queued in
+                // seq order.
+                let stored = accepted.recorded(&appended);
+                if self.members.is_empty() {
+                    self.report_if_idle(ctx);
                 }
-                (seq, false)
+                match accepted.acknowledge(appended, stored, ack_to) {
+                    Settled::Now(answer) => Response::reply(answer),
+                    Settled::Later(answer) => Response::fut(answer),
+                }
             }
+            Answer::Later(appending) => {
+                if self.members.is_empty() {
+                    self.report_if_idle(ctx);
+                }
+                Response::fut(async move {
+                    match appending.await {
+                        Ok(appended) => {
+                            let stored = accepted.recorded(&appended);
+                            match accepted.acknowledge(appended, stored, ack_to) {
+                                Settled::Now(answer) => answer,
+                                Settled::Later(answer) => answer.await,
+                            }
+                        }
+                        Err(err) => {
+                            log::warn!("room {}: publish refused: {err}", accepted.room);
+                            if let Some(ack) = ack_to {
+                                let _ = ack.out.send(frame::error(
+                                    &ack.reply_to,
+                                    ErrorCode::Unavailable,
+                                    &format!("not published: {err}; retry with the same id"),
+                                ));
+                            }
+                            Err(err)
+                        }
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Where a member's publish is acknowledged.
+struct AckTo {
+    out: Outbound,
+    reply_to: ReplyTo,
+    user: Arc<str>,
+}
+
+/// A message the room accepted, between its append and its acknowledgement.
+struct Accepted {
+    room: Arc<str>,
+    id: String,
+    msg_type: String,
+    payload: Option<Box<RawValue>>,
+    user: Option<Arc<str>>,
+    webhooks: Webhooks,
+    metrics: Arc<Metrics>,
+}
+
+type WebhookCommit = LocalBoxFuture<'static, Result<usize, WebhookError>>;
+
+impl Accepted {
+    /// Counts a new message and hands it to the webhook outbox if an endpoint wants it;
+    /// the outbox's commit, to wait for before acknowledging.
+    fn recorded(&self, appended: &Appended) -> Option<WebhookCommit> {
+        let seq = match appended {
+            Appended::New { seq, .. } | Appended::Forwarded { seq } => *seq,
+            Appended::Duplicate { .. } => return None,
+        };
+        if let Ok(c) = self
+            .metrics
+            .messages_published
+            .get_metric_with_label_values(&[&self.msg_type])
+        {
+            c.inc();
+        }
+        if !self
+            .webhooks
+            .wants(webhook_event::ROOM_MESSAGE, Some(&self.room))
+        {
+            return None;
+        }
+        let event = WebhookEvent::room_message(
+            &self.room,
+            seq,
+            &self.id,
+            &self.msg_type,
+            self.payload.as_deref(),
+            self.user.as_deref(),
+        );
+        Some(Box::pin(self.webhooks.emit(event)))
+    }
+
+    /// Acknowledges — the ack frame to a member, the [`Published`] answer to everyone — at
+    /// once, or once the webhook outbox has committed the message when it was involved.
+    fn acknowledge(
+        self,
+        appended: Appended,
+        webhook: Option<WebhookCommit>,
+        ack_to: Option<AckTo>,
+    ) -> Settled {
+        let (seq, duplicate) = match appended {
+            Appended::New { seq, .. } | Appended::Forwarded { seq } => (seq, false),
             Appended::Duplicate { seq } => (seq, true),
         };
-        let mut ack = None;
-        if let Some((out, reply_to, _)) = ack_to {
-            let mut ack_payload = json!({ "id": &id });
-            if duplicate {
-                ack_payload["duplicate"] = json!(true);
-            }
-            let frame = frame::reply(
-                &reply_to,
-                types::ACK,
-                Some(&self.name),
-                Some(seq),
-                Some(ack_payload),
-                |p| {
-                    let mut result = p.unwrap_or_default();
-                    result["room"] = json!(&*self.name);
-                    result["seq"] = json!(seq);
-                    result
-                },
-            );
-            ack = frame.map(|frame| (out, reply_to, frame));
-        }
-        if self.members.is_empty() {
-            self.report_if_idle(ctx);
-        }
-        let published = Published {
+        let mut published = Published {
             seq,
-            id,
+            id: self.id,
             duplicate,
             webhook_error: None,
         };
-        let Some(webhook) = webhook else {
-            if let Some((out, _, frame)) = ack {
-                let _ = out.send(frame);
+        let room = self.room;
+        let ack = ack_to.and_then(|ack_to| {
+            let mut payload = json!({ "id": &published.id });
+            if duplicate {
+                payload["duplicate"] = json!(true);
             }
-            return Response::reply(Some(published));
+            frame::reply(
+                &ack_to.reply_to,
+                types::ACK,
+                Some(&room),
+                Some(seq),
+                Some(payload),
+                |p| {
+                    let mut result = p.unwrap_or_default();
+                    result["room"] = json!(&*room);
+                    result["seq"] = json!(seq);
+                    result
+                },
+            )
+            .map(|frame| (ack_to, frame))
+        });
+        let Some(webhook) = webhook else {
+            if let Some((ack_to, frame)) = ack {
+                let _ = ack_to.out.send(frame);
+            }
+            return Settled::Now(Ok(Some(published)));
         };
-        let room = self.name.clone();
-        Response::fut(async move {
-            let mut published = published;
-            let outcome = webhook.await;
-            if let Err(err) = &outcome {
+        Settled::Later(Box::pin(async move {
+            let mut ack = ack;
+            if let Err(err) = webhook.await {
                 log::error!(
                     "room {room}: message {} (seq {seq}) was delivered to members but not stored for webhooks: {err}",
                     published.id
                 );
-                published.webhook_error = Some(err.to_string());
-            }
-            if let Some((out, reply_to, frame)) = ack {
-                let frame = match outcome {
-                    Ok(_) => frame,
-                    Err(err) => frame::error(
-                        &reply_to,
+                if let Some((ack_to, frame)) = &mut ack {
+                    *frame = frame::error(
+                        &ack_to.reply_to,
                         ErrorCode::Internal,
                         &format!("seq {seq} reached the room but not the webhook outbox: {err}"),
-                    ),
-                };
-                let _ = out.send(frame);
+                    );
+                }
+                published.webhook_error = Some(err.to_string());
             }
-            Some(published)
-        })
+            if let Some((ack_to, frame)) = ack {
+                let _ = ack_to.out.send(frame);
+            }
+            Ok(Some(published))
+        }))
+    }
+}
+
+/// A publish's answer, now or once the webhook outbox has answered.
+enum Settled {
+    Now(Result<Option<Published>, EngineError>),
+    Later(LocalBoxFuture<'static, Result<Option<Published>, EngineError>>),
+}
+
+impl Room {
+    /// Hands message `seq` to every member that does not have it yet.
+    fn deliver(&mut self, seq: u64, frame: &ByteString) {
+        self.broadcast(frame, None, Some(seq));
+        self.metrics.deliveries.inc_by(self.members.len() as u64);
+        if let Feed::Fed { delivered } = &mut self.feed {
+            *delivered = seq;
+        }
+    }
+
+    /// Reads everything after the last delivered seq and delivers it (then `pending`, if
+    /// history did not already hold it). Nothing else is handled meanwhile, so delivery
+    /// stays in seq order.
+    fn fill_gap(&mut self, pending: Option<(u64, ByteString)>, ctx: &mut Context<Self>) {
+        let Feed::Fed { delivered } = self.feed else {
+            return;
+        };
+        match self.log().since(delivered) {
+            Answer::Now(replay) => self.delivered_gap(delivered, Ok(replay), pending),
+            Answer::Later(reading) => {
+                ctx.wait(
+                    reading
+                        .into_actor(self)
+                        .map(move |replay, act, _| act.delivered_gap(delivered, replay, pending)),
+                );
+            }
+        }
+    }
+
+    fn delivered_gap(
+        &mut self,
+        from: u64,
+        replay: Result<Replay, EngineError>,
+        pending: Option<(u64, ByteString)>,
+    ) {
+        match replay {
+            Ok(replay) => {
+                if !replay.recovered {
+                    self.metrics.feed_gaps_lost.inc();
+                    log::warn!(
+                        "room {}: messages after seq {from} left history before this node could deliver them",
+                        self.name
+                    );
+                }
+                for (seq, frame) in replay.frames.into_iter().chain(pending) {
+                    if matches!(self.feed, Feed::Fed { delivered } if seq > delivered) {
+                        self.deliver(seq, &frame);
+                    }
+                }
+            }
+            // Delivery resumes with the next message or the engine's Resync.
+            Err(err) => log::warn!(
+                "room {}: cannot read the messages after seq {from}: {err}",
+                self.name
+            ),
+        }
+    }
+}
+
+impl Handler<RoomFeed> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomFeed, ctx: &mut Self::Context) {
+        let Feed::Fed { delivered } = self.feed else {
+            return; // unsubscribed while this was on its way
+        };
+        match msg {
+            RoomFeed::Message { seq, .. } if seq <= delivered => {}
+            RoomFeed::Message { seq, frame } if seq == delivered + 1 => self.deliver(seq, &frame),
+            RoomFeed::Message { seq, frame } => self.fill_gap(Some((seq, frame)), ctx),
+            RoomFeed::Resync => self.fill_gap(None, ctx),
+        }
     }
 }
 
@@ -556,16 +868,14 @@ impl Handler<GetPresence> for Room {
     type Result = MessageResult<GetPresence>;
 
     fn handle(&mut self, _: GetPresence, ctx: &mut Self::Context) -> Self::Result {
-        if self.members.is_empty() && self.log().last_seq() == 0 {
-            self.report_if_idle(ctx);
-        }
+        self.retire_if_unused(ctx);
         MessageResult(self.presence_list())
     }
 }
 
 /// Stored messages after `since`, at most `limit`, for the HTTP history API.
 #[derive(Message)]
-#[rtype(result = "History")]
+#[rtype(result = "Result<History, EngineError>")]
 pub struct GetHistory {
     /// Messages with a seq above this.
     pub since: u64,
@@ -585,22 +895,24 @@ pub struct History {
 }
 
 impl Handler<GetHistory> for Room {
-    type Result = MessageResult<GetHistory>;
+    type Result = Response<Result<History, EngineError>>;
 
     fn handle(&mut self, msg: GetHistory, ctx: &mut Self::Context) -> Self::Result {
-        let replay = self.log().since(msg.since);
-        let seq = self.log().last_seq();
-        let mut messages = replay.frames;
-        messages.truncate(msg.limit);
-        // A query may have started this room; let it retire again if nobody is in it.
-        if self.members.is_empty() && seq == 0 {
-            self.report_if_idle(ctx);
+        let shape = move |replay: Replay| {
+            let mut messages: Vec<ByteString> = replay.frames.into_iter().map(|(_, f)| f).collect();
+            messages.truncate(msg.limit);
+            History {
+                seq: replay.last_seq,
+                recovered: replay.recovered,
+                messages,
+            }
+        };
+        let reading = self.log().since(msg.since);
+        self.retire_if_unused(ctx);
+        match reading {
+            Answer::Now(replay) => Response::reply(Ok(shape(replay))),
+            Answer::Later(reading) => Response::fut(async move { reading.await.map(shape) }),
         }
-        MessageResult(History {
-            seq,
-            recovered: replay.recovered,
-            messages,
-        })
     }
 }
 
@@ -627,7 +939,10 @@ impl Handler<GetInfo> for Room {
         MessageResult(RoomInfo {
             room: self.name.to_string(),
             members: self.members.len(),
-            seq: self.log().last_seq(),
+            seq: match self.feed {
+                Feed::Fed { delivered } => delivered,
+                _ => self.log().last_seq(),
+            },
         })
     }
 }
@@ -713,6 +1028,7 @@ mod tests {
             .send(publish_as(&alice, "m1", 1))
             .await
             .unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!((first.seq, first.duplicate), (1, false));
         let (frames, _) = alice_rx.drain();
@@ -729,6 +1045,7 @@ mod tests {
             .send(publish_as(&alice, "m1", 1))
             .await
             .unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!((again.seq, again.duplicate), (1, true));
         let (frames, _) = alice_rx.drain();
@@ -737,7 +1054,12 @@ mod tests {
         assert!(bob_rx.drain().0.is_empty());
 
         // The same id from another user is another message.
-        let bobs = room.send(publish_as(&bob, "m1", 2)).await.unwrap().unwrap();
+        let bobs = room
+            .send(publish_as(&bob, "m1", 2))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!((bobs.seq, bobs.duplicate), (2, false));
         assert_eq!(types(&alice_rx.drain().0), ["room.message"]);
     }
@@ -759,7 +1081,7 @@ mod tests {
                 msg_type: None,
                 payload: Some(RawValue::from_string(n.to_string()).unwrap()),
             };
-            room.send(publish).await.unwrap();
+            room.send(publish).await.unwrap().unwrap();
         }
         let (_, outcome, _, mut rx) = join(&registry, "r", "carol", "c1", Some(1)).await;
         assert_eq!(
@@ -843,11 +1165,13 @@ mod tests {
             position_unknown: false,
         })
         .await
+        .unwrap()
         .unwrap();
         p_rx.drain();
         for n in 1..=5 {
             room.send(publish_as(&publisher, &format!("m{n}"), n))
                 .await
+                .unwrap()
                 .unwrap();
         }
         let (frames, _) = p_rx.drain();

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use lru::LruCache;
 
-use super::{Appended, DedupKey, Engine, Replay, RoomLog};
+use actix::Recipient;
+
+use super::{Answer, Appended, DedupKey, Engine, Replay, RoomFeed, RoomLog};
 use crate::config::RoomPolicy;
 
 /// The embedded default engine. It keeps no state of its own: a Room actor holds its log
@@ -17,6 +19,14 @@ use crate::config::RoomPolicy;
 pub struct MemoryEngine;
 
 impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn status(&self) -> super::EngineStatus {
+        super::EngineStatus::default()
+    }
+
     fn open(&self, _room: &str, policy: &RoomPolicy) -> Box<dyn RoomLog> {
         Box::new(MemoryLog::new(policy))
     }
@@ -88,24 +98,14 @@ impl MemoryLog {
     }
 }
 
-/// The LRU key of a client id: the publisher's length first, so no choice of publisher and
-/// id can spell another pair's key.
-fn dedup_key(key: DedupKey<'_>) -> String {
-    let kind = if key.server { 's' } else { 'u' };
-    format!("{kind}{}:{}{}", key.publisher.len(), key.publisher, key.id)
-}
-
-impl RoomLog for MemoryLog {
-    fn last_seq(&self) -> u64 {
-        self.last_seq
-    }
-
-    fn append(
+impl MemoryLog {
+    /// [`RoomLog::append`], answered at once.
+    pub fn append_now(
         &mut self,
         dedup: Option<DedupKey<'_>>,
         encode: &mut dyn FnMut(u64) -> ByteString,
     ) -> Appended {
-        let key = dedup.map(dedup_key);
+        let key = dedup.as_ref().map(DedupKey::encode);
         if let Some(key) = &key {
             if let Some(seq) = self.seen.get(key) {
                 return Appended::Duplicate { seq: *seq };
@@ -133,7 +133,8 @@ impl RoomLog for MemoryLog {
         }
     }
 
-    fn since(&mut self, after_seq: u64) -> Replay {
+    /// [`RoomLog::since`], answered at once.
+    pub fn since_now(&mut self, after_seq: u64) -> Replay {
         self.expire();
         // A client ahead of the log saw a sequence this log no longer has (the room was
         // reset after its TTL): nothing can be recovered.
@@ -145,10 +146,39 @@ impl RoomLog for MemoryLog {
                 .ring
                 .iter()
                 .filter(|(seq, _, _)| *seq > after_seq)
-                .map(|(_, _, f)| f.clone())
+                .map(|(seq, _, f)| (*seq, f.clone()))
                 .collect(),
+            last_seq: self.last_seq,
         }
     }
+}
+
+impl RoomLog for MemoryLog {
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    fn append(
+        &mut self,
+        dedup: Option<DedupKey<'_>>,
+        encode: &mut dyn FnMut(u64) -> ByteString,
+    ) -> Answer<Appended> {
+        Answer::Now(self.append_now(dedup, encode))
+    }
+
+    fn since(&mut self, after_seq: u64) -> Answer<Replay> {
+        Answer::Now(self.since_now(after_seq))
+    }
+
+    fn feed(&mut self, _to: Recipient<RoomFeed>) -> Option<Answer<u64>> {
+        None
+    }
+
+    fn unfeed(&mut self) {}
 }
 
 #[cfg(test)]
@@ -169,9 +199,9 @@ mod tests {
     }
 
     fn append(log: &mut MemoryLog) -> u64 {
-        match log.append(None, &mut |seq| ByteString::from(seq.to_string())) {
+        match log.append_now(None, &mut |seq| ByteString::from(seq.to_string())) {
             Appended::New { seq, .. } => seq,
-            Appended::Duplicate { .. } => unreachable!("no client id"),
+            other => unreachable!("no client id, a local log: {other:?}"),
         }
     }
 
@@ -188,24 +218,24 @@ mod tests {
         let mut log = MemoryLog::new(&policy(10));
         let mut encode = |seq: u64| ByteString::from(seq.to_string());
         assert!(matches!(
-            log.append(by("u", "a"), &mut encode),
+            log.append_now(by("u", "a"), &mut encode),
             Appended::New { seq: 1, .. }
         ));
         assert_eq!(
-            log.append(by("u", "a"), &mut encode),
+            log.append_now(by("u", "a"), &mut encode),
             Appended::Duplicate { seq: 1 }
         );
         assert!(matches!(
-            log.append(by("u", "b"), &mut encode),
+            log.append_now(by("u", "b"), &mut encode),
             Appended::New { seq: 2, .. }
         ));
         assert!(matches!(
-            log.append(by("u", "c"), &mut encode),
+            log.append_now(by("u", "c"), &mut encode),
             Appended::New { seq: 3, .. }
         ));
         // "a" fell out of the 2-entry LRU: it is new again.
         assert!(matches!(
-            log.append(by("u", "a"), &mut encode),
+            log.append_now(by("u", "a"), &mut encode),
             Appended::New { seq: 4, .. }
         ));
     }
@@ -215,20 +245,20 @@ mod tests {
         let mut log = MemoryLog::new(&policy(10));
         let mut encode = |seq: u64| ByteString::from(seq.to_string());
         assert!(matches!(
-            log.append(by("mallory", "x"), &mut encode),
+            log.append_now(by("mallory", "x"), &mut encode),
             Appended::New { seq: 1, .. }
         ));
         assert!(matches!(
-            log.append(by("alice", "x"), &mut encode),
+            log.append_now(by("alice", "x"), &mut encode),
             Appended::New { seq: 2, .. }
         ));
         assert_eq!(
-            log.append(by("alice", "x"), &mut encode),
+            log.append_now(by("alice", "x"), &mut encode),
             Appended::Duplicate { seq: 2 }
         );
         // No split of publisher and id spells another pair's key.
         assert!(matches!(
-            log.append(by("alic", "ex"), &mut encode),
+            log.append_now(by("alic", "ex"), &mut encode),
             Appended::New { seq: 3, .. }
         ));
         // An API caller and a user of the same name are different publishers.
@@ -238,7 +268,7 @@ mod tests {
             id: "x",
         };
         assert!(matches!(
-            log.append(Some(api), &mut encode),
+            log.append_now(Some(api), &mut encode),
             Appended::New { seq: 4, .. }
         ));
     }
@@ -257,12 +287,12 @@ mod tests {
                 publisher: "u",
                 id,
             };
-            log.append(Some(key), &mut |_| ByteString::from("x".repeat(100)));
+            log.append_now(Some(key), &mut |_| ByteString::from("x".repeat(100)));
         }
         let (history, seen) = log.held_bytes();
         assert!(history <= 1000, "{history}");
         assert!(seen <= 500, "{seen}");
-        let replay = log.since(0);
+        let replay = log.since_now(0);
         assert_eq!(replay.frames.len(), 10);
         assert!(!replay.recovered);
         // The newest ids are the ones remembered.
@@ -272,12 +302,12 @@ mod tests {
             id: &ids[49],
         };
         assert_eq!(
-            log.append(Some(newest), &mut |_| ByteString::from("x")),
+            log.append_now(Some(newest), &mut |_| ByteString::from("x")),
             Appended::Duplicate { seq: 50 }
         );
         // One message over the whole budget still stays, alone.
-        log.append(None, &mut |_| ByteString::from("y".repeat(5000)));
-        assert_eq!(log.since(0).frames.len(), 1);
+        log.append_now(None, &mut |_| ByteString::from("y".repeat(5000)));
+        assert_eq!(log.since_now(0).frames.len(), 1);
     }
 
     #[test]
@@ -286,15 +316,18 @@ mod tests {
         for expected in 1..=5 {
             assert_eq!(append(&mut log), expected);
         }
-        let r = log.since(3);
+        let r = log.since_now(3);
         assert!(r.recovered);
-        assert_eq!(r.frames, vec![ByteString::from("4"), ByteString::from("5")]);
-        let r = log.since(1);
+        assert_eq!(
+            r.frames,
+            vec![(4, ByteString::from("4")), (5, ByteString::from("5"))]
+        );
+        let r = log.since_now(1);
         assert!(!r.recovered, "seq 2 has left history");
         assert_eq!(r.frames.len(), 3);
-        assert!(log.since(5).frames.is_empty());
-        assert!(log.since(5).recovered);
-        let r = log.since(9);
+        assert!(log.since_now(5).frames.is_empty());
+        assert!(log.since_now(5).recovered);
+        let r = log.since_now(9);
         assert!(!r.recovered, "a client ahead of the log lost its gap");
         assert!(r.frames.is_empty());
     }

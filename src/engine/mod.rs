@@ -1,37 +1,77 @@
-//! The engine: where room sequence numbers and history live.
+//! The engine: everything about a room that several broker nodes must agree on — its
+//! sequence, its history, the client message ids it has seen, and the fan-out of each
+//! message to every node with members in the room.
 //!
-//! The Room actor owns a [`RoomLog`] while it runs (an empty room stays up for
-//! `history.ttl`, so its sequence and history survive) and hands it back to the [`Engine`]
-//! when it retires. The memory engine is the embedded default and keeps nothing once a
-//! room retires; a Redis engine for scale-out implements the same two traits, with state
-//! that outlives the actor, instead of changing the Room.
+//! A Room actor runs on each node where the room is in use. It opens the room's [`RoomLog`]
+//! from the [`Engine`] and goes through it for every publish, replay and history read; what
+//! stays in the actor is what is local by nature (this node's members and their queues).
+//!
+//! Two engines ship:
+//!
+//! - [`MemoryEngine`], the embedded default: the log is a ring buffer inside the Room, every
+//!   answer is immediate ([`Answer::Now`]) and the Room fans out each new message itself.
+//! - [`RedisEngine`]: the log lives in Redis; answers are futures ([`Answer::Later`]) and
+//!   each message reaches every node's Room through the room's pub/sub channel
+//!   ([`RoomFeed`]), in seq order, so N brokers over one Redis act as one.
+//!
+//! # Contract
+//!
+//! **Ordering.** Seqs of a room start at 1 and have no gaps. An engine delivers a room's
+//! messages to each [`RoomLog::feed`] subscriber in seq order; a subscriber that sees a gap
+//! (a message missed during a reconnect) reads it from [`RoomLog::since`] before delivering
+//! further, so every member sees every retained message once, in order.
+//!
+//! **Atomicity.** [`RoomLog::append`] allocates the seq, stores the message in history,
+//! remembers its client id and hands it to the fan-out as one step: no node can observe a
+//! seq without its message, nor deliver a message that history does not hold. A publish is
+//! acknowledged (WebSocket `ack`, HTTP answer) only once `append` has answered `Ok`, so an
+//! acknowledged message survives anything the engine survives.
+//!
+//! **Failure.** When the engine cannot reach its store, `append`, `since` and `feed` answer
+//! [`EngineError::Unavailable`] at once (or after the configured command timeout), never
+//! hang; callers turn it into `unavailable` (HTTP 503) and sessions stay connected. An append
+//! that fails with `Unavailable` may or may not have been applied (the reply was lost); the
+//! client retries with the same message id and the dedup memory makes that safe. When the
+//! store is back the engine resubscribes and sends each fed room a [`RoomFeed::Resync`].
 
 pub mod memory;
+pub mod redis;
 
+use actix::prelude::*;
 use bytestring::ByteString;
+use futures_util::future::LocalBoxFuture;
 
 use crate::config::RoomPolicy;
 
 pub use memory::MemoryEngine;
+pub use redis::RedisEngine;
 
 /// Frames after a given seq, for replay.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Encoded `room.message` frames, oldest first.
-    pub frames: Vec<ByteString>,
+    /// Encoded `room.message` frames with their seqs, oldest first.
+    pub frames: Vec<(u64, ByteString)>,
     /// False when part of the requested range has already left history.
     pub recovered: bool,
+    /// The room's newest seq when the range was read.
+    pub last_seq: u64,
 }
 
 /// The outcome of [`RoomLog::append`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {
-    /// A new message: its seq and its encoded frame.
+    /// A new message the caller fans out to its members itself (a local engine).
     New {
         /// The seq allocated.
         seq: u64,
         /// The frame, encoded once.
         frame: ByteString,
+    },
+    /// A new message stored and handed to the engine's fan-out: every node, this one
+    /// included, receives it through its [`RoomLog::feed`].
+    Forwarded {
+        /// The seq allocated.
+        seq: u64,
     },
     /// The client id was seen before: the original seq; nothing to deliver.
     Duplicate {
@@ -57,32 +97,124 @@ pub struct DedupKey<'a> {
     pub id: &'a str,
 }
 
+impl DedupKey<'_> {
+    /// One string per (kind, publisher, id): the publisher's length goes first, so no choice
+    /// of publisher and id can spell another pair's key.
+    pub fn encode(&self) -> String {
+        let kind = if self.server { 's' } else { 'u' };
+        format!(
+            "{kind}{}:{}{}",
+            self.publisher.len(),
+            self.publisher,
+            self.id
+        )
+    }
+}
+
+/// Why the engine could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The engine's store is unreachable or did not answer within its timeout; the
+    /// operation may be retried (with the same message id, for a publish).
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with an error (a bug or a misconfigured store, not an outage).
+    #[error("engine store error: {0}")]
+    Store(String),
+}
+
+impl EngineError {
+    /// The protocol error code a client or API caller gets.
+    pub fn code(&self) -> crate::protocol::ErrorCode {
+        match self {
+            EngineError::Unavailable(_) => crate::protocol::ErrorCode::Unavailable,
+            EngineError::Store(_) => crate::protocol::ErrorCode::Internal,
+        }
+    }
+}
+
+/// An engine's answer: at once (local engines), or once the store has replied.
+pub enum Answer<T> {
+    /// The answer.
+    Now(T),
+    /// The answer to come; polled on the caller's arbiter.
+    Later(LocalBoxFuture<'static, Result<T, EngineError>>),
+}
+
+/// What a fed Room receives from a shared engine.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub enum RoomFeed {
+    /// A message published on any node, as the engine's fan-out carried it.
+    Message {
+        /// Its seq.
+        seq: u64,
+        /// The encoded frame members receive.
+        frame: ByteString,
+    },
+    /// Messages may have been missed (the engine lost its subscription and has it back):
+    /// read everything after the last seq delivered before delivering more.
+    Resync,
+}
+
 /// One room's sequence, history and recently seen client message ids.
 ///
-/// History and remembered ids are bounded by count and by bytes (`RoomPolicy`), oldest
+/// History and remembered ids are bounded by count and by bytes ([`RoomPolicy`]), oldest
 /// first out, so no publisher can make a room hold more than its budget.
 pub trait RoomLog: Send {
-    /// The seq of the newest message (0 when none was ever published).
+    /// Whether the log lives outside this process (every node sees the same log, and
+    /// messages arrive through [`RoomLog::feed`]).
+    fn is_shared(&self) -> bool;
+
+    /// The newest seq this node knows of (0 when none was ever published).
     fn last_seq(&self) -> u64;
 
-    /// Allocates the next seq, encodes the frame for it once, stores and returns both;
-    /// or, when `dedup` was already seen in this room, returns the original seq.
+    /// Allocates the next seq, encodes the frame for it once, stores it and fans it out —
+    /// or, when `dedup` was already seen in this room, answers the original seq.
+    ///
+    /// `encode` builds the frame for a seq; a network engine may call it once with a
+    /// placeholder seq and substitute the real one where the store allocates it.
     fn append(
         &mut self,
         dedup: Option<DedupKey<'_>>,
         encode: &mut dyn FnMut(u64) -> ByteString,
-    ) -> Appended;
+    ) -> Answer<Appended>;
 
-    /// Everything after `after_seq` still in history, oldest first.
-    fn since(&mut self, after_seq: u64) -> Replay;
+    /// Everything after `after_seq` still in history, oldest first, with the newest seq.
+    fn since(&mut self, after_seq: u64) -> Answer<Replay>;
+
+    /// Starts delivering the room's messages from every node to `to` (in seq order) and
+    /// answers the newest seq at the moment delivery began: every later message reaches
+    /// `to`. `None` for a local engine, whose caller fans out [`Appended::New`] itself.
+    fn feed(&mut self, to: Recipient<RoomFeed>) -> Option<Answer<u64>>;
+
+    /// Stops the delivery [`RoomLog::feed`] started (the room has no members here).
+    fn unfeed(&mut self);
 }
 
-/// Hands out room logs and keeps idle ones for a while.
+/// Hands out room logs; the extension point for where shared state lives.
 pub trait Engine: Send + Sync + 'static {
-    /// The log of `room`, sized by `policy` (a shared engine returns the stored state).
+    /// The engine's name, for the banner and metrics (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// The log of `room`, sized by `policy` (a shared engine reads the stored state).
     fn open(&self, room: &str, policy: &RoomPolicy) -> Box<dyn RoomLog>;
 
-    /// Takes back the log of a room that retired; an engine with shared state keeps it
-    /// for `keep_for`.
+    /// Takes back the log of a room that retired on this node.
     fn park(&self, room: &str, log: Box<dyn RoomLog>, keep_for: std::time::Duration);
+
+    /// Whether the engine can serve now, and its counters (for `/readyz` and metrics).
+    fn status(&self) -> EngineStatus;
+}
+
+/// An engine's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Why the engine cannot serve (its store is unreachable); `None` when it can. The broker
+    /// is not ready (`/readyz` 503) meanwhile.
+    pub down: Option<String>,
+    /// Times the engine connected to its store again after losing it.
+    pub reconnects: u64,
+    /// Operations that failed (store unreachable, timeout).
+    pub errors: u64,
 }

@@ -7,7 +7,6 @@
 
 use std::future::{ready, Ready};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use actix_cors::Cors;
 use actix_web::body::{BoxBody, MessageBody};
@@ -25,14 +24,13 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::error::{resource, ApiError};
 use super::peer;
-use crate::actors::registry::{DisconnectSession, ListRooms, RoomFor};
-use crate::actors::room::{
-    GetHistory, GetPresence, PresenceInfo, Publish, Publisher, Room, RoomInfo,
-};
+use crate::actors::registry::{DisconnectSession, ListRooms};
+use crate::actors::room::{PresenceInfo, RoomInfo};
 use crate::auth::PERSONAL_PREFIX;
 use crate::config::ApiConfig;
 use crate::protocol::{frame, types, ErrorCode};
 use crate::Broker;
+use crate::ServerMessage;
 
 /// Mounts the API routes (used by [`Broker::configure`]).
 pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
@@ -212,19 +210,6 @@ fn room_path(room: &str) -> Result<String, ApiError> {
     }
 }
 
-/// The Room actor for `room`, started if needed.
-async fn room_actor(broker: &Broker, room: &str) -> Result<actix::Addr<Room>, ApiError> {
-    broker
-        .state()
-        .registry
-        .send(RoomFor {
-            room: room.to_owned(),
-        })
-        .await
-        .map_err(mailbox)?
-        .map_err(ApiError::from)
-}
-
 pub(crate) fn mailbox(err: actix::MailboxError) -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
@@ -265,62 +250,18 @@ async fn publish_to(
     room: String,
     body: PublishRequest,
 ) -> Result<PublishResponse, ApiError> {
-    if let Some(t) = &body.msg_type {
-        if t.is_empty() || (types::is_reserved(t) && t != types::ROOM_MESSAGE) {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "`type` must be non-empty and not a broker type (room.*, system.*, presence.*, ack) other than room.message",
-            ));
-        }
-    }
-    let metrics = broker.metrics();
-    if let Some(Err(msg)) = body.id.as_deref().map(frame::check_message_id) {
-        metrics.limit_refused("message_id");
-        return Err(ApiError::new(ErrorCode::BadRequest, msg));
-    }
-    let max_depth = broker.config().limits.max_json_depth;
-    if frame::nests_deeper_than(body.payload.get(), max_depth) {
-        metrics.limit_refused("json_depth");
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("`payload` nests deeper than {max_depth} levels (limits.max_json_depth)"),
-        ));
-    }
-    let caller: Arc<str> = caller.0.as_str().into();
-    let publish = || Publish {
-        from: Publisher::Server {
-            caller: caller.clone(),
-        },
-        id: body.id.clone(),
-        msg_type: body.msg_type.clone(),
-        payload: Some(body.payload.clone()),
+    let message = ServerMessage {
+        msg_type: body.msg_type,
+        payload: body.payload,
+        id: body.id,
     };
-    // A room retiring at this instant refuses the message; the second address is a fresh
-    // room actor.
-    for _ in 0..2 {
-        let addr = room_actor(broker, &room).await?;
-        if let Ok(Some(published)) = addr.send(publish()).await {
-            if let Some(err) = published.webhook_error {
-                return Err(ApiError::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "message {} got seq {} and reached the room's members, but the webhook outbox failed: {err}",
-                        published.id, published.seq
-                    ),
-                ));
-            }
-            return Ok(PublishResponse {
-                room,
-                seq: published.seq,
-                id: published.id,
-                duplicate: published.duplicate,
-            });
-        }
-    }
-    Err(ApiError::new(
-        ErrorCode::Internal,
-        "room unavailable; retry",
-    ))
+    let receipt = broker.publish(&room, &caller.0, message).await?;
+    Ok(PublishResponse {
+        room,
+        seq: receipt.seq,
+        id: receipt.id,
+        duplicate: receipt.duplicate,
+    })
 }
 
 /// Publish to a room.
@@ -409,14 +350,9 @@ async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let room = room_path(&room)?;
     let limit = query.limit.unwrap_or(100).min(1000);
-    let addr = room_actor(&broker, &room).await?;
-    let found = addr
-        .send(GetHistory {
-            since: query.since.unwrap_or(0),
-            limit,
-        })
-        .await
-        .map_err(mailbox)?;
+    let found = broker
+        .history(&room, query.since.unwrap_or(0), limit)
+        .await?;
     let messages = found
         .messages
         .into_iter()
@@ -452,14 +388,7 @@ async fn presence(
     room: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let room = room_path(&room)?;
-    if !broker.config().room_policy(&room).presence {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "presence is off for this room's namespace ([namespaces.<ns>] presence = true)",
-        ));
-    }
-    let addr = room_actor(&broker, &room).await?;
-    let presence = addr.send(GetPresence).await.map_err(mailbox)?;
+    let presence = broker.presence(&room).await?;
     Ok(HttpResponse::Ok().json(PresenceResponse { room, presence }))
 }
 
@@ -539,6 +468,10 @@ async fn readyz(broker: web::Data<Broker>) -> HttpResponse {
     if let Some(error) = state.webhooks.health().failing() {
         return HttpResponse::ServiceUnavailable()
             .json(json!({ "status": "webhook_outbox_failing", "error": &*error }));
+    }
+    if let Some(error) = state.engine.status().down {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "engine_unavailable", "error": error }));
     }
     HttpResponse::Ok().json(json!({ "status": "ready" }))
 }

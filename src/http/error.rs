@@ -101,6 +101,12 @@ impl From<crate::actors::registry::JoinError> for ApiError {
     }
 }
 
+impl From<crate::RoomError> for ApiError {
+    fn from(err: crate::RoomError) -> Self {
+        ApiError::new(err.code, err.message)
+    }
+}
+
 impl From<crate::webhooks::WebhookError> for ApiError {
     fn from(err: crate::webhooks::WebhookError) -> Self {
         use crate::webhooks::WebhookError as E;

@@ -37,6 +37,9 @@ pub enum ErrorCode {
     RequestTimeout,
     /// The broker failed; the caller did nothing wrong.
     Internal,
+    /// A service the broker depends on (its engine's Redis) is unreachable; retry later (a
+    /// publish with the same message id is not delivered twice).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::Timeout => 504,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
         }
     }
 
@@ -98,6 +103,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => -32053,
             ErrorCode::Timeout => -32008,
             ErrorCode::RequestTimeout => -32007,
+            ErrorCode::Unavailable => -32050,
         }
     }
 }
@@ -161,6 +167,7 @@ mod tests {
             ErrorCode::Timeout,
             ErrorCode::RequestTimeout,
             ErrorCode::Internal,
+            ErrorCode::Unavailable,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

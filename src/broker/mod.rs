@@ -5,6 +5,8 @@
 //! broker's routes on any actix-web `App`; [`Broker::register_handler`] plugs an
 //! application actor in for a message type.
 
+pub(crate) mod rooms;
+
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,8 +25,9 @@ use crate::actors::router::{
 };
 use crate::actors::supervisor::{Shutdown, ShutdownReport, Supervisor};
 use crate::auth::Authenticator;
+use crate::config::EngineKind;
 use crate::config::{Config, ConfigError};
-use crate::engine::MemoryEngine;
+use crate::engine::{Engine, MemoryEngine, RedisEngine};
 use crate::http;
 use crate::http::error::resource;
 use crate::metrics::{self as metrics_mod, Metrics};
@@ -50,6 +53,8 @@ pub(crate) struct BrokerState {
     pub metrics: Arc<Metrics>,
     /// The webhook queue and its filter snapshot.
     pub webhooks: Webhooks,
+    /// Where rooms live.
+    pub engine: Arc<dyn Engine>,
 }
 
 /// A running broker: cheap to clone, shared by every worker.
@@ -74,8 +79,29 @@ impl Broker {
         crate::webhooks::setup::check_outbox(config)
     }
 
-    /// Starts the broker's actors. Must be called inside a running actix system.
+    /// Starts the broker's actors with the engine `[engine] kind` names. Must be called
+    /// inside a running actix system.
     pub fn start(config: Config) -> Result<Broker, ConfigError> {
+        let engine: Arc<dyn Engine> =
+            match config.engine.kind {
+                EngineKind::Memory => Arc::new(MemoryEngine),
+                EngineKind::Redis => Arc::new(RedisEngine::start(&config.redis).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: "redis.url".into(),
+                        message: e.to_string(),
+                    }
+                })?),
+            };
+        Broker::start_with_engine(config, engine)
+    }
+
+    /// Starts the broker's actors over `engine` (an engine of the embedder's choice or
+    /// making; `[engine] kind` is not consulted). Must be called inside a running actix
+    /// system.
+    pub fn start_with_engine(
+        config: Config,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Broker, ConfigError> {
         config.validate()?;
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         let config = Arc::new(config);
@@ -111,7 +137,7 @@ impl Broker {
         let webhooks = Webhooks::new(filters, queue.clone(), health);
         let registry = Registry::new(
             room_arbiters.clone(),
-            Arc::new(MemoryEngine),
+            engine.clone(),
             config.clone(),
             metrics.clone(),
             webhooks.clone(),
@@ -140,6 +166,7 @@ impl Broker {
                 api_limiter,
                 metrics,
                 webhooks,
+                engine,
             }),
             router,
             supervisor,
@@ -156,6 +183,11 @@ impl Broker {
     /// The broker's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.state.metrics
+    }
+
+    /// The engine rooms live in.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.state.engine
     }
 
     /// Shared state, for the routes in [`crate::http`].

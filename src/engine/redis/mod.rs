@@ -1,0 +1,467 @@
+//! The Redis engine: rooms whose sequence, history and message ids live in Redis, and whose
+//! messages reach every node through Redis pub/sub, so several brokers over one Redis serve
+//! the same rooms.
+//!
+//! Each publish is one Lua script ([`scripts::PUBLISH`]): next seq, history append (a
+//! stream trimmed to the room's count and byte budget, expiring with its TTL), id memory
+//! and the pub/sub message, atomically. Each node subscribes to a room's channel while it
+//! has members there ([`RoomLog::feed`]); one connection carries all of a node's
+//! subscriptions, so a room's messages arrive in the order Redis published them, which is
+//! seq order. A node that misses messages (a reconnect) reads them from history.
+//!
+//! Connections are watched by one task ([`link`]): while Redis is unreachable every
+//! operation fails at once with [`EngineError::Unavailable`], and the task reconnects with
+//! backoff, subscribes again, and tells every fed room to [`RoomFeed::Resync`].
+
+mod link;
+pub mod scripts;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use actix::Recipient;
+use bytestring::ByteString;
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Script, Value};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::RoomLog;
+use super::{Answer, Appended, DedupKey, Engine, EngineError, EngineStatus, Replay, RoomFeed};
+use crate::config::{RedisConfig, RoomPolicy};
+
+/// The Redis engine. Cheap to share (`Arc`); start it with [`RedisEngine::start`].
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+}
+
+/// What the engine's rooms and its link task share.
+struct Shared {
+    prefix: String,
+    command_timeout: Duration,
+    /// Command connections while Redis is reachable; empty while it is not.
+    conns: RwLock<Vec<MultiplexedConnection>>,
+    next_conn: AtomicUsize,
+    /// Why Redis is unreachable; `None` while it is reachable.
+    down: Mutex<Option<String>>,
+    /// A command failed on a broken connection: the link reconnects at once.
+    lost: Notify,
+    /// The rooms fed on this node, by channel.
+    feeds: Mutex<HashMap<String, Recipient<RoomFeed>>>,
+    /// Asks the link to make the subscriptions match `feeds`.
+    sync: mpsc::UnboundedSender<link::Sync>,
+    reconnects: AtomicU64,
+    errors: AtomicU64,
+    publish: Script,
+    since: Script,
+}
+
+impl RedisEngine {
+    /// Starts the engine's link task on its own arbiter (inside a running actix system).
+    /// It connects in the background: until Redis answers, the engine reports itself down
+    /// and its operations fail with `unavailable`.
+    pub fn start(config: &RedisConfig) -> Result<RedisEngine, RedisError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let (sync, syncs) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            prefix: config.prefix.clone(),
+            command_timeout: config.command_timeout,
+            conns: RwLock::new(Vec::new()),
+            next_conn: AtomicUsize::new(0),
+            down: Mutex::new(Some("connecting to Redis".into())),
+            lost: Notify::new(),
+            feeds: Mutex::new(HashMap::new()),
+            sync,
+            reconnects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            publish: Script::new(scripts::PUBLISH),
+            since: Script::new(scripts::SINCE),
+        });
+        let link = link::Link {
+            shared: shared.clone(),
+            client,
+            pool_size: config.pool_size,
+            max_delay: config.max_reconnect_delay,
+            syncs,
+        };
+        actix::Arbiter::new().spawn(link.run());
+        Ok(RedisEngine { shared })
+    }
+}
+
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn open(&self, room: &str, policy: &RoomPolicy) -> Box<dyn RoomLog> {
+        let p = &self.shared.prefix;
+        Box::new(RedisLog {
+            shared: self.shared.clone(),
+            meta: format!("{p}:{{{room}}}:meta"),
+            history: format!("{p}:{{{room}}}:history"),
+            ids: format!("{p}:{{{room}}}:ids"),
+            channel: channel_of(p, room),
+            policy: policy.clone(),
+            last_seq: Arc::new(AtomicU64::new(0)),
+            keep_alive: None,
+        })
+    }
+
+    fn park(&self, _room: &str, _log: Box<dyn RoomLog>, _keep_for: Duration) {}
+
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            down: self.shared.down_reason(),
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
+            errors: self.shared.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The pub/sub channel of `room`.
+fn channel_of(prefix: &str, room: &str) -> String {
+    format!("{prefix}:room:{room}")
+}
+
+impl Shared {
+    fn down_reason(&self) -> Option<String> {
+        self.down
+            .lock()
+            .map_or_else(|p| p.into_inner().clone(), |d| d.clone())
+    }
+
+    fn unavailable(&self) -> EngineError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let reason = self.down_reason().unwrap_or_else(|| "no connection".into());
+        EngineError::Unavailable(format!("Redis is unreachable ({reason})"))
+    }
+
+    /// A command connection, round robin; `Unavailable` while Redis is unreachable.
+    fn connection(&self) -> Result<MultiplexedConnection, EngineError> {
+        let conns = self.conns.read().map_err(|_| self.unavailable())?;
+        if conns.is_empty() {
+            drop(conns);
+            return Err(self.unavailable());
+        }
+        let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % conns.len();
+        Ok(conns[i].clone())
+    }
+
+    /// Runs one command (or script) within the command timeout, mapping failures.
+    async fn run<T, F>(
+        self: &Arc<Self>,
+        op: impl FnOnce(MultiplexedConnection) -> F,
+    ) -> Result<T, EngineError>
+    where
+        F: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.connection()?;
+        match tokio::time::timeout(self.command_timeout, op(conn)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(self.failed(err)),
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(EngineError::Unavailable(format!(
+                    "Redis did not answer within {:?} (redis.command_timeout)",
+                    self.command_timeout
+                )))
+            }
+        }
+    }
+
+    fn failed(&self, err: RedisError) -> EngineError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+            // The link notices a dead pub/sub connection by itself; a dead command
+            // connection only shows here.
+            self.lost.notify_one();
+            EngineError::Unavailable(format!("Redis connection lost: {err}"))
+        } else {
+            EngineError::Store(err.to_string())
+        }
+    }
+}
+
+/// One room's log in Redis.
+struct RedisLog {
+    shared: Arc<Shared>,
+    meta: String,
+    history: String,
+    ids: String,
+    channel: String,
+    policy: RoomPolicy,
+    /// The newest seq this node has seen (appends, reads, the feed's start).
+    last_seq: Arc<AtomicU64>,
+    /// Keeps the room's seq alive in Redis while this node has members in it.
+    keep_alive: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Seqs beyond this are not asked of Redis: Lua numbers are exact up to 2^53.
+const MAX_SEQ: u64 = (1 << 53) - 2;
+
+impl RedisLog {
+    fn ttl_ms(&self) -> u64 {
+        (self.policy.history_ttl.as_millis() as u64).max(1)
+    }
+}
+
+impl RoomLog for RedisLog {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Relaxed)
+    }
+
+    fn append(
+        &mut self,
+        dedup: Option<DedupKey<'_>>,
+        encode: &mut dyn FnMut(u64) -> ByteString,
+    ) -> Answer<Appended> {
+        // The seq is allocated inside the script: the frame goes as the text around it.
+        let template = encode(SEQ_PLACEHOLDER);
+        let Some((before, after)) = split_at_seq(&template) else {
+            return Answer::Later(Box::pin(std::future::ready(Err(EngineError::Store(
+                "a room message frame without a seq field".into(),
+            )))));
+        };
+        let (before, after) = (before.to_owned(), after.to_owned());
+        let dedup = dedup.map(|d| d.encode()).unwrap_or_default();
+        let shared = self.shared.clone();
+        let keys = [self.meta.clone(), self.history.clone(), self.ids.clone()];
+        let channel = self.channel.clone();
+        let policy = self.policy.clone();
+        let ttl_ms = self.ttl_ms();
+        let last_seq = self.last_seq.clone();
+        Answer::Later(Box::pin(async move {
+            let runner = shared.clone();
+            let (seq, duplicate): (u64, u8) = runner
+                .run(|mut conn| async move {
+                    let mut call = shared.publish.prepare_invoke();
+                    call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
+                    call.arg(&channel).arg(&before).arg(&after).arg(&dedup);
+                    call.arg(policy.history_size.max(1))
+                        .arg(policy.history_max_bytes)
+                        .arg(ttl_ms)
+                        .arg(policy.dedup_size.max(1));
+                    call.invoke_async(&mut conn).await
+                })
+                .await?;
+            last_seq.fetch_max(seq, Ordering::Relaxed);
+            Ok(if duplicate == 1 {
+                Appended::Duplicate { seq }
+            } else {
+                Appended::Forwarded { seq }
+            })
+        }))
+    }
+
+    fn since(&mut self, after_seq: u64) -> Answer<Replay> {
+        let shared = self.shared.clone();
+        let keys = [self.meta.clone(), self.history.clone()];
+        let ttl_ms = self.ttl_ms();
+        let last_seq = self.last_seq.clone();
+        Answer::Later(Box::pin(async move {
+            let runner = shared.clone();
+            let reply: Value = runner
+                .run(|mut conn| async move {
+                    let mut call = shared.since.prepare_invoke();
+                    call.key(&keys[0]).key(&keys[1]);
+                    call.arg(after_seq.min(MAX_SEQ)).arg(ttl_ms);
+                    call.invoke_async(&mut conn).await
+                })
+                .await?;
+            let replay = parse_since(after_seq, reply)?;
+            last_seq.fetch_max(replay.last_seq, Ordering::Relaxed);
+            Ok(replay)
+        }))
+    }
+
+    fn feed(&mut self, to: Recipient<RoomFeed>) -> Option<Answer<u64>> {
+        let shared = self.shared.clone();
+        let channel = self.channel.clone();
+        let meta = self.meta.clone();
+        let last_seq = self.last_seq.clone();
+        if let Ok(mut feeds) = shared.feeds.lock() {
+            feeds.insert(channel, to);
+        }
+        self.start_keep_alive();
+        Some(Answer::Later(Box::pin(async move {
+            // Subscribed first, then read: every message after the seq read arrives.
+            let (done, subscribed) = oneshot::channel();
+            if shared.sync.send(link::Sync { done: Some(done) }).is_err() {
+                return Err(EngineError::Unavailable("the Redis link stopped".into()));
+            }
+            subscribed
+                .await
+                .map_err(|_| EngineError::Unavailable("the Redis link stopped".into()))??;
+            let seq: Option<u64> = shared
+                .run(|mut conn| async move {
+                    redis::cmd("HGET")
+                        .arg(&meta)
+                        .arg("seq")
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            let seq = seq.unwrap_or(0);
+            last_seq.fetch_max(seq, Ordering::Relaxed);
+            Ok(seq)
+        })))
+    }
+
+    fn unfeed(&mut self) {
+        if let Some(task) = self.keep_alive.take() {
+            task.abort();
+        }
+        if let Ok(mut feeds) = self.shared.feeds.lock() {
+            feeds.remove(&self.channel);
+        }
+        let _ = self.shared.sync.send(link::Sync { done: None });
+    }
+}
+
+impl RedisLog {
+    /// While this node has members in the room, its seq must not expire (a member would
+    /// see seq 1 again after a quiet TTL): refresh the meta key's TTL every half TTL.
+    fn start_keep_alive(&mut self) {
+        if self.keep_alive.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let meta = self.meta.clone();
+        let ttl_ms = self.ttl_ms();
+        let every = Duration::from_millis((ttl_ms / 2).max(500));
+        self.keep_alive = Some(actix::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let meta = meta.clone();
+                let _: Result<i64, _> = shared
+                    .run(|mut conn| async move {
+                        redis::cmd("PEXPIRE")
+                            .arg(&meta)
+                            .arg(ttl_ms)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                    .await;
+            }
+        }));
+    }
+}
+
+impl Drop for RedisLog {
+    fn drop(&mut self) {
+        if self.keep_alive.is_some() {
+            self.unfeed();
+        }
+    }
+}
+
+/// The seq a frame is encoded with before the script substitutes the real one; its digits
+/// appear nowhere else in the envelope (strings in it are JSON-escaped).
+const SEQ_PLACEHOLDER: u64 = u64::MAX;
+
+/// The frame's text before and after the placeholder seq.
+fn split_at_seq(frame: &str) -> Option<(&str, &str)> {
+    let marker = concat!("\"seq\":", "18446744073709551615");
+    let at = frame.find(marker)?;
+    let number = at + "\"seq\":".len();
+    Some((&frame[..number], &frame[at + marker.len()..]))
+}
+
+fn parse_since(after_seq: u64, reply: Value) -> Result<Replay, EngineError> {
+    let bad = |what: &str| EngineError::Store(format!("unexpected history reply: {what}"));
+    let Value::Array(items) = reply else {
+        return Err(bad("not an array"));
+    };
+    let int = |v: &Value| match v {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| bad("negative seq")),
+        _ => Err(bad("seq not an integer")),
+    };
+    if items.len() < 2 || items.len() % 2 != 0 {
+        return Err(bad("wrong length"));
+    }
+    let last_seq = int(&items[0])?;
+    let oldest = int(&items[1])?;
+    let mut frames = Vec::with_capacity(items.len() / 2 - 1);
+    for pair in items[2..].chunks_exact(2) {
+        let seq = int(&pair[0])?;
+        let Value::BulkString(bytes) = &pair[1] else {
+            return Err(bad("frame not a string"));
+        };
+        let frame = ByteString::try_from(bytes.clone()).map_err(|_| bad("frame not UTF-8"))?;
+        frames.push((seq, frame));
+    }
+    let ahead = after_seq > last_seq;
+    let oldest_kept = if oldest == 0 { last_seq + 1 } else { oldest };
+    Ok(Replay {
+        frames,
+        recovered: !ahead && after_seq + 1 >= oldest_kept,
+        last_seq,
+    })
+}
+
+/// Decodes a pub/sub message (`<seq>:<frame>`).
+fn parse_message(payload: &[u8]) -> Option<(u64, ByteString)> {
+    let colon = payload.iter().position(|b| *b == b':')?;
+    let seq = std::str::from_utf8(&payload[..colon]).ok()?.parse().ok()?;
+    let frame = ByteString::try_from(payload[colon + 1..].to_vec()).ok()?;
+    Some((seq, frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_splits_around_its_placeholder_seq() {
+        let frame = crate::protocol::frame::room_message(
+            "room.message",
+            "chat:\"seq\":18446744073709551615",
+            SEQ_PLACEHOLDER,
+            "id-1",
+            None,
+        );
+        let (before, after) = split_at_seq(&frame).expect("has a seq");
+        let rebuilt = format!("{before}42{after}");
+        let parsed: serde_json::Value = serde_json::from_str(&rebuilt).expect("valid JSON");
+        assert_eq!(parsed["seq"], 42);
+        assert_eq!(parsed["room"], "chat:\"seq\":18446744073709551615");
+    }
+
+    #[test]
+    fn history_replies_are_parsed_and_checked() {
+        let reply = Value::Array(vec![
+            Value::Int(5),
+            Value::Int(4),
+            Value::Int(4),
+            Value::BulkString(b"four".to_vec()),
+            Value::Int(5),
+            Value::BulkString(b"five".to_vec()),
+        ]);
+        let replay = parse_since(3, reply.clone()).expect("parsed");
+        assert_eq!(replay.last_seq, 5);
+        assert!(replay.recovered);
+        assert_eq!(replay.frames.len(), 2);
+        assert!(!parse_since(2, reply.clone()).expect("parsed").recovered);
+        assert!(!parse_since(9, reply).expect("parsed").recovered);
+        let empty = Value::Array(vec![Value::Int(0), Value::Int(0)]);
+        assert!(parse_since(0, empty).expect("parsed").recovered);
+        assert!(parse_since(0, Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn pubsub_messages_carry_seq_and_frame() {
+        assert_eq!(
+            parse_message(b"12:{\"a\":1}"),
+            Some((12, ByteString::from("{\"a\":1}")))
+        );
+        assert_eq!(parse_message(b"x:{}"), None);
+        assert_eq!(parse_message(b"no colon"), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! The Lua scripts of the Redis engine. Each runs atomically on the server, so a publish's
+//! seq, history entry, id memory and pub/sub message are one step that no other node can
+//! observe half done.
+//!
+//! Key layout for room `R` under prefix `P` (the `{…}` hash tag keeps a room's keys in one
+//! Redis Cluster slot):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `P:{R}:meta` | hash | `seq` (the newest seq), `bytes` (bytes of frames in history) |
+//! | `P:{R}:history` | stream | entry `0-<seq>` with fields `f` (the frame) and `t` (ms) |
+//! | `P:{R}:ids` | sorted set | member = publisher-scoped message id, score = its seq |
+//!
+//! and the pub/sub channel `P:room:R` carries `<seq>:<frame>`.
+
+/// Publishes one message.
+///
+/// KEYS: meta, history, ids. ARGV: channel, the frame before its seq, the frame after its
+/// seq, the dedup key (`""` for none), history size, history max bytes, TTL in ms, dedup
+/// size. Returns `{seq, 0}` for a new message, `{original seq, 1}` for a repeated id.
+pub const PUBLISH: &str = r#"
+local dedup = ARGV[4]
+if dedup ~= '' then
+  local seen = redis.call('ZSCORE', KEYS[3], dedup)
+  if seen then
+    return {tonumber(seen), 1}
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local seq_text = string.format('%d', seq)
+local frame = ARGV[2] .. seq_text .. ARGV[3]
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('XADD', KEYS[2], '0-' .. seq_text, 'f', frame, 't', now_ms)
+local len = redis.call('XLEN', KEYS[2])
+local bytes
+if len == 1 then
+  -- History had expired or was empty: the byte count starts again.
+  redis.call('HSET', KEYS[1], 'bytes', #frame)
+  bytes = #frame
+else
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #frame)
+end
+local size = tonumber(ARGV[5])
+local max_bytes = tonumber(ARGV[6])
+-- Oldest out first, over the count or the byte budget; the newest always stays.
+while len > 1 and (len > size or bytes > max_bytes) do
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[2], oldest[1])
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#oldest[2][2])
+  len = len - 1
+end
+if dedup ~= '' then
+  redis.call('ZADD', KEYS[3], seq, dedup)
+  local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[8])
+  if extra > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1)
+  end
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('PUBLISH', ARGV[1], seq_text .. ':' .. frame)
+return {seq, 0}
+"#;
+
+/// Reads history after a seq, first dropping entries older than the TTL.
+///
+/// KEYS: meta, history. ARGV: after seq, TTL in ms. Returns `{newest seq, oldest seq kept
+/// (0 when none), seq, frame, seq, frame, …}`.
+pub const SINCE: &str = r#"
+local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
+local counted = redis.call('EXISTS', KEYS[1]) == 1
+while true do
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if not oldest or tonumber(oldest[2][4]) >= cutoff then
+    break
+  end
+  redis.call('XDEL', KEYS[2], oldest[1])
+  if counted then
+    redis.call('HINCRBY', KEYS[1], 'bytes', -#oldest[2][2])
+  end
+end
+local function seq_of(id)
+  return tonumber(string.match(id, '^0%-(%d+)$'))
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+local out = {last, 0}
+if first then
+  out[2] = seq_of(first[1])
+end
+local from = string.format('0-%d', tonumber(ARGV[1]) + 1)
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], from, '+')) do
+  table.insert(out, seq_of(entry[1]))
+  table.insert(out, entry[2][2])
+end
+return out
+"#;

@@ -1,0 +1,177 @@
+//! Several `switchboard` processes over one `redis-server` of the test's own: the Redis
+//! engine as users run it.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::process::{free_port, BrokerProcess};
+use crate::redis_server::RedisServer;
+use crate::support::{token, Client, SECRET, WAIT};
+
+/// The API key of cluster nodes.
+pub const KEY: &str = "cluster-test-api-key-0123456789";
+
+/// One broker process of a cluster.
+pub struct Node {
+    /// The process (SIGKILLed on drop).
+    pub process: BrokerProcess,
+    /// Its loopback port.
+    pub port: u16,
+}
+
+impl Node {
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Connects as `sub` (allowed on every room) and reads `system.connection.established`.
+    pub async fn client(&self, sub: &str) -> (Client, Value) {
+        let url = format!(
+            "ws://127.0.0.1:{}/ws?token={}",
+            self.port,
+            token(sub, &["*"])
+        );
+        let mut client = Client::connect(&url).await;
+        let established = client.recv_type("system.connection.established").await;
+        (client, established)
+    }
+
+    /// An API call with the cluster's key: status and JSON body.
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client = awc::Client::builder().timeout(WAIT).finish();
+        let req = client
+            .request(method.parse().expect("method"), self.http(path))
+            .insert_header(("Authorization", format!("Bearer {KEY}")));
+        let mut resp = match body {
+            Some(body) => req.send_json(&body).await,
+            None => req.send().await,
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let bytes = resp.body().await.expect("body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Polls `/readyz` until it answers `want` (200 or 503), at most 15 s.
+    pub async fn wait_readyz(&self, want: u16) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .finish();
+        loop {
+            if let Ok(resp) = client.get(self.http("/readyz")).send().await {
+                if resp.status().as_u16() == want {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node :{} did not answer /readyz {want} within 15 s:\n{}",
+                self.port,
+                self.process.log()
+            );
+            // Polling a state that has no event to wait on (another process's connection).
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A Redis server and broker nodes on it.
+pub struct Cluster {
+    /// The Redis server.
+    pub redis: RedisServer,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+    extra: String,
+}
+
+impl Cluster {
+    /// `n` nodes, each ready (Redis reachable); `extra` is appended to every node's config.
+    /// `None` when `redis-server` is not installed (and not required).
+    pub async fn start(n: usize, extra: &str) -> Option<Cluster> {
+        let mut cluster = Cluster {
+            redis: RedisServer::start()?,
+            nodes: Vec::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            extra: extra.to_owned(),
+        };
+        for _ in 0..n {
+            cluster.add_node().await;
+        }
+        Some(cluster)
+    }
+
+    /// Starts one more node and waits until it is ready; its index.
+    pub async fn add_node(&mut self) -> usize {
+        let index = self.nodes.len();
+        let port = free_port();
+        let config = self.dir.path().join(format!("node{index}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+bind = "127.0.0.1:{port}"
+drain_delay = "0s"
+workers = 2
+
+[auth]
+hs256_secret = "{SECRET}"
+
+[api]
+keys = ["{KEY}"]
+requests_per_second = 0
+
+[limits]
+messages_per_second = 100000
+burst = 100000
+
+[webhooks]
+outbox_path = ""
+
+[engine]
+kind = "redis"
+
+[redis]
+url = "{url}"
+prefix = "t"
+max_reconnect_delay = "200ms"
+{extra}
+"#,
+                url = self.redis.url(),
+                extra = self.extra,
+            ),
+        )
+        .expect("write node config");
+        let mut process =
+            BrokerProcess::spawn(&config, self.dir.path().join(format!("node{index}.log")));
+        process
+            .wait_ready(&format!("http://127.0.0.1:{port}"))
+            .await;
+        let node = Node { process, port };
+        node.wait_readyz(200).await;
+        self.nodes.push(node);
+        index
+    }
+
+    /// The end of every node's log (for failure messages).
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- node :{} ---\n{}", n.port, log_tail_of(&n.process)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn log_tail_of(process: &BrokerProcess) -> String {
+    let log = process.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
