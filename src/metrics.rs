@@ -290,6 +290,11 @@ impl Metrics {
     /// Copies the engine's health into its metrics (read when scraped).
     pub fn observe_engine(&self, status: &crate::engine::EngineStatus) {
         self.engine_up.set(i64::from(status.down.is_none()));
+        if let Some(detached) = status.detached {
+            self.sessions
+                .with_label_values(&["detached"])
+                .set(detached as i64);
+        }
         let counters = [
             (&self.engine_reconnects, status.reconnects),
             (&self.engine_errors, status.errors),

@@ -149,4 +149,171 @@ async fn concurrent_publishes_through_three_nodes_get_one_order_without_gaps() {
     let distinct: BTreeMap<String, ()> =
         orders[0].iter().map(|(_, n)| (n.to_string(), ())).collect();
     assert_eq!(distinct.len(), 1000, "every message once");
+    // Each publisher's messages kept the order it sent them in.
+    for publisher in 0..3u64 {
+        let sent: Vec<u64> = orders[0]
+            .iter()
+            .filter_map(|(_, n)| n.as_u64())
+            .filter(|n| n / 334 == publisher)
+            .collect();
+        assert!(
+            sent.windows(2).all(|w| w[0] < w[1]),
+            "publisher {publisher} reordered: {sent:?}"
+        );
+    }
+}
+
+/// Resumes on `client` (a fresh connection) the connection `previous`, listing `rooms` with
+/// their last seqs; the room messages that arrive until `system.connection.resumed`, and
+/// that frame.
+async fn resume(
+    client: &mut Client,
+    previous: &str,
+    rooms: Value,
+    room: &str,
+) -> (Vec<(u64, Value)>, Value) {
+    client
+        .send_json(json!({
+            "type": "system.connection.resume",
+            "payload": { "connection_id": previous, "rooms": rooms },
+        }))
+        .await;
+    let mut replayed = Vec::new();
+    loop {
+        let msg = client.recv().await;
+        match msg["type"].as_str() {
+            Some("system.connection.resumed") => return (replayed, msg),
+            Some("room.message") if msg["room"] == room => replayed.push((
+                msg["seq"].as_u64().expect("seq"),
+                msg["payload"]["n"].clone(),
+            )),
+            _ => {}
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_subscriber_cut_twenty_times_resumes_on_any_node_and_misses_nothing() {
+    // History long enough for any gap a cut can open.
+    let Some(cluster) = Cluster::start(3, "[history]\nsize = 5000\n").await else {
+        return;
+    };
+    const TOTAL: u64 = 2000;
+    const CUTS: u64 = 20;
+    let (mut publisher, _) = cluster.nodes[0].client("pub").await;
+    publisher.join("stream").await;
+    let (mut subscriber, established) = cluster.nodes[1].client("sub").await;
+    subscriber.join("stream").await;
+    let mut connection_id = established["payload"]["connection_id"]
+        .as_str()
+        .expect("connection id")
+        .to_owned();
+
+    // The publisher streams in windows of 20 (each window acknowledged) while the
+    // subscriber is cut and resumes; both run at once.
+    let publishing = async move {
+        for window in 0..TOTAL / 20 {
+            for k in 0..20 {
+                let n = window * 20 + k;
+                publisher
+                    .publish("stream", &format!("m{n}"), json!({ "n": n }))
+                    .await;
+            }
+            let mut acks = 0;
+            while acks < 20 {
+                if publisher.recv().await["type"] == "ack" {
+                    acks += 1;
+                }
+            }
+        }
+        publisher
+    };
+    let subscribing = async {
+        let mut got: Vec<(u64, Value)> = Vec::new();
+        let mut next_node = 2usize;
+        for cut in 0..=CUTS {
+            // Read this connection's share, then cut it (no close frame).
+            let share = ((cut + 1) * TOTAL / (CUTS + 1)).min(TOTAL) as usize;
+            while got.len() < share {
+                let msg = subscriber.recv().await;
+                if msg["type"] == "room.message" && msg["room"] == "stream" {
+                    got.push((
+                        msg["seq"].as_u64().expect("seq"),
+                        msg["payload"]["n"].clone(),
+                    ));
+                }
+            }
+            if cut == CUTS {
+                break;
+            }
+            drop(subscriber);
+            let node = &cluster.nodes[next_node % 3];
+            next_node = next_node * 7 + 1; // a fixed, well-mixed walk over the nodes
+            let (fresh, established) = node.client("sub").await;
+            subscriber = fresh;
+            let last = got.last().map_or(0, |(seq, _)| *seq);
+            let (replayed, resumed) = resume(
+                &mut subscriber,
+                &connection_id,
+                json!({ "stream": last }),
+                "stream",
+            )
+            .await;
+            assert_eq!(
+                resumed["payload"]["rooms"]["stream"]["recovered"], true,
+                "{resumed}"
+            );
+            got.extend(replayed);
+            connection_id = established["payload"]["connection_id"]
+                .as_str()
+                .expect("connection id")
+                .to_owned();
+        }
+        got
+    };
+    let (_, got) = futures_util::join!(publishing, subscribing);
+    let expected: Vec<(u64, Value)> = (0..TOTAL).map(|n| (n + 1, json!(n))).collect();
+    if let Some(at) = (0..expected.len()).find(|&i| got.get(i) != expected.get(i)) {
+        let window = at.saturating_sub(3)..(at + 4).min(got.len());
+        panic!(
+            "all {TOTAL} in order, none twice: first difference at {at}, got {:?}",
+            &got[window]
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "every message once");
+}
+
+#[actix_rt::test]
+async fn a_dropped_connections_rooms_are_found_by_a_resume_on_another_node() {
+    let Some(cluster) = Cluster::start(2, "").await else {
+        return;
+    };
+    let (mut first, established) = cluster.nodes[0].client("carol").await;
+    first.join("side").await;
+    let previous = established["payload"]["connection_id"]
+        .as_str()
+        .expect("connection id")
+        .to_owned();
+    first.close().await;
+    // Node A has let the session go (and stored what it left) once it counts no session.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, health) = cluster.nodes[0].api("GET", "/healthz", None).await;
+        if health["sessions"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "session not released");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Another user cannot take it; its owner can, once, on node B.
+    let (mut mallory, _) = cluster.nodes[1].client("mallory").await;
+    let (_, resumed) = resume(&mut mallory, &previous, json!({}), "side").await;
+    assert_eq!(resumed["payload"]["session_found"], false, "{resumed}");
+    let (mut second, _) = cluster.nodes[1].client("carol").await;
+    let (_, resumed) = resume(&mut second, &previous, json!({}), "side").await;
+    assert_eq!(resumed["payload"]["session_found"], true, "{resumed}");
+    assert_eq!(resumed["payload"]["rooms"]["side"]["recovered"], false);
+    let (mut third, _) = cluster.nodes[0].client("carol").await;
+    let (_, resumed) = resume(&mut third, &previous, json!({}), "side").await;
+    assert_eq!(resumed["payload"]["session_found"], false, "taken once");
 }

@@ -8,7 +8,6 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -18,7 +17,7 @@ use super::session::Control;
 use super::ConnectionId;
 use crate::auth::PERSONAL_PREFIX;
 use crate::config::Config;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Answer, Engine, EngineError};
 use crate::metrics::Metrics;
 use crate::protocol::{types, ErrorCode};
 use crate::webhooks::event::{self, WebhookEvent};
@@ -31,20 +30,12 @@ pub struct Registry {
     rooms: HashMap<Arc<str>, RoomEntry>,
     /// Rooms counted against `limits.max_rooms` (all but the automatic ones).
     counted_rooms: usize,
-    detached: HashMap<ConnectionId, Detached>,
     shards: Vec<ArbiterHandle>,
     engine: Arc<dyn Engine>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
     empty_waiters: Vec<oneshot::Sender<()>>,
-}
-
-/// What a dropped session leaves behind for `system.connection.resume`.
-struct Detached {
-    user: Arc<str>,
-    rooms: Vec<String>,
-    until: Instant,
 }
 
 struct SessionEntry {
@@ -71,7 +62,6 @@ impl Registry {
             users: HashMap::new(),
             rooms: HashMap::new(),
             counted_rooms: 0,
-            detached: HashMap::new(),
             shards,
             engine,
             config,
@@ -86,9 +76,6 @@ impl Registry {
         m.sessions
             .with_label_values(&["open"])
             .set(self.sessions.len() as i64);
-        m.sessions
-            .with_label_values(&["detached"])
-            .set(self.detached.len() as i64);
         m.rooms.set(self.rooms.len() as i64);
     }
 
@@ -167,12 +154,6 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64 * 1024);
-        let sweep_every = (self.config.resume.ttl / 4).max(Duration::from_millis(100));
-        ctx.run_interval(sweep_every, |act, _| {
-            let now = Instant::now();
-            act.detached.retain(|_, d| d.until > now);
-            act.update_gauges();
-        });
     }
 }
 
@@ -252,14 +233,8 @@ impl Handler<Unregister> for Registry {
             }
             let ttl = self.config.resume.ttl;
             if !ttl.is_zero() && !msg.rooms.is_empty() {
-                self.detached.insert(
-                    msg.connection_id.clone(),
-                    Detached {
-                        user: entry.user,
-                        rooms: msg.rooms,
-                        until: Instant::now() + ttl,
-                    },
-                );
+                self.engine
+                    .detach(&msg.connection_id, &entry.user, msg.rooms, ttl);
             }
         }
         self.update_gauges();
@@ -327,19 +302,21 @@ pub struct TakeResume {
 }
 
 impl Handler<TakeResume> for Registry {
-    type Result = MessageResult<TakeResume>;
+    type Result = ResponseFuture<Option<Vec<String>>>;
 
     fn handle(&mut self, msg: TakeResume, _: &mut Self::Context) -> Self::Result {
-        let found = self
-            .detached
-            .get(msg.connection_id.as_str())
-            .is_some_and(|d| d.user == msg.user && d.until > Instant::now());
-        MessageResult(
-            found
-                .then(|| self.detached.remove(msg.connection_id.as_str()))
-                .flatten()
-                .map(|d| d.rooms),
-        )
+        match self.engine.reattach(&msg.connection_id, &msg.user) {
+            Answer::Now(found) => Box::pin(std::future::ready(found)),
+            Answer::Later(reading) => {
+                let connection_id = msg.connection_id;
+                Box::pin(async move {
+                    reading.await.unwrap_or_else(|err| {
+                        log::warn!("resume of {connection_id}: {err}; only the rooms the client lists are rejoined");
+                        None
+                    })
+                })
+            }
+        }
     }
 }
 

@@ -37,7 +37,7 @@ pub(crate) fn registry(config: Config) -> (Addr<Registry>, Webhooks, Arc<Metrics
     let webhooks = Webhooks::new(filters, queue, health);
     let registry = Registry::new(
         Vec::new(),
-        Arc::new(MemoryEngine),
+        Arc::new(MemoryEngine::default()),
         config,
         metrics.clone(),
         webhooks.clone(),

@@ -84,7 +84,7 @@ impl Broker {
     pub fn start(config: Config) -> Result<Broker, ConfigError> {
         let engine: Arc<dyn Engine> =
             match config.engine.kind {
-                EngineKind::Memory => Arc::new(MemoryEngine),
+                EngineKind::Memory => Arc::new(MemoryEngine::default()),
                 EngineKind::Redis => Arc::new(RedisEngine::start(&config.redis).map_err(|e| {
                     ConfigError::Invalid {
                         key: "redis.url".into(),

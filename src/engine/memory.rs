@@ -1,7 +1,8 @@
 //! In-process engine: a ring buffer per room, idle rooms parked in a map until their TTL.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
@@ -12,19 +13,69 @@ use actix::Recipient;
 use super::{Answer, Appended, DedupKey, Engine, Replay, RoomFeed, RoomLog};
 use crate::config::RoomPolicy;
 
-/// The embedded default engine. It keeps no state of its own: a Room actor holds its log
-/// while it runs, and stays up for `history.ttl` after its last member leaves, so nothing
-/// needs parking; a retired room's history has expired anyway.
+/// The embedded default engine. A Room actor holds its log while it runs, and stays up for
+/// `history.ttl` after its last member leaves, so nothing needs parking (a retired room's
+/// history has expired anyway). The engine itself keeps only what dropped connections
+/// left for resume.
 #[derive(Debug, Default)]
-pub struct MemoryEngine;
+pub struct MemoryEngine {
+    detached: Mutex<HashMap<String, Detached>>,
+}
+
+#[derive(Debug)]
+struct Detached {
+    user: String,
+    rooms: Vec<String>,
+    until: Instant,
+}
+
+impl MemoryEngine {
+    fn detached(&self) -> std::sync::MutexGuard<'_, HashMap<String, Detached>> {
+        // A panic elsewhere cannot leave the map half-updated: every change is one call.
+        self.detached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 impl Engine for MemoryEngine {
+    fn detach(&self, connection_id: &str, user: &str, rooms: Vec<String>, ttl: Duration) {
+        let now = Instant::now();
+        let mut detached = self.detached();
+        detached.retain(|_, d| d.until > now);
+        detached.insert(
+            connection_id.to_owned(),
+            Detached {
+                user: user.to_owned(),
+                rooms,
+                until: now + ttl,
+            },
+        );
+    }
+
+    fn reattach(&self, connection_id: &str, user: &str) -> Answer<Option<Vec<String>>> {
+        let mut detached = self.detached();
+        let found = detached
+            .get(connection_id)
+            .is_some_and(|d| d.user == user && d.until > Instant::now());
+        Answer::Now(
+            found
+                .then(|| detached.remove(connection_id))
+                .flatten()
+                .map(|d| d.rooms),
+        )
+    }
+
     fn name(&self) -> &'static str {
         "memory"
     }
 
     fn status(&self) -> super::EngineStatus {
-        super::EngineStatus::default()
+        let now = Instant::now();
+        let mut detached = self.detached();
+        detached.retain(|_, d| d.until > now);
+        super::EngineStatus {
+            detached: Some(detached.len() as u64),
+            ..Default::default()
+        }
     }
 
     fn open(&self, _room: &str, policy: &RoomPolicy) -> Box<dyn RoomLog> {

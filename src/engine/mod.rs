@@ -39,6 +39,8 @@ pub mod redis;
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use std::time::Duration;
+
 use futures_util::future::LocalBoxFuture;
 
 use crate::config::RoomPolicy;
@@ -205,6 +207,15 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Whether the engine can serve now, and its counters (for `/readyz` and metrics).
     fn status(&self) -> EngineStatus;
+
+    /// Keeps the rooms a dropped connection of `user` was in, for `ttl`, so that
+    /// `system.connection.resume` on any node finds them. Best effort: a failure is logged,
+    /// and a resume then rejoins only the rooms the client lists.
+    fn detach(&self, connection_id: &str, user: &str, rooms: Vec<String>, ttl: Duration);
+
+    /// Takes what `connection_id` left behind, once: its rooms, if `user` owns it and it has
+    /// not expired; `None` otherwise (another user's id leaves the state in place).
+    fn reattach(&self, connection_id: &str, user: &str) -> Answer<Option<Vec<String>>>;
 }
 
 /// An engine's health.
@@ -217,4 +228,6 @@ pub struct EngineStatus {
     pub reconnects: u64,
     /// Operations that failed (store unreachable, timeout).
     pub errors: u64,
+    /// Dropped connections kept for resume, when the engine can count them cheaply.
+    pub detached: Option<u64>,
 }

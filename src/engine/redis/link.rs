@@ -98,6 +98,17 @@ impl Link {
                     .await?,
             );
         }
+        // Loaded before the first publish: a script missing from the server is sent again by
+        // the caller, and such a retry could overtake a later publish of the same room.
+        if let Some(conn) = conns.first_mut() {
+            for script in [
+                &self.shared.publish,
+                &self.shared.since,
+                &self.shared.reattach,
+            ] {
+                script.load_async(conn).await?;
+            }
+        }
         let (sink, stream) = self.client.get_async_pubsub().await?.split();
         Ok((conns, sink, stream))
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use actix::Recipient;
 use bytestring::ByteString;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Script, Value};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::RoomLog;
@@ -55,6 +55,7 @@ struct Shared {
     errors: AtomicU64,
     publish: Script,
     since: Script,
+    reattach: Script,
 }
 
 impl RedisEngine {
@@ -77,6 +78,7 @@ impl RedisEngine {
             errors: AtomicU64::new(0),
             publish: Script::new(scripts::PUBLISH),
             since: Script::new(scripts::SINCE),
+            reattach: Script::new(scripts::REATTACH),
         });
         let link = link::Link {
             shared: shared.clone(),
@@ -106,6 +108,7 @@ impl Engine for RedisEngine {
             policy: policy.clone(),
             last_seq: Arc::new(AtomicU64::new(0)),
             keep_alive: None,
+            publisher: None,
         })
     }
 
@@ -116,7 +119,54 @@ impl Engine for RedisEngine {
             down: self.shared.down_reason(),
             reconnects: self.shared.reconnects.load(Ordering::Relaxed),
             errors: self.shared.errors.load(Ordering::Relaxed),
+            detached: None,
         }
+    }
+
+    fn detach(&self, connection_id: &str, user: &str, rooms: Vec<String>, ttl: Duration) {
+        let shared = self.shared.clone();
+        let key = format!("{}:resume:{connection_id}", shared.prefix);
+        let state = serde_json::json!({ "user": user, "rooms": rooms }).to_string();
+        let ttl_ms = (ttl.as_millis() as u64).max(1);
+        actix::spawn(async move {
+            let stored_key = key.clone();
+            let stored: Result<(), _> = shared
+                .run(|mut conn| async move {
+                    redis::cmd("SET")
+                        .arg(&stored_key)
+                        .arg(&state)
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await;
+            if let Err(err) = stored {
+                log::warn!("resume state of {key} not stored: {err}");
+            }
+        });
+    }
+
+    fn reattach(&self, connection_id: &str, user: &str) -> Answer<Option<Vec<String>>> {
+        let shared = self.shared.clone();
+        let key = format!("{}:resume:{connection_id}", shared.prefix);
+        let user = user.to_owned();
+        Answer::Later(Box::pin(async move {
+            let runner = shared.clone();
+            let rooms: Option<String> = runner
+                .run(|mut conn| async move {
+                    let mut call = shared.reattach.prepare_invoke();
+                    call.key(&key).arg(&user);
+                    call.invoke_async(&mut conn).await
+                })
+                .await?;
+            match rooms {
+                None => Ok(None),
+                Some(json) => serde_json::from_str(&json)
+                    .map(Some)
+                    .map_err(|e| EngineError::Store(format!("resume state: {e}"))),
+            }
+        }))
     }
 }
 
@@ -145,8 +195,8 @@ impl Shared {
             drop(conns);
             return Err(self.unavailable());
         }
-        let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % conns.len();
-        Ok(conns[i].clone())
+        let i = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        Ok(conns[i % conns.len()].clone())
     }
 
     /// Runs one command (or script) within the command timeout, mapping failures.
@@ -196,6 +246,106 @@ struct RedisLog {
     last_seq: Arc<AtomicU64>,
     /// Keeps the room's seq alive in Redis while this node has members in it.
     keep_alive: Option<tokio::task::JoinHandle<()>>,
+    /// The queue of this room's publishes to Redis (started with the first).
+    publisher: Option<mpsc::UnboundedSender<PublishJob>>,
+}
+
+/// One publish waiting for its script call.
+struct PublishJob {
+    before: String,
+    after: String,
+    dedup: String,
+    done: oneshot::Sender<Result<(u64, bool), EngineError>>,
+}
+
+/// Sends a room's publishes from this node to Redis in the order the Room appended them.
+///
+/// Order is the point: the futures of concurrent publishes are polled in an order the
+/// scheduler picks, so each publish is queued here at once, and whatever queued up while
+/// the previous batch was on its way goes out as one pipeline (Redis runs a pipeline in
+/// order). Under load this also batches.
+struct PublishBatches {
+    shared: Arc<Shared>,
+    keys: [String; 3],
+    channel: String,
+    policy: RoomPolicy,
+    ttl_ms: u64,
+}
+
+/// Publishes sent in one pipeline at most.
+const MAX_BATCH: usize = 256;
+
+impl PublishBatches {
+    async fn run(self, mut jobs: mpsc::UnboundedReceiver<PublishJob>) {
+        while let Some(first) = jobs.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            for job in &batch {
+                pipe.add_command(self.call(job));
+            }
+            let script = &self.shared.publish;
+            let answers: Result<Vec<(u64, u8)>, EngineError> = self
+                .shared
+                .run(|mut conn| async move {
+                    match pipe.query_async(&mut conn).await {
+                        // The server lost its scripts (SCRIPT FLUSH, a failover): none of
+                        // the batch ran; load and send it again.
+                        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                            script.load_async(&mut conn).await?;
+                            pipe.query_async(&mut conn).await
+                        }
+                        answers => answers,
+                    }
+                })
+                .await;
+            match answers {
+                Ok(answers) if answers.len() == batch.len() => {
+                    for (job, (seq, duplicate)) in batch.into_iter().zip(answers) {
+                        let _ = job.done.send(Ok((seq, duplicate == 1)));
+                    }
+                }
+                Ok(answers) => {
+                    let err = EngineError::Store(format!(
+                        "{} answers to {} publishes",
+                        answers.len(),
+                        batch.len()
+                    ));
+                    for job in batch {
+                        let _ = job.done.send(Err(err.clone()));
+                    }
+                }
+                Err(err) => {
+                    for job in batch {
+                        let _ = job.done.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The publish script's call for `job` (loaded when the link connected).
+    fn call(&self, job: &PublishJob) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.shared.publish.get_hash()).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key);
+        }
+        cmd.arg(&self.channel)
+            .arg(&job.before)
+            .arg(&job.after)
+            .arg(&job.dedup)
+            .arg(self.policy.history_size.max(1))
+            .arg(self.policy.history_max_bytes)
+            .arg(self.ttl_ms)
+            .arg(self.policy.dedup_size.max(1));
+        cmd
+    }
 }
 
 /// Seqs beyond this are not asked of Redis: Lua numbers are exact up to 2^53.
@@ -228,30 +378,35 @@ impl RoomLog for RedisLog {
                 "a room message frame without a seq field".into(),
             )))));
         };
-        let (before, after) = (before.to_owned(), after.to_owned());
-        let dedup = dedup.map(|d| d.encode()).unwrap_or_default();
-        let shared = self.shared.clone();
-        let keys = [self.meta.clone(), self.history.clone(), self.ids.clone()];
-        let channel = self.channel.clone();
-        let policy = self.policy.clone();
-        let ttl_ms = self.ttl_ms();
+        let (done, answer) = oneshot::channel();
+        let job = PublishJob {
+            before: before.to_owned(),
+            after: after.to_owned(),
+            dedup: dedup.map(|d| d.encode()).unwrap_or_default(),
+            done,
+        };
+        if self.publisher.is_none() {
+            let (queue, jobs) = mpsc::unbounded_channel();
+            let batches = PublishBatches {
+                shared: self.shared.clone(),
+                keys: [self.meta.clone(), self.history.clone(), self.ids.clone()],
+                channel: self.channel.clone(),
+                policy: self.policy.clone(),
+                ttl_ms: self.ttl_ms(),
+            };
+            actix::spawn(batches.run(jobs));
+            self.publisher = Some(queue);
+        }
+        let queued = self.publisher.as_ref().is_some_and(|q| q.send(job).is_ok());
         let last_seq = self.last_seq.clone();
         Answer::Later(Box::pin(async move {
-            let runner = shared.clone();
-            let (seq, duplicate): (u64, u8) = runner
-                .run(|mut conn| async move {
-                    let mut call = shared.publish.prepare_invoke();
-                    call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-                    call.arg(&channel).arg(&before).arg(&after).arg(&dedup);
-                    call.arg(policy.history_size.max(1))
-                        .arg(policy.history_max_bytes)
-                        .arg(ttl_ms)
-                        .arg(policy.dedup_size.max(1));
-                    call.invoke_async(&mut conn).await
-                })
-                .await?;
+            let stopped = || EngineError::Unavailable("the room's publisher stopped".into());
+            if !queued {
+                return Err(stopped());
+            }
+            let (seq, duplicate) = answer.await.map_err(|_| stopped())??;
             last_seq.fetch_max(seq, Ordering::Relaxed);
-            Ok(if duplicate == 1 {
+            Ok(if duplicate {
                 Appended::Duplicate { seq }
             } else {
                 Appended::Forwarded { seq }

@@ -11,7 +11,9 @@
 //! | `P:{R}:history` | stream | entry `0-<seq>` with fields `f` (the frame) and `t` (ms) |
 //! | `P:{R}:ids` | sorted set | member = publisher-scoped message id, score = its seq |
 //!
-//! and the pub/sub channel `P:room:R` carries `<seq>:<frame>`.
+//! and the pub/sub channel `P:room:R` carries `<seq>:<frame>`. A dropped connection's
+//! resume state is `P:resume:<connection id>`, a JSON `{"user", "rooms"}` expiring after
+//! `resume.ttl`.
 
 /// Publishes one message.
 ///
@@ -97,4 +99,20 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[2], from, '+')) do
   table.insert(out, entry[2][2])
 end
 return out
+"#;
+
+/// Takes a dropped connection's resume state if the asking user owns it.
+///
+/// KEYS: the resume key. ARGV: the user. Returns the JSON list of rooms, or nil.
+pub const REATTACH: &str = r#"
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  return false
+end
+local state = cjson.decode(stored)
+if state.user ~= ARGV[1] then
+  return false
+end
+redis.call('DEL', KEYS[1])
+return cjson.encode(state.rooms)
 "#;
