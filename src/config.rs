@@ -500,6 +500,10 @@ pub struct RedisConfig {
     /// Longest wait between two reconnection attempts (they start at 100 ms and double).
     #[serde(with = "duration")]
     pub max_reconnect_delay: Duration,
+    /// A connection stays present this long after its node last refreshed it (each node
+    /// refreshes every third of it): the users of a node that dies leave after this.
+    #[serde(with = "duration")]
+    pub presence_ttl: Duration,
 }
 
 impl Default for RedisConfig {
@@ -510,6 +514,7 @@ impl Default for RedisConfig {
             prefix: "switchboard".into(),
             command_timeout: Duration::from_secs(2),
             max_reconnect_delay: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -903,6 +908,12 @@ impl Config {
             return Err(invalid(
                 "redis.command_timeout",
                 "must be greater than zero".into(),
+            ));
+        }
+        if r.presence_ttl < Duration::from_millis(300) {
+            return Err(invalid(
+                "redis.presence_ttl",
+                "must be at least 300ms".into(),
             ));
         }
         if r.max_reconnect_delay < Duration::from_millis(100) {

@@ -317,3 +317,214 @@ async fn a_dropped_connections_rooms_are_found_by_a_resume_on_another_node() {
     let (_, resumed) = resume(&mut third, &previous, json!({}), "side").await;
     assert_eq!(resumed["payload"]["session_found"], false, "taken once");
 }
+
+/// The next `presence.join` / `presence.leave` of `room`, skipping anything else.
+async fn next_presence(client: &mut Client, room: &str) -> (String, String) {
+    loop {
+        let msg = client.recv().await;
+        let kind = msg["type"].as_str().unwrap_or_default();
+        if kind.starts_with("presence.") && msg["room"] == room {
+            return (
+                kind.to_owned(),
+                msg["payload"]["user"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+}
+
+fn present(list: &Value) -> Vec<(String, u64)> {
+    list.as_array()
+        .expect("presence list")
+        .iter()
+        .map(|p| {
+            (
+                p["user"].as_str().expect("user").to_owned(),
+                p["connections"].as_u64().expect("connections"),
+            )
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn presence_is_cluster_wide_and_a_killed_nodes_users_leave() {
+    let Some(mut cluster) = Cluster::start(3, "").await else {
+        return;
+    };
+    let room = "chat:p";
+    let (mut alice, _) = cluster.nodes[0].client("alice").await;
+    let joined = alice.join(room).await;
+    assert_eq!(
+        present(&joined["payload"]["presence"]),
+        [("alice".into(), 1)]
+    );
+
+    // Bob arrives on node B: Alice, on node A, hears of it; Bob sees both.
+    let (mut bob, bob_established) = cluster.nodes[1].client("bob").await;
+    let joined = bob.join(room).await;
+    assert_eq!(
+        present(&joined["payload"]["presence"]),
+        [("alice".into(), 1), ("bob".into(), 1)]
+    );
+    assert_eq!(
+        next_presence(&mut alice, room).await,
+        ("presence.join".into(), "bob".into())
+    );
+
+    // A second connection of Alice, on node C, is not news; node C's API counts both.
+    let (mut alice2, _) = cluster.nodes[2].client("alice").await;
+    alice2.join(room).await;
+    let (status, body) = cluster.nodes[2]
+        .api("GET", &format!("/api/rooms/{room}/presence"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        present(&body["presence"]),
+        [("alice".into(), 2), ("bob".into(), 1)]
+    );
+    alice2.close().await;
+
+    // Node B dies. Its users leave presence once their entries expire, announced by a node
+    // that is still up; Bob's departure is the next presence event Alice sees (her second
+    // connection's departure was not news).
+    bob.publish(room, "before-kill", json!({ "n": 0 })).await;
+    let seq_seen = read_messages(&mut bob, room, 1).await[0].0;
+    cluster.nodes[1].process.kill();
+    drop(bob);
+    assert_eq!(
+        next_presence(&mut alice, room).await,
+        ("presence.leave".into(), "bob".into())
+    );
+    let (_, body) = cluster.nodes[0]
+        .api("GET", &format!("/api/rooms/{room}/presence"), None)
+        .await;
+    assert_eq!(present(&body["presence"]), [("alice".into(), 1)]);
+
+    // The other nodes keep serving; Bob reconnects to node C and resumes without a gap.
+    let (status, body) = cluster.nodes[2]
+        .api(
+            "POST",
+            &format!("/api/rooms/{room}/publish"),
+            Some(json!({ "payload": { "n": 1 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut bob, _) = cluster.nodes[2].client("bob").await;
+    let previous = bob_established["payload"]["connection_id"]
+        .as_str()
+        .expect("connection id");
+    let (replayed, resumed) = resume(&mut bob, previous, json!({ room: seq_seen }), room).await;
+    assert_eq!(
+        resumed["payload"]["rooms"][room]["recovered"], true,
+        "{resumed}"
+    );
+    assert_eq!(replayed, [(seq_seen + 1, json!(1))]);
+    assert_eq!(
+        next_presence(&mut alice, room).await,
+        ("presence.join".into(), "bob".into())
+    );
+}
+
+#[actix_rt::test]
+async fn the_same_message_id_through_two_nodes_is_delivered_once() {
+    let Some(cluster) = Cluster::start(2, "").await else {
+        return;
+    };
+    let (mut subscriber, _) = cluster.nodes[1].client("sub").await;
+    subscriber.join("once").await;
+    let publish = json!({ "payload": { "n": 1 }, "id": "order-17" });
+    let (_, first) = cluster.nodes[0]
+        .api("POST", "/api/rooms/once/publish", Some(publish.clone()))
+        .await;
+    let (_, again) = cluster.nodes[1]
+        .api("POST", "/api/rooms/once/publish", Some(publish))
+        .await;
+    assert_eq!(first["duplicate"], false, "{first}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["seq"], first["seq"]);
+    // A user's retry through another node is a duplicate too.
+    let (mut user_a, _) = cluster.nodes[0].client("dana").await;
+    user_a.join("once").await;
+    let (mut user_b, _) = cluster.nodes[1].client("dana").await;
+    user_b.join("once").await;
+    user_a.publish("once", "dana-1", json!({ "n": 2 })).await;
+    assert_eq!(
+        user_a.skip_until("ack").await["payload"]["duplicate"],
+        Value::Null
+    );
+    user_b.publish("once", "dana-1", json!({ "n": 2 })).await;
+    assert_eq!(user_b.skip_until("ack").await["payload"]["duplicate"], true);
+    // A marker after both: the subscriber got each message once before it.
+    let (_, marker) = cluster.nodes[0]
+        .api(
+            "POST",
+            "/api/rooms/once/publish",
+            Some(json!({ "payload": { "n": 3 } })),
+        )
+        .await;
+    assert_eq!(marker["seq"], 3, "{marker}");
+    assert_eq!(
+        read_messages(&mut subscriber, "once", 3).await,
+        [(1, json!(1)), (2, json!(2)), (3, json!(3))]
+    );
+}
+
+#[actix_rt::test]
+async fn a_redis_restart_mid_stream_gives_clear_errors_and_loses_nothing_acknowledged() {
+    let Some(mut cluster) = Cluster::start_persistent(3, "").await else {
+        return;
+    };
+    let room = "restart";
+    let (mut subscriber, _) = cluster.nodes[2].client("sub").await;
+    subscriber.join(room).await;
+    let (mut member, _) = cluster.nodes[0].client("member").await;
+    member.join(room).await;
+    let path = format!("/api/rooms/{room}/publish");
+    let publish = |n: u64| json!({ "payload": { "n": n }, "id": format!("m{n}") });
+    for n in 0..10 {
+        let (status, body) = cluster.nodes[0].api("POST", &path, Some(publish(n))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    cluster.redis.stop();
+    // While Redis is down: HTTP 503 `unavailable`, a WebSocket publish gets system.error
+    // `unavailable` and the session stays, /readyz says why.
+    let (status, body) = cluster.nodes[0].api("POST", &path, Some(publish(10))).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    member
+        .publish(room, "ws-during-outage", json!({ "n": -1 }))
+        .await;
+    let error = member.skip_until("system.error").await;
+    assert_eq!(error["payload"]["code"], "unavailable", "{error}");
+    cluster.nodes[0].wait_readyz(503).await;
+    let metrics = cluster.nodes[0].text("/metrics").await;
+    assert!(metrics.contains("switchboard_engine_up 0"), "{metrics}");
+    let log = cluster.nodes[0].process.log();
+    assert!(log.contains("Redis connection lost"), "{log}");
+
+    cluster.redis.restart();
+    for node in &cluster.nodes {
+        node.wait_readyz(200).await;
+    }
+    // Message 10 again (its id makes a retry safe), then the rest.
+    for n in 10..20 {
+        let (status, body) = cluster.nodes[0].api("POST", &path, Some(publish(n))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let expected: Vec<(u64, Value)> = (0..20).map(|n| (n + 1, json!(n))).collect();
+    assert_eq!(read_messages(&mut subscriber, room, 20).await, expected);
+    let (status, body) = cluster.nodes[1]
+        .api("GET", &format!("/api/rooms/{room}/history"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["seq"], 20, "the seq survived the restart");
+    let metrics = cluster.nodes[0].text("/metrics").await;
+    assert!(metrics.contains("switchboard_engine_up 1"), "{metrics}");
+    assert!(
+        !metrics.contains("switchboard_engine_reconnects_total 0"),
+        "{metrics}"
+    );
+}

@@ -24,7 +24,9 @@ use serde_json::value::RawValue;
 use super::registry::{Registry, RoomIdle};
 use super::ConnectionId;
 use crate::config::RoomPolicy;
-use crate::engine::{Answer, Appended, DedupKey, Engine, EngineError, Replay, RoomFeed, RoomLog};
+use crate::engine::{
+    Answer, Appended, DedupKey, Engine, EngineError, PresenceJoin, Replay, RoomFeed, RoomLog,
+};
 use crate::metrics::Metrics;
 use crate::protocol::frame::{self, ReplyTo};
 use crate::protocol::{types, ErrorCode};
@@ -38,7 +40,6 @@ pub struct Room {
     name: Arc<str>,
     policy: RoomPolicy,
     members: HashMap<ConnectionId, Member>,
-    presence: HashMap<Arc<str>, PresenceEntry>,
     log: Option<Box<dyn RoomLog>>,
     engine: Arc<dyn Engine>,
     registry: Addr<Registry>,
@@ -72,21 +73,7 @@ struct Member {
     after: u64,
 }
 
-struct PresenceEntry {
-    connections: u32,
-    joined_at: String,
-}
-
-/// One user present in a room.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PresenceInfo {
-    /// User id.
-    pub user: String,
-    /// How many of the user's connections are in the room.
-    pub connections: u32,
-    /// When the user's first connection joined (RFC 3339).
-    pub joined_at: String,
-}
+pub use crate::engine::PresenceInfo;
 
 impl Room {
     /// A room whose log comes from `engine`; it reports idleness to `registry`.
@@ -108,7 +95,6 @@ impl Room {
             name,
             policy,
             members: HashMap::new(),
-            presence: HashMap::new(),
             log: Some(log),
             engine,
             registry,
@@ -207,23 +193,43 @@ impl Room {
     /// Removes a member and updates presence (which may announce a `presence.leave`).
     fn remove_member(&mut self, conn: &ConnectionId) -> Option<Member> {
         let member = self.members.remove(conn)?;
-        if self.policy.presence {
-            let gone = match self.presence.get_mut(&member.user) {
-                Some(entry) => {
-                    entry.connections = entry.connections.saturating_sub(1);
-                    entry.connections == 0
+        if !self.policy.presence {
+            return Some(member);
+        }
+        let departure = frame::push(
+            types::PRESENCE_LEAVE,
+            Some(&self.name),
+            Some(json!({ "user": &*member.user })),
+        );
+        match self
+            .log()
+            .presence_remove(&member.user, conn, departure.clone())
+        {
+            Answer::Now(gone) => {
+                if let Some(user) = gone {
+                    self.presence_webhook(webhook_event::PRESENCE_LEAVE, &user);
+                    if self.feed == Feed::Local {
+                        self.broadcast(&departure, None, None);
+                    }
                 }
-                None => false,
-            };
-            if gone {
-                self.presence.remove(&member.user);
-                self.presence_webhook(webhook_event::PRESENCE_LEAVE, &member.user);
-                let event = frame::push(
-                    types::PRESENCE_LEAVE,
-                    Some(&self.name),
-                    Some(json!({ "user": &*member.user })),
-                );
-                self.broadcast(&event, None, None);
+            }
+            // The engine announces the departure to every node; the webhook is raised here,
+            // by the one node that saw it.
+            Answer::Later(removing) => {
+                let webhooks = self.webhooks.clone();
+                let room = self.name.clone();
+                let conn = conn.clone();
+                actix::spawn(async move {
+                    match removing.await {
+                        Ok(Some(user)) => {
+                            presence_webhook(&webhooks, &room, webhook_event::PRESENCE_LEAVE, &user)
+                        }
+                        Ok(None) => {}
+                        Err(err) => log::warn!(
+                            "room {room}: presence of {conn} not removed: {err} (it expires)"
+                        ),
+                    }
+                });
             }
         }
         Some(member)
@@ -231,25 +237,78 @@ impl Room {
 
     /// Raises a presence webhook event if an endpoint wants it.
     fn presence_webhook(&self, event_type: &'static str, user: &str) {
-        self.webhooks
-            .notify_if_wanted(event_type, Some(&self.name), || {
-                WebhookEvent::presence(event_type, &self.name, user)
-            });
+        presence_webhook(&self.webhooks, &self.name, event_type, user);
     }
 
-    fn presence_list(&self) -> Vec<PresenceInfo> {
-        let mut list: Vec<PresenceInfo> = self
-            .presence
-            .iter()
-            .map(|(user, e)| PresenceInfo {
-                user: user.to_string(),
-                connections: e.connections,
-                joined_at: e.joined_at.clone(),
-            })
-            .collect();
-        list.sort_by(|a, b| a.user.cmp(&b.user));
-        list
+    /// The presence step of a join: nothing when presence is off; the list for a member
+    /// joining again; otherwise the engine records the connection (announcing a new user).
+    fn presence_step(
+        &mut self,
+        user: &str,
+        conn: &str,
+        rejoin: bool,
+    ) -> Option<Answer<PresenceJoin>> {
+        if !self.policy.presence {
+            return None;
+        }
+        if rejoin {
+            return Some(match self.log().presence() {
+                Answer::Now(present) => Answer::Now(PresenceJoin {
+                    first: false,
+                    present,
+                }),
+                Answer::Later(reading) => Answer::Later(Box::pin(async move {
+                    Ok(PresenceJoin {
+                        first: false,
+                        present: reading.await?,
+                    })
+                })),
+            });
+        }
+        let arrival = frame::push(
+            types::PRESENCE_JOIN,
+            Some(&self.name),
+            Some(json!({ "user": user })),
+        );
+        Some(self.log().presence_add(user, conn, arrival))
     }
+
+    /// Marks this node's members present again and announces users whose presence expired
+    /// (their node stopped refreshing: it died).
+    fn refresh_presence(&mut self, ctx: &mut Context<Self>) {
+        if self.members.is_empty() {
+            return;
+        }
+        let connections = self.members.keys().map(|c| c.to_string()).collect();
+        let Answer::Later(refreshing) = self.log().presence_refresh(connections) else {
+            return;
+        };
+        ctx.spawn(
+            refreshing
+                .into_actor(self)
+                .map(|departed, act, _| match departed {
+                    Ok(users) => {
+                        for user in users {
+                            act.presence_webhook(webhook_event::PRESENCE_LEAVE, &user);
+                            let departure = frame::push(
+                                types::PRESENCE_LEAVE,
+                                Some(&act.name),
+                                Some(json!({ "user": user })),
+                            );
+                            act.log().announce(departure);
+                        }
+                    }
+                    Err(err) => log::warn!("room {}: presence not refreshed: {err}", act.name),
+                }),
+        );
+    }
+}
+
+/// Raises a presence webhook event if an endpoint wants it.
+fn presence_webhook(webhooks: &Webhooks, room: &Arc<str>, event_type: &'static str, user: &str) {
+    webhooks.notify_if_wanted(event_type, Some(room), || {
+        WebhookEvent::presence(event_type, room, user)
+    });
 }
 
 impl Actor for Room {
@@ -258,6 +317,10 @@ impl Actor for Room {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Members' publishes arrive with do_send; the per-session rate limit bounds them.
         ctx.set_mailbox_capacity(4096);
+        let ttl = self.log().presence_ttl();
+        if let (true, Some(ttl)) = (self.policy.presence, ttl) {
+            ctx.run_interval(ttl / 3, |act, ctx| act.refresh_presence(ctx));
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -308,19 +371,39 @@ impl Handler<Join> for Room {
             Feed::Local => {
                 let replay = since_seq.map(|since| self.local_replay(since));
                 let seq = self.log().last_seq();
-                ActorResponse::reply(Ok(self.admit(msg, replay, seq)))
-            }
-            Feed::Fed { delivered } if since_seq.is_none() => {
-                ActorResponse::reply(Ok(self.admit(msg, None, delivered)))
+                let rejoin = self.members.contains_key(&msg.connection_id);
+                let presence = match self.presence_step(&msg.user, &msg.connection_id, rejoin) {
+                    None => None,
+                    Some(Answer::Now(presence)) => Some(presence),
+                    Some(Answer::Later(_)) => unreachable!("a local engine answers at once"),
+                };
+                ActorResponse::reply(Ok(self.admit(msg, replay, seq, presence)))
             }
             _ => {
-                // The engine has to answer first (subscribe, read the gap). Nothing else is
-                // handled meanwhile, so no feed message slips between that answer and the
-                // member's arrival.
+                // The engine has to answer first (subscribe, read the gap, record presence).
+                // Nothing else is handled meanwhile, so no feed message slips between that
+                // answer and the member's arrival.
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let engine_work = self.subscribe_and_read(since_seq, ctx.address().recipient());
+                let rejoin = self.members.contains_key(&msg.connection_id);
+                let (user, conn) = (msg.user.clone(), msg.connection_id.clone());
+                let engine_work = self
+                    .subscribe_and_read(since_seq, ctx.address().recipient())
+                    .then(move |read, act, _| {
+                        let presence = act.presence_step(&user, &conn, rejoin);
+                        async move {
+                            let read = read?;
+                            let presence = match presence {
+                                None => None,
+                                Some(Answer::Now(presence)) => Some(presence),
+                                Some(Answer::Later(adding)) => Some(adding.await?),
+                            };
+                            Ok((read, presence))
+                        }
+                        .into_actor(act)
+                    });
                 ctx.wait(engine_work.map(move |read, act, ctx| {
-                    let outcome = read.map(|(replay, seq)| act.admit(msg, replay, seq));
+                    let outcome =
+                        read.map(|((replay, seq), presence)| act.admit(msg, replay, seq, presence));
                     if outcome.is_err() {
                         act.report_if_idle(ctx);
                     }
@@ -394,26 +477,21 @@ impl Room {
         })
     }
 
-    /// Adds a member that joins at `seq` (having had `replay`), answers `room.joined`,
-    /// replays, and announces a new user's presence.
-    fn admit(&mut self, msg: Join, replay: Option<Replay>, seq: u64) -> JoinOutcome {
+    /// Adds a member that joins at `seq` (having had `replay`, and with `presence` recorded),
+    /// answers `room.joined`, replays, and announces a new user's presence.
+    fn admit(
+        &mut self,
+        msg: Join,
+        replay: Option<Replay>,
+        seq: u64,
+        presence: Option<PresenceJoin>,
+    ) -> JoinOutcome {
         let recovered = !msg.position_unknown && replay.as_ref().is_none_or(|r| r.recovered);
-        let rejoin = self.members.contains_key(&msg.connection_id);
-        let new_user = self.policy.presence && !rejoin && {
-            let entry = self
-                .presence
-                .entry(msg.user.clone())
-                .or_insert_with(|| PresenceEntry {
-                    connections: 0,
-                    joined_at: frame::now_rfc3339(),
-                });
-            entry.connections += 1;
-            entry.connections == 1
-        };
+        let new_user = presence.as_ref().is_some_and(|p| p.first);
         if let Some(reply_to) = &msg.reply_to {
             let mut payload = json!({ "recovered": recovered });
-            if self.policy.presence {
-                payload["presence"] = json!(self.presence_list());
+            if let Some(presence) = &presence {
+                payload["presence"] = json!(presence.present);
             }
             let joined = frame::reply(
                 reply_to,
@@ -442,12 +520,15 @@ impl Room {
         }
         if new_user {
             self.presence_webhook(webhook_event::PRESENCE_JOIN, &msg.user);
-            let event = frame::push(
-                types::PRESENCE_JOIN,
-                Some(&self.name),
-                Some(json!({ "user": &*msg.user })),
-            );
-            self.broadcast(&event, Some(&msg.connection_id), None);
+            // A shared engine announced the arrival to every node already.
+            if self.feed == Feed::Local {
+                let event = frame::push(
+                    types::PRESENCE_JOIN,
+                    Some(&self.name),
+                    Some(json!({ "user": &*msg.user })),
+                );
+                self.broadcast(&event, Some(&msg.connection_id), None);
+            }
         }
         // With a shared engine, messages up to `seq` may still be on their way through the
         // feed; the member has them (replay) or joined after them.
@@ -855,21 +936,29 @@ impl Handler<RoomFeed> for Room {
             RoomFeed::Message { seq, frame } if seq == delivered + 1 => self.deliver(seq, &frame),
             RoomFeed::Message { seq, frame } => self.fill_gap(Some((seq, frame)), ctx),
             RoomFeed::Resync => self.fill_gap(None, ctx),
+            RoomFeed::Event { except, frame } => {
+                let except: Option<ConnectionId> = except.map(Into::into);
+                self.broadcast(&frame, except.as_ref(), None);
+            }
         }
     }
 }
 
 /// The room's current presence (empty when presence is off for its namespace).
 #[derive(Message)]
-#[rtype(result = "Vec<PresenceInfo>")]
+#[rtype(result = "Result<Vec<PresenceInfo>, EngineError>")]
 pub struct GetPresence;
 
 impl Handler<GetPresence> for Room {
-    type Result = MessageResult<GetPresence>;
+    type Result = Response<Result<Vec<PresenceInfo>, EngineError>>;
 
     fn handle(&mut self, _: GetPresence, ctx: &mut Self::Context) -> Self::Result {
+        let reading = self.log().presence();
         self.retire_if_unused(ctx);
-        MessageResult(self.presence_list())
+        match reading {
+            Answer::Now(present) => Response::reply(Ok(present)),
+            Answer::Later(reading) => Response::fut(reading),
+        }
     }
 }
 

@@ -175,7 +175,7 @@ impl Broker {
             ));
         }
         let addr = self.room_actor(room).await?;
-        addr.send(GetPresence).await.map_err(mailbox)
+        Ok(addr.send(GetPresence).await.map_err(mailbox)??)
     }
 
     /// The Room actor for `room` on this node, started if needed.

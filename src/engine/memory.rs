@@ -10,7 +10,9 @@ use lru::LruCache;
 
 use actix::Recipient;
 
-use super::{Answer, Appended, DedupKey, Engine, Replay, RoomFeed, RoomLog};
+use super::{
+    Answer, Appended, DedupKey, Engine, PresenceInfo, PresenceJoin, Replay, RoomFeed, RoomLog,
+};
 use crate::config::RoomPolicy;
 
 /// The embedded default engine. A Room actor holds its log while it runs, and stays up for
@@ -97,6 +99,8 @@ pub struct MemoryLog {
     seen: LruCache<String, u64>,
     seen_max_bytes: usize,
     seen_bytes: usize,
+    /// Present users: their connection count and first arrival.
+    present: HashMap<String, (u32, String)>,
 }
 
 impl MemoryLog {
@@ -112,6 +116,7 @@ impl MemoryLog {
             seen: LruCache::new(NonZeroUsize::new(policy.dedup_size).unwrap_or(NonZeroUsize::MIN)),
             seen_max_bytes: policy.dedup_max_bytes,
             seen_bytes: 0,
+            present: HashMap::new(),
         }
     }
 
@@ -230,6 +235,73 @@ impl RoomLog for MemoryLog {
     }
 
     fn unfeed(&mut self) {}
+
+    fn presence_add(
+        &mut self,
+        user: &str,
+        _connection: &str,
+        _arrival: ByteString,
+    ) -> Answer<PresenceJoin> {
+        let entry = self
+            .present
+            .entry(user.to_owned())
+            .or_insert_with(|| (0, crate::protocol::frame::now_rfc3339()));
+        entry.0 += 1;
+        let first = entry.0 == 1;
+        Answer::Now(PresenceJoin {
+            first,
+            present: self.present_list(),
+        })
+    }
+
+    fn presence_remove(
+        &mut self,
+        user: &str,
+        _connection: &str,
+        _departure: ByteString,
+    ) -> Answer<Option<String>> {
+        let last = match self.present.get_mut(user) {
+            Some(entry) => {
+                entry.0 = entry.0.saturating_sub(1);
+                entry.0 == 0
+            }
+            None => false,
+        };
+        if last {
+            self.present.remove(user);
+        }
+        Answer::Now(last.then(|| user.to_owned()))
+    }
+
+    fn presence(&mut self) -> Answer<Vec<PresenceInfo>> {
+        Answer::Now(self.present_list())
+    }
+
+    fn presence_ttl(&self) -> Option<Duration> {
+        None
+    }
+
+    fn presence_refresh(&mut self, _connections: Vec<String>) -> Answer<Vec<String>> {
+        Answer::Now(Vec::new())
+    }
+
+    fn announce(&mut self, _frame: ByteString) {}
+}
+
+impl MemoryLog {
+    fn present_list(&self) -> Vec<PresenceInfo> {
+        let mut list: Vec<PresenceInfo> = self
+            .present
+            .iter()
+            .map(|(user, (connections, joined_at))| PresenceInfo {
+                user: user.clone(),
+                connections: *connections,
+                joined_at: joined_at.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.user.cmp(&b.user));
+        list
+    }
 }
 
 #[cfg(test)]

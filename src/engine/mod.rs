@@ -143,6 +143,26 @@ pub enum Answer<T> {
     Later(LocalBoxFuture<'static, Result<T, EngineError>>),
 }
 
+/// One user present in a room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceInfo {
+    /// User id.
+    pub user: String,
+    /// How many of the user's connections are in the room (on every node).
+    pub connections: u32,
+    /// When the user's first connection joined (RFC 3339).
+    pub joined_at: String,
+}
+
+/// The outcome of [`RoomLog::presence_add`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceJoin {
+    /// The user had no other connection in the room: their arrival is news.
+    pub first: bool,
+    /// Everyone present, the joiner included, by user id.
+    pub present: Vec<PresenceInfo>,
+}
+
 /// What a fed Room receives from a shared engine.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -157,6 +177,13 @@ pub enum RoomFeed {
     /// Messages may have been missed (the engine lost its subscription and has it back):
     /// read everything after the last seq delivered before delivering more.
     Resync,
+    /// An event outside the message sequence (presence), for every member but `except`.
+    Event {
+        /// The connection that must not get it (the joiner, for its own arrival).
+        except: Option<String>,
+        /// The encoded frame.
+        frame: ByteString,
+    },
 }
 
 /// One room's sequence, history and recently seen client message ids.
@@ -192,6 +219,43 @@ pub trait RoomLog: Send {
 
     /// Stops the delivery [`RoomLog::feed`] started (the room has no members here).
     fn unfeed(&mut self);
+
+    /// Records `connection` of `user` as present. When it is the user's first connection in
+    /// the room (on any node), a shared engine fans `arrival` out to every node's members
+    /// but `connection` (as a [`RoomFeed::Event`]); a local engine leaves announcing to the
+    /// caller. Atomic: of two nodes adding the same user's first connections at once,
+    /// exactly one sees `first`.
+    fn presence_add(
+        &mut self,
+        user: &str,
+        connection: &str,
+        arrival: ByteString,
+    ) -> Answer<PresenceJoin>;
+
+    /// Removes `connection`; answers its user when that was the user's last connection in
+    /// the room, after fanning `departure` out like `arrival` (a shared engine). `departure`
+    /// is built by the caller for the user it expects (`user`).
+    fn presence_remove(
+        &mut self,
+        user: &str,
+        connection: &str,
+        departure: ByteString,
+    ) -> Answer<Option<String>>;
+
+    /// Everyone present, by user id.
+    fn presence(&mut self) -> Answer<Vec<PresenceInfo>>;
+
+    /// How long a shared engine keeps a connection present without a refresh (a node that
+    /// dies stops refreshing; its users leave after this). `None` for a local engine.
+    fn presence_ttl(&self) -> Option<Duration>;
+
+    /// Marks this node's `connections` present again (every `presence_ttl / 3`) and drops
+    /// entries nobody refreshed in time; answers the users whose last connection was dropped
+    /// (the caller announces them with [`RoomLog::announce`]).
+    fn presence_refresh(&mut self, connections: Vec<String>) -> Answer<Vec<String>>;
+
+    /// Fans an event frame out to every node's members (a shared engine); best effort.
+    fn announce(&mut self, frame: ByteString);
 }
 
 /// Hands out room logs; the extension point for where shared state lives.

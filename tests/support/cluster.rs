@@ -57,6 +57,18 @@ impl Node {
         (status, json)
     }
 
+    /// `GET path` as text (e.g. the Prometheus exposition).
+    pub async fn text(&self, path: &str) -> String {
+        let client = awc::Client::builder().timeout(WAIT).finish();
+        let mut resp = client
+            .get(self.http(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let body = resp.body().await.expect("body");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// Polls `/readyz` until it answers `want` (200 or 503), at most 15 s.
     pub async fn wait_readyz(&self, want: u16) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -95,8 +107,17 @@ impl Cluster {
     /// `n` nodes, each ready (Redis reachable); `extra` is appended to every node's config.
     /// `None` when `redis-server` is not installed (and not required).
     pub async fn start(n: usize, extra: &str) -> Option<Cluster> {
+        Self::on(RedisServer::start()?, n, extra).await
+    }
+
+    /// [`Cluster::start`] over a Redis that keeps what it acknowledged across restarts.
+    pub async fn start_persistent(n: usize, extra: &str) -> Option<Cluster> {
+        Self::on(RedisServer::start_persistent()?, n, extra).await
+    }
+
+    async fn on(redis: RedisServer, n: usize, extra: &str) -> Option<Cluster> {
         let mut cluster = Cluster {
-            redis: RedisServer::start()?,
+            redis,
             nodes: Vec::new(),
             dir: tempfile::tempdir().expect("temp dir"),
             extra: extra.to_owned(),
@@ -142,6 +163,10 @@ kind = "redis"
 url = "{url}"
 prefix = "t"
 max_reconnect_delay = "200ms"
+presence_ttl = "1500ms"
+
+[namespaces.chat]
+presence = true
 {extra}
 "#,
                 url = self.redis.url(),

@@ -20,12 +20,24 @@ const STARTUP: Duration = Duration::from_secs(10);
 pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 impl RedisServer {
     /// Starts `redis-server`; `None` (after printing why) when it is not installed and not
     /// required.
     pub fn start() -> Option<RedisServer> {
+        Self::start_with(false)
+    }
+
+    /// Starts `redis-server` writing every change to its append-only file before answering
+    /// (`appendfsync always`), so that a restart, even after SIGKILL, keeps everything it
+    /// acknowledged.
+    pub fn start_persistent() -> Option<RedisServer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Option<RedisServer> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -41,7 +53,11 @@ impl RedisServer {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = RedisServer { child: None, dir };
+        let mut server = RedisServer {
+            child: None,
+            dir,
+            persistent,
+        };
         server.restart();
         Some(server)
     }
@@ -66,14 +82,21 @@ impl RedisServer {
         let _ = std::fs::remove_file(self.socket());
     }
 
-    /// Starts the server again on the same socket, empty, and waits until it accepts
-    /// connections.
+    /// Starts the server again on the same socket (empty, unless persistent) and waits
+    /// until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
+        let persistence: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let mut child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
-            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .args(["--save", ""])
+            .args(persistence)
+            .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -193,9 +193,9 @@ impl Link {
             return; // unsubscribed meanwhile
         };
         match parse_message(message.get_payload_bytes()) {
-            Some((seq, frame)) => room.do_send(RoomFeed::Message { seq, frame }),
+            Some(feed) => room.do_send(feed),
             None => log::warn!(
-                "Redis channel {}: a message that is not <seq>:<frame>, ignored",
+                "Redis channel {}: a message that is neither <seq>:<frame> nor p:<except>:<frame>, ignored",
                 message.get_channel_name()
             ),
         }

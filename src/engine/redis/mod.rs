@@ -28,7 +28,10 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::RoomLog;
-use super::{Answer, Appended, DedupKey, Engine, EngineError, EngineStatus, Replay, RoomFeed};
+use super::{
+    Answer, Appended, DedupKey, Engine, EngineError, EngineStatus, PresenceInfo, PresenceJoin,
+    Replay, RoomFeed,
+};
 use crate::config::{RedisConfig, RoomPolicy};
 
 /// The Redis engine. Cheap to share (`Arc`); start it with [`RedisEngine::start`].
@@ -56,6 +59,12 @@ struct Shared {
     publish: Script,
     since: Script,
     reattach: Script,
+    presence_add: Script,
+    presence_list: Script,
+    presence_remove: Script,
+    presence_refresh: Script,
+    /// How long a connection stays present without a refresh.
+    presence_ttl: Duration,
 }
 
 impl RedisEngine {
@@ -79,6 +88,11 @@ impl RedisEngine {
             publish: Script::new(scripts::PUBLISH),
             since: Script::new(scripts::SINCE),
             reattach: Script::new(scripts::REATTACH),
+            presence_add: Script::new(&scripts::presence_add()),
+            presence_list: Script::new(&scripts::presence_list()),
+            presence_remove: Script::new(scripts::PRESENCE_REMOVE),
+            presence_refresh: Script::new(scripts::PRESENCE_REFRESH),
+            presence_ttl: config.presence_ttl,
         });
         let link = link::Link {
             shared: shared.clone(),
@@ -104,6 +118,12 @@ impl Engine for RedisEngine {
             meta: format!("{p}:{{{room}}}:meta"),
             history: format!("{p}:{{{room}}}:history"),
             ids: format!("{p}:{{{room}}}:ids"),
+            presence: [
+                format!("{p}:{{{room}}}:presence"),
+                format!("{p}:{{{room}}}:presence:conns"),
+                format!("{p}:{{{room}}}:presence:users"),
+                format!("{p}:{{{room}}}:presence:since"),
+            ],
             channel: channel_of(p, room),
             policy: policy.clone(),
             last_seq: Arc::new(AtomicU64::new(0)),
@@ -152,13 +172,8 @@ impl Engine for RedisEngine {
         let key = format!("{}:resume:{connection_id}", shared.prefix);
         let user = user.to_owned();
         Answer::Later(Box::pin(async move {
-            let runner = shared.clone();
-            let rooms: Option<String> = runner
-                .run(|mut conn| async move {
-                    let mut call = shared.reattach.prepare_invoke();
-                    call.key(&key).arg(&user);
-                    call.invoke_async(&mut conn).await
-                })
+            let rooms: Option<String> = shared
+                .eval(|s| &s.reattach, vec![key], vec![user.into_bytes()])
                 .await?;
             match rooms {
                 None => Ok(None),
@@ -221,6 +236,28 @@ impl Shared {
         }
     }
 
+    /// Runs the script `pick` chooses with `keys` and `args`.
+    async fn eval<T: redis::FromRedisValue>(
+        self: Arc<Self>,
+        pick: fn(&Shared) -> &Script,
+        keys: Vec<String>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, EngineError> {
+        let runner = self.clone();
+        runner
+            .run(|mut conn| async move {
+                let mut call = pick(&self).prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                for arg in &args {
+                    call.arg(arg);
+                }
+                call.invoke_async(&mut conn).await
+            })
+            .await
+    }
+
     fn failed(&self, err: RedisError) -> EngineError {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
@@ -240,6 +277,9 @@ struct RedisLog {
     meta: String,
     history: String,
     ids: String,
+    /// Presence: members (connection → expiry), conns (connection → user), users (user →
+    /// connections), since (user → first arrival).
+    presence: [String; 4],
     channel: String,
     policy: RoomPolicy,
     /// The newest seq this node has seen (appends, reads, the feed's start).
@@ -420,15 +460,8 @@ impl RoomLog for RedisLog {
         let ttl_ms = self.ttl_ms();
         let last_seq = self.last_seq.clone();
         Answer::Later(Box::pin(async move {
-            let runner = shared.clone();
-            let reply: Value = runner
-                .run(|mut conn| async move {
-                    let mut call = shared.since.prepare_invoke();
-                    call.key(&keys[0]).key(&keys[1]);
-                    call.arg(after_seq.min(MAX_SEQ)).arg(ttl_ms);
-                    call.invoke_async(&mut conn).await
-                })
-                .await?;
+            let args = vec![number(after_seq.min(MAX_SEQ)), number(ttl_ms)];
+            let reply: Value = shared.eval(|s| &s.since, keys.to_vec(), args).await?;
             let replay = parse_since(after_seq, reply)?;
             last_seq.fetch_max(replay.last_seq, Ordering::Relaxed);
             Ok(replay)
@@ -476,6 +509,110 @@ impl RoomLog for RedisLog {
             feeds.remove(&self.channel);
         }
         let _ = self.shared.sync.send(link::Sync { done: None });
+    }
+
+    fn presence_add(
+        &mut self,
+        user: &str,
+        connection: &str,
+        arrival: ByteString,
+    ) -> Answer<PresenceJoin> {
+        let adding = self.shared.clone().eval(
+            |s| &s.presence_add,
+            self.presence.to_vec(),
+            vec![
+                connection.into(),
+                user.into(),
+                number(self.shared.presence_ttl.as_millis() as u64),
+                crate::protocol::frame::now_rfc3339().into_bytes(),
+                self.channel.clone().into_bytes(),
+                arrival.as_bytes().to_vec(),
+            ],
+        );
+        Answer::Later(Box::pin(async move {
+            let reply: Value = adding.await?;
+            let Value::Array(mut items) = reply else {
+                return Err(EngineError::Store("unexpected presence reply".into()));
+            };
+            let first = matches!(items.first(), Some(Value::Int(1)));
+            if !items.is_empty() {
+                items.remove(0);
+            }
+            Ok(PresenceJoin {
+                first,
+                present: parse_present(items)?,
+            })
+        }))
+    }
+
+    fn presence_remove(
+        &mut self,
+        _user: &str,
+        connection: &str,
+        departure: ByteString,
+    ) -> Answer<Option<String>> {
+        Answer::Later(Box::pin(self.shared.clone().eval(
+            |s| &s.presence_remove,
+            self.presence.to_vec(),
+            vec![
+                connection.into(),
+                self.channel.clone().into_bytes(),
+                departure.as_bytes().to_vec(),
+            ],
+        )))
+    }
+
+    fn presence(&mut self) -> Answer<Vec<PresenceInfo>> {
+        let keys = vec![
+            self.presence[0].clone(),
+            self.presence[1].clone(),
+            self.presence[3].clone(),
+        ];
+        let listing = self
+            .shared
+            .clone()
+            .eval(|s| &s.presence_list, keys, Vec::new());
+        Answer::Later(Box::pin(async move {
+            match listing.await? {
+                Value::Array(items) => parse_present(items),
+                _ => Err(EngineError::Store("unexpected presence reply".into())),
+            }
+        }))
+    }
+
+    fn presence_ttl(&self) -> Option<Duration> {
+        Some(self.shared.presence_ttl)
+    }
+
+    fn presence_refresh(&mut self, connections: Vec<String>) -> Answer<Vec<String>> {
+        let ttl_ms = number(self.shared.presence_ttl.as_millis() as u64);
+        let args = std::iter::once(ttl_ms)
+            .chain(connections.into_iter().map(String::into_bytes))
+            .collect();
+        Answer::Later(Box::pin(self.shared.clone().eval(
+            |s| &s.presence_refresh,
+            self.presence.to_vec(),
+            args,
+        )))
+    }
+
+    fn announce(&mut self, frame: ByteString) {
+        let shared = self.shared.clone();
+        let channel = self.channel.clone();
+        actix::spawn(async move {
+            let sent: Result<i64, _> = shared
+                .run(|mut conn| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg([b"p::".as_slice(), frame.as_bytes()].concat())
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await;
+            if let Err(err) = sent {
+                log::warn!("a presence event was not announced: {err}");
+            }
+        });
     }
 }
 
@@ -561,12 +698,54 @@ fn parse_since(after_seq: u64, reply: Value) -> Result<Replay, EngineError> {
     })
 }
 
-/// Decodes a pub/sub message (`<seq>:<frame>`).
-fn parse_message(payload: &[u8]) -> Option<(u64, ByteString)> {
+/// Decodes a pub/sub message: `<seq>:<frame>` for a room message, `p:<except>:<frame>` for
+/// an event outside the sequence (`<except>` empty for everyone).
+fn parse_message(payload: &[u8]) -> Option<RoomFeed> {
     let colon = payload.iter().position(|b| *b == b':')?;
-    let seq = std::str::from_utf8(&payload[..colon]).ok()?.parse().ok()?;
-    let frame = ByteString::try_from(payload[colon + 1..].to_vec()).ok()?;
-    Some((seq, frame))
+    let (head, rest) = (&payload[..colon], &payload[colon + 1..]);
+    if head == b"p" {
+        let colon = rest.iter().position(|b| *b == b':')?;
+        let except = std::str::from_utf8(&rest[..colon]).ok()?;
+        let frame = ByteString::try_from(rest[colon + 1..].to_vec()).ok()?;
+        return Some(RoomFeed::Event {
+            except: (!except.is_empty()).then(|| except.to_owned()),
+            frame,
+        });
+    }
+    let seq = std::str::from_utf8(head).ok()?.parse().ok()?;
+    let frame = ByteString::try_from(rest.to_vec()).ok()?;
+    Some(RoomFeed::Message { seq, frame })
+}
+
+/// A number as a script argument.
+fn number(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+/// Decodes `{user, connections, joined_at, …}`.
+fn parse_present(items: Vec<Value>) -> Result<Vec<PresenceInfo>, EngineError> {
+    let bad = || EngineError::Store("unexpected presence reply".into());
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| bad()),
+        _ => Err(bad()),
+    };
+    if !items.len().is_multiple_of(3) {
+        return Err(bad());
+    }
+    let mut present = Vec::with_capacity(items.len() / 3);
+    for entry in items.chunks_exact(3) {
+        let connections = match entry[1] {
+            Value::Int(n) => u32::try_from(n).map_err(|_| bad())?,
+            _ => return Err(bad()),
+        };
+        present.push(PresenceInfo {
+            user: text(&entry[0])?,
+            connections,
+            joined_at: text(&entry[2])?,
+        });
+    }
+    present.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok(present)
 }
 
 #[cfg(test)]
@@ -612,11 +791,19 @@ mod tests {
 
     #[test]
     fn pubsub_messages_carry_seq_and_frame() {
-        assert_eq!(
+        assert!(matches!(
             parse_message(b"12:{\"a\":1}"),
-            Some((12, ByteString::from("{\"a\":1}")))
-        );
-        assert_eq!(parse_message(b"x:{}"), None);
-        assert_eq!(parse_message(b"no colon"), None);
+            Some(RoomFeed::Message { seq: 12, frame }) if frame == "{\"a\":1}"
+        ));
+        assert!(matches!(
+            parse_message(b"p:c-1:{}"),
+            Some(RoomFeed::Event { except: Some(c), frame }) if c == "c-1" && frame == "{}"
+        ));
+        assert!(matches!(
+            parse_message(b"p::{}"),
+            Some(RoomFeed::Event { except: None, .. })
+        ));
+        assert!(parse_message(b"x:{}").is_none());
+        assert!(parse_message(b"no colon").is_none());
     }
 }

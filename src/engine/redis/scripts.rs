@@ -116,3 +116,126 @@ end
 redis.call('DEL', KEYS[1])
 return cjson.encode(state.rooms)
 "#;
+
+/// Lists who is present, counting only connections whose presence has not expired. Shared
+/// by [`PRESENCE_ADD`] and [`PRESENCE_LIST`]: `present(members, conns, since, now_ms)`
+/// returns `{user, connections, joined_at, …}` in order of arrival.
+const PRESENT_FN: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function present(members, conns, since, now)
+  local counts, order = {}, {}
+  for _, conn in ipairs(redis.call('ZRANGEBYSCORE', members, now, '+inf')) do
+    local user = redis.call('HGET', conns, conn)
+    if user then
+      if not counts[user] then
+        counts[user] = 0
+        table.insert(order, user)
+      end
+      counts[user] = counts[user] + 1
+    end
+  end
+  local out = {}
+  for _, user in ipairs(order) do
+    table.insert(out, user)
+    table.insert(out, counts[user])
+    table.insert(out, redis.call('HGET', since, user) or '')
+  end
+  return out
+end
+"#;
+
+/// Records a connection as present.
+///
+/// KEYS: members (sorted set: connection → expiry ms), conns (hash: connection → user),
+/// users (hash: user → connections), since (hash: user → first arrival). ARGV: connection,
+/// user, presence TTL ms, arrival time (RFC 3339), channel, arrival frame. Publishes
+/// `p:<connection>:<frame>` for a user's first connection. Returns `{first (0/1), user,
+/// connections, joined_at, …}`.
+pub fn presence_add() -> String {
+    format!(
+        "{PRESENT_FN}{}",
+        r#"
+local now = now_ms()
+local ttl = tonumber(ARGV[3])
+local first = 0
+if redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
+    redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
+    first = 1
+    redis.call('PUBLISH', ARGV[5], 'p:' .. ARGV[1] .. ':' .. ARGV[6])
+  end
+end
+for i = 1, 4 do
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
+end
+local out = {first}
+for _, v in ipairs(present(KEYS[1], KEYS[2], KEYS[4], now)) do
+  table.insert(out, v)
+end
+return out
+"#
+    )
+}
+
+/// Lists who is present. KEYS: members, conns, since. Returns `{user, connections,
+/// joined_at, …}`.
+pub fn presence_list() -> String {
+    format!(
+        "{PRESENT_FN}{}",
+        "return present(KEYS[1], KEYS[2], KEYS[3], now_ms())\n"
+    )
+}
+
+/// Removes a connection. KEYS: members, conns, users, since. ARGV: connection, channel,
+/// departure frame. Publishes `p::<frame>` and returns the user when it was their last
+/// connection; nil otherwise.
+pub const PRESENCE_REMOVE: &str = r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  return false
+end
+local user = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if not user then
+  return false
+end
+if redis.call('HINCRBY', KEYS[3], user, -1) > 0 then
+  return false
+end
+redis.call('HDEL', KEYS[3], user)
+redis.call('HDEL', KEYS[4], user)
+redis.call('PUBLISH', ARGV[2], 'p::' .. ARGV[3])
+return user
+"#;
+
+/// Refreshes this node's connections and drops every connection nobody refreshed within
+/// the TTL (its node died). KEYS: members, conns, users, since. ARGV: presence TTL ms,
+/// then the connections. Returns the users whose last connection was dropped.
+pub const PRESENCE_REFRESH: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
+end
+local gone = {}
+for _, conn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)) do
+  redis.call('ZREM', KEYS[1], conn)
+  local user = redis.call('HGET', KEYS[2], conn)
+  redis.call('HDEL', KEYS[2], conn)
+  if user and redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], user)
+    redis.call('HDEL', KEYS[4], user)
+    table.insert(gone, user)
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 1, 4 do
+    redis.call('PEXPIRE', KEYS[i], ttl * 2)
+  end
+end
+return gone
+"#;
