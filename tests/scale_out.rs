@@ -528,3 +528,92 @@ async fn a_redis_restart_mid_stream_gives_clear_errors_and_loses_nothing_acknowl
         "{metrics}"
     );
 }
+
+#[actix_rt::test]
+async fn every_api_route_answers_the_same_from_any_node() {
+    let Some(cluster) = Cluster::start(3, "").await else {
+        return;
+    };
+    let (mut alice, established) = cluster.nodes[0].client("alice").await;
+    alice.join("chat:x").await;
+    let alice_id = established["payload"]["connection_id"]
+        .as_str()
+        .expect("connection id")
+        .to_owned();
+    let (mut bob, _) = cluster.nodes[1].client("bob").await;
+    bob.join("chat:x").await;
+
+    // Node C lists the rooms of A and B (each node reports its rooms every second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rooms = loop {
+        let (status, body) = cluster.nodes[2].api("GET", "/api/rooms", None).await;
+        assert_eq!(status, 200, "{body}");
+        let rooms: BTreeMap<String, u64> = body["rooms"]
+            .as_array()
+            .expect("rooms")
+            .iter()
+            .map(|r| {
+                (
+                    r["room"].as_str().expect("room").to_owned(),
+                    r["members"].as_u64().expect("members"),
+                )
+            })
+            .collect();
+        if rooms.get("chat:x") == Some(&2) && rooms.get("broadcast") == Some(&2) {
+            break rooms;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rooms seen from node C: {rooms:?}"
+        );
+        // Polling another process's periodic report; there is no event to wait on.
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(rooms.get("user:alice"), Some(&1), "{rooms:?}");
+
+    // A user's personal room and the broadcast room, from nodes the users are not on.
+    let (status, body) = cluster.nodes[2]
+        .api(
+            "POST",
+            "/api/users/alice/send",
+            Some(json!({ "payload": { "n": 1 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        read_messages(&mut alice, "user:alice", 1).await,
+        [(1, json!(1))]
+    );
+    let (status, body) = cluster.nodes[1]
+        .api(
+            "POST",
+            "/api/broadcast",
+            Some(json!({ "payload": { "n": 2 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        read_messages(&mut alice, "broadcast", 1).await,
+        [(1, json!(2))]
+    );
+    assert_eq!(
+        read_messages(&mut bob, "broadcast", 1).await,
+        [(1, json!(2))]
+    );
+
+    // Disconnect Alice (on node A) through node C; an unknown session is 404 everywhere.
+    let (status, body) = cluster.nodes[2]
+        .api(
+            "DELETE",
+            &format!("/api/sessions/{alice_id}?reason=bye"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let closed = alice.expect_close().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (Some(1008), "bye"));
+    let (status, _) = cluster.nodes[1]
+        .api("DELETE", "/api/sessions/no-such-session", None)
+        .await;
+    assert_eq!(status, 404);
+}

@@ -17,7 +17,7 @@ use super::session::Control;
 use super::ConnectionId;
 use crate::auth::PERSONAL_PREFIX;
 use crate::config::Config;
-use crate::engine::{Answer, Engine, EngineError};
+use crate::engine::{Answer, ControlOrder, Engine, EngineError};
 use crate::metrics::Metrics;
 use crate::protocol::{types, ErrorCode};
 use crate::webhooks::event::{self, WebhookEvent};
@@ -154,6 +154,7 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64 * 1024);
+        self.engine.serve_orders(ctx.address().recipient());
     }
 }
 
@@ -190,6 +191,7 @@ impl Handler<Register> for Registry {
             .entry(msg.user.clone())
             .or_default()
             .insert(msg.connection_id.clone());
+        self.engine.session_here(&msg.connection_id, true);
         self.sessions.insert(
             msg.connection_id,
             SessionEntry {
@@ -217,6 +219,7 @@ impl Handler<Unregister> for Registry {
 
     fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
         if let Some(entry) = self.sessions.remove(&msg.connection_id) {
+            self.engine.session_here(&msg.connection_id, false);
             self.webhooks
                 .notify_if_wanted(event::SESSION_DISCONNECTED, None, || {
                     WebhookEvent::session(
@@ -409,32 +412,37 @@ impl Handler<WaitUntilEmpty> for Registry {
     }
 }
 
-/// Every running room with its member count and seq (asks each room; never waits inside
-/// the Registry's mailbox).
+/// Every room with members and its seq: this node's rooms (each asked; never waited for
+/// inside the Registry's mailbox), merged by the engine with the other nodes'.
 #[derive(Message)]
-#[rtype(result = "Vec<RoomInfo>")]
+#[rtype(result = "Result<Vec<RoomInfo>, EngineError>")]
 pub struct ListRooms;
 
 impl Handler<ListRooms> for Registry {
-    type Result = ResponseFuture<Vec<RoomInfo>>;
+    type Result = ResponseFuture<Result<Vec<RoomInfo>, EngineError>>;
 
     fn handle(&mut self, _: ListRooms, _: &mut Self::Context) -> Self::Result {
         let asks: Vec<_> = self.rooms.values().map(|e| e.addr.send(GetInfo)).collect();
+        let engine = self.engine.clone();
         Box::pin(async move {
-            let mut rooms: Vec<RoomInfo> = futures_util::future::join_all(asks)
+            let mut here: Vec<RoomInfo> = futures_util::future::join_all(asks)
                 .await
                 .into_iter()
                 .filter_map(Result::ok)
                 .collect();
-            rooms.sort_by(|a, b| a.room.cmp(&b.room));
-            rooms
+            here.sort_by(|a, b| a.room.cmp(&b.room));
+            match engine.rooms(here) {
+                Answer::Now(rooms) => Ok(rooms),
+                Answer::Later(listing) => listing.await,
+            }
         })
     }
 }
 
-/// Disconnects a live session with a reason; false when no such session is connected.
+/// Disconnects a session with a reason, on whichever node holds it; false when no such
+/// session is connected.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Result<bool, EngineError>")]
 pub struct DisconnectSession {
     /// Its connection id.
     pub connection_id: String,
@@ -443,17 +451,40 @@ pub struct DisconnectSession {
 }
 
 impl Handler<DisconnectSession> for Registry {
-    type Result = bool;
+    type Result = ResponseFuture<Result<bool, EngineError>>;
 
-    fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) -> bool {
-        match self.sessions.get(msg.connection_id.as_str()) {
-            Some(entry) => {
-                entry
-                    .control
-                    .do_send(Control::Disconnect { reason: msg.reason });
-                true
+    fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) -> Self::Result {
+        if let Some(entry) = self.sessions.get(msg.connection_id.as_str()) {
+            entry
+                .control
+                .do_send(Control::Disconnect { reason: msg.reason });
+            return Box::pin(std::future::ready(Ok(true)));
+        }
+        let order = ControlOrder::Disconnect {
+            connection_id: msg.connection_id,
+            reason: msg.reason,
+        };
+        match self.engine.send_order(order) {
+            Answer::Now(found) => Box::pin(std::future::ready(Ok(found))),
+            Answer::Later(sending) => Box::pin(sending),
+        }
+    }
+}
+
+/// Another node's order for a session of this node.
+impl Handler<ControlOrder> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, order: ControlOrder, _: &mut Self::Context) {
+        match order {
+            ControlOrder::Disconnect {
+                connection_id,
+                reason,
+            } => {
+                if let Some(entry) = self.sessions.get(connection_id.as_str()) {
+                    entry.control.do_send(Control::Disconnect { reason });
+                }
             }
-            None => false,
         }
     }
 }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
-use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
@@ -193,6 +192,8 @@ impl Room {
     /// Removes a member and updates presence (which may announce a `presence.leave`).
     fn remove_member(&mut self, conn: &ConnectionId) -> Option<Member> {
         let member = self.members.remove(conn)?;
+        let count = self.members.len();
+        self.log().members(count);
         if !self.policy.presence {
             return Some(member);
         }
@@ -541,6 +542,8 @@ impl Room {
                 after,
             },
         );
+        let count = self.members.len();
+        self.log().members(count);
         JoinOutcome { seq, recovered }
     }
 }
@@ -1005,16 +1008,7 @@ impl Handler<GetHistory> for Room {
     }
 }
 
-/// A room's summary for `GET /api/rooms`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RoomInfo {
-    /// Room name.
-    pub room: String,
-    /// Connections in the room.
-    pub members: usize,
-    /// Latest seq.
-    pub seq: u64,
-}
+pub use crate::engine::RoomInfo;
 
 /// Asks for [`RoomInfo`].
 #[derive(Message)]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use super::Broker;
-use crate::actors::registry::{JoinError, RoomFor};
+use crate::actors::registry::{DisconnectSession, JoinError, ListRooms, RoomFor};
 use crate::actors::room::{
-    GetHistory, GetPresence, History, PresenceInfo, Publish, Publisher, Room,
+    GetHistory, GetPresence, History, PresenceInfo, Publish, Publisher, Room, RoomInfo,
 };
 use crate::protocol::{frame, types, ErrorCode};
 
@@ -176,6 +176,30 @@ impl Broker {
         }
         let addr = self.room_actor(room).await?;
         Ok(addr.send(GetPresence).await.map_err(mailbox)??)
+    }
+
+    /// Every room with members (on any node, with the Redis engine), by name.
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, RoomError> {
+        Ok(self
+            .state
+            .registry
+            .send(ListRooms)
+            .await
+            .map_err(mailbox)??)
+    }
+
+    /// Disconnects a session wherever it is connected (`system.connection.close` with
+    /// `reason`, then close 1008); false when no such session is connected.
+    pub async fn disconnect(&self, connection_id: &str, reason: &str) -> Result<bool, RoomError> {
+        Ok(self
+            .state
+            .registry
+            .send(DisconnectSession {
+                connection_id: connection_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await
+            .map_err(mailbox)??)
     }
 
     /// The Room actor for `room` on this node, started if needed.

@@ -11,7 +11,8 @@ use lru::LruCache;
 use actix::Recipient;
 
 use super::{
-    Answer, Appended, DedupKey, Engine, PresenceInfo, PresenceJoin, Replay, RoomFeed, RoomLog,
+    Answer, Appended, ControlOrder, DedupKey, Engine, PresenceInfo, PresenceJoin, Replay, RoomFeed,
+    RoomInfo, RoomLog,
 };
 use crate::config::RoomPolicy;
 
@@ -39,6 +40,18 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
+    fn serve_orders(&self, _to: Recipient<ControlOrder>) {}
+
+    fn session_here(&self, _connection_id: &str, _here: bool) {}
+
+    fn send_order(&self, _order: ControlOrder) -> Answer<bool> {
+        Answer::Now(false)
+    }
+
+    fn rooms(&self, here: Vec<RoomInfo>) -> Answer<Vec<RoomInfo>> {
+        Answer::Now(here)
+    }
+
     fn detach(&self, connection_id: &str, user: &str, rooms: Vec<String>, ttl: Duration) {
         let now = Instant::now();
         let mut detached = self.detached();
@@ -286,6 +299,8 @@ impl RoomLog for MemoryLog {
     }
 
     fn announce(&mut self, _frame: ByteString) {}
+
+    fn members(&mut self, _count: usize) {}
 }
 
 impl MemoryLog {

@@ -256,6 +256,35 @@ pub trait RoomLog: Send {
 
     /// Fans an event frame out to every node's members (a shared engine); best effort.
     fn announce(&mut self, frame: ByteString);
+
+    /// This node now has `count` members in the room (a shared engine reports it in the
+    /// cluster-wide room list).
+    fn members(&mut self, count: usize);
+}
+
+/// An order one node gives the node that holds a session.
+#[derive(Debug, Clone, PartialEq, Eq, Message, serde::Serialize, serde::Deserialize)]
+#[rtype(result = "()")]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlOrder {
+    /// Close the session with this reason.
+    Disconnect {
+        /// Its connection id.
+        connection_id: String,
+        /// Sent to the client.
+        reason: String,
+    },
+}
+
+/// A room in the cluster-wide list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomInfo {
+    /// Room name.
+    pub room: String,
+    /// Connections in the room (on every node).
+    pub members: usize,
+    /// Latest seq.
+    pub seq: u64,
 }
 
 /// Hands out room logs; the extension point for where shared state lives.
@@ -280,6 +309,22 @@ pub trait Engine: Send + Sync + 'static {
     /// Takes what `connection_id` left behind, once: its rooms, if `user` owns it and it has
     /// not expired; `None` otherwise (another user's id leaves the state in place).
     fn reattach(&self, connection_id: &str, user: &str) -> Answer<Option<Vec<String>>>;
+
+    /// Where orders other nodes address to this node's sessions arrive (the Registry).
+    fn serve_orders(&self, to: Recipient<ControlOrder>);
+
+    /// `connection_id` connected to this node (`true`) or left it, so that any node can
+    /// reach it with [`Engine::send_order`]. Best effort.
+    fn session_here(&self, connection_id: &str, here: bool);
+
+    /// Sends `order` to the node that holds its session; answers whether that session is
+    /// connected to a live node. The caller handles its own node's sessions first: a local
+    /// engine answers `false` at once.
+    fn send_order(&self, order: ControlOrder) -> Answer<bool>;
+
+    /// The rooms with members on any node, given this node's (`here`); a local engine
+    /// answers `here`. A shared engine's list may lag joins on other nodes by a second.
+    fn rooms(&self, here: Vec<RoomInfo>) -> Answer<Vec<RoomInfo>>;
 }
 
 /// An engine's health.

@@ -24,7 +24,6 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::error::{resource, ApiError};
 use super::peer;
-use crate::actors::registry::{DisconnectSession, ListRooms};
 use crate::actors::room::{PresenceInfo, RoomInfo};
 use crate::auth::PERSONAL_PREFIX;
 use crate::config::ApiConfig;
@@ -404,12 +403,7 @@ pub struct RoomsResponse {
 #[utoipa::path(get, path = "/api/rooms",
     responses((status = 200, body = RoomsResponse)), security(("bearer" = [])))]
 async fn list_rooms(_: Caller, broker: web::Data<Broker>) -> Result<HttpResponse, ApiError> {
-    let rooms = broker
-        .state()
-        .registry
-        .send(ListRooms)
-        .await
-        .map_err(mailbox)?;
+    let rooms = broker.rooms().await?;
     Ok(HttpResponse::Ok().json(RoomsResponse { rooms }))
 }
 
@@ -441,16 +435,7 @@ async fn disconnect(
             "reason: at most 100 bytes",
         ));
     }
-    let found = broker
-        .state()
-        .registry
-        .send(DisconnectSession {
-            connection_id: id.into_inner(),
-            reason,
-        })
-        .await
-        .map_err(mailbox)?;
-    if found {
+    if broker.disconnect(&id, &reason).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::new(ErrorCode::NotFound, "no such session"))

@@ -12,7 +12,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{parse_message, EngineError, RoomFeed, Shared};
+use super::{parse_message, ControlOrder, EngineError, RoomFeed, Shared};
 
 /// A request to make the subscriptions match the fed rooms; `done` answers once they do.
 pub(super) struct Sync {
@@ -168,10 +168,11 @@ impl Link {
         sink: &mut PubSubSink,
         subscribed: &mut HashSet<String>,
     ) -> Result<(), RedisError> {
-        let wanted: HashSet<String> = match self.shared.feeds.lock() {
+        let mut wanted: HashSet<String> = match self.shared.feeds.lock() {
             Ok(feeds) => feeds.keys().cloned().collect(),
             Err(_) => return Ok(()),
         };
+        wanted.insert(self.shared.order_channel());
         let add: Vec<&String> = wanted.difference(subscribed).collect();
         if !add.is_empty() {
             sink.subscribe(&add).await?;
@@ -185,6 +186,9 @@ impl Link {
     }
 
     fn dispatch(&self, message: &redis::Msg) {
+        if message.get_channel_name() == self.shared.order_channel() {
+            return self.obey(message.get_payload_bytes());
+        }
         let room = match self.shared.feeds.lock() {
             Ok(feeds) => feeds.get(message.get_channel_name()).cloned(),
             Err(_) => None,
@@ -198,6 +202,21 @@ impl Link {
                 "Redis channel {}: a message that is neither <seq>:<frame> nor p:<except>:<frame>, ignored",
                 message.get_channel_name()
             ),
+        }
+    }
+
+    /// An order from another node for one of this node's sessions.
+    fn obey(&self, payload: &[u8]) {
+        let order: ControlOrder = match serde_json::from_slice(payload) {
+            Ok(order) => order,
+            Err(err) => {
+                log::warn!("an order this node cannot read ({err}), ignored");
+                return;
+            }
+        };
+        let to = self.shared.orders.lock().ok().and_then(|o| o.clone());
+        if let Some(to) = to {
+            to.do_send(order);
         }
     }
 

@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::RoomLog;
 use super::{
-    Answer, Appended, DedupKey, Engine, EngineError, EngineStatus, PresenceInfo, PresenceJoin,
-    Replay, RoomFeed,
+    Answer, Appended, ControlOrder, DedupKey, Engine, EngineError, EngineStatus, PresenceInfo,
+    PresenceJoin, Replay, RoomFeed, RoomInfo,
 };
 use crate::config::{RedisConfig, RoomPolicy};
 
@@ -65,6 +65,14 @@ struct Shared {
     presence_refresh: Script,
     /// How long a connection stays present without a refresh.
     presence_ttl: Duration,
+    send_order: Script,
+    rooms: Script,
+    /// This process's id among the nodes.
+    node_id: String,
+    /// Where orders for this node's sessions go (the Registry).
+    orders: Mutex<Option<Recipient<ControlOrder>>>,
+    /// Members per room on this node, for the cluster-wide room list.
+    local_rooms: Mutex<HashMap<String, usize>>,
 }
 
 impl RedisEngine {
@@ -93,6 +101,11 @@ impl RedisEngine {
             presence_remove: Script::new(scripts::PRESENCE_REMOVE),
             presence_refresh: Script::new(scripts::PRESENCE_REFRESH),
             presence_ttl: config.presence_ttl,
+            send_order: Script::new(scripts::SEND_ORDER),
+            rooms: Script::new(scripts::ROOMS),
+            node_id: uuid::Uuid::new_v4().to_string(),
+            orders: Mutex::new(None),
+            local_rooms: Mutex::new(HashMap::new()),
         });
         let link = link::Link {
             shared: shared.clone(),
@@ -101,7 +114,9 @@ impl RedisEngine {
             max_delay: config.max_reconnect_delay,
             syncs,
         };
-        actix::Arbiter::new().spawn(link.run());
+        let arbiter = actix::Arbiter::new();
+        arbiter.spawn(link.run());
+        arbiter.spawn(heartbeat(shared.clone()));
         Ok(RedisEngine { shared })
     }
 }
@@ -167,6 +182,71 @@ impl Engine for RedisEngine {
         });
     }
 
+    fn serve_orders(&self, to: Recipient<ControlOrder>) {
+        if let Ok(mut orders) = self.shared.orders.lock() {
+            *orders = Some(to);
+        }
+    }
+
+    fn session_here(&self, connection_id: &str, here: bool) {
+        let shared = self.shared.clone();
+        let key = format!("{}:sessions:{}", shared.prefix, shared.node_id);
+        let connection_id = connection_id.to_owned();
+        actix::spawn(async move {
+            let recorded: Result<i64, _> = shared
+                .run(|mut conn| async move {
+                    let mut cmd = redis::cmd(if here { "HSET" } else { "HDEL" });
+                    cmd.arg(&key).arg(&connection_id);
+                    if here {
+                        cmd.arg(1);
+                    }
+                    cmd.query_async(&mut conn).await
+                })
+                .await;
+            if let Err(err) = recorded {
+                log::debug!("session directory not updated: {err}");
+            }
+        });
+    }
+
+    fn send_order(&self, order: ControlOrder) -> Answer<bool> {
+        let connection_id = match &order {
+            ControlOrder::Disconnect { connection_id, .. } => connection_id.clone(),
+        };
+        let order = match serde_json::to_vec(&order) {
+            Ok(order) => order,
+            Err(err) => {
+                let err = EngineError::Store(format!("order not encoded: {err}"));
+                return Answer::Later(Box::pin(std::future::ready(Err(err))));
+            }
+        };
+        let sending = self.shared.clone().eval(
+            |s| &s.send_order,
+            vec![format!("{}:nodes", self.shared.prefix)],
+            vec![
+                self.shared.prefix.clone().into_bytes(),
+                connection_id.into_bytes(),
+                order,
+            ],
+        );
+        Answer::Later(Box::pin(async move {
+            let delivered: i64 = sending.await?;
+            Ok(delivered == 1)
+        }))
+    }
+
+    fn rooms(&self, _here: Vec<RoomInfo>) -> Answer<Vec<RoomInfo>> {
+        let listing = self.shared.clone().eval(
+            |s| &s.rooms,
+            vec![format!("{}:nodes", self.shared.prefix)],
+            vec![self.shared.prefix.clone().into_bytes()],
+        );
+        Answer::Later(Box::pin(async move {
+            let reply: Value = listing.await?;
+            parse_rooms(reply)
+        }))
+    }
+
     fn reattach(&self, connection_id: &str, user: &str) -> Answer<Option<Vec<String>>> {
         let shared = self.shared.clone();
         let key = format!("{}:resume:{connection_id}", shared.prefix);
@@ -185,12 +265,64 @@ impl Engine for RedisEngine {
     }
 }
 
+/// How often a node says it is alive and lists its rooms; it counts as dead three times
+/// this after its last word.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Keeps this node listed as alive, with its rooms and sessions, while Redis is reachable.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shared.down_reason().is_some() {
+            continue;
+        }
+        let p = &shared.prefix;
+        let node = &shared.node_id;
+        let expiry = (HEARTBEAT * 3).as_millis() as u64;
+        let rooms: Vec<(String, usize)> = shared
+            .local_rooms
+            .lock()
+            .map(|r| r.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("SET")
+            .arg(format!("{p}:node:{node}"))
+            .arg(1)
+            .arg("PX")
+            .arg(expiry);
+        pipe.cmd("SADD").arg(format!("{p}:nodes")).arg(node);
+        let rooms_key = format!("{p}:rooms:{node}");
+        pipe.cmd("DEL").arg(&rooms_key);
+        if !rooms.is_empty() {
+            pipe.cmd("HSET").arg(&rooms_key).arg(rooms);
+            pipe.cmd("PEXPIRE").arg(&rooms_key).arg(expiry);
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(format!("{p}:sessions:{node}"))
+            .arg(expiry);
+        let beat: Result<(), _> = shared
+            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await;
+        if let Err(err) = beat {
+            log::debug!("node heartbeat not written: {err}");
+        }
+    }
+}
+
 /// The pub/sub channel of `room`.
 fn channel_of(prefix: &str, room: &str) -> String {
     format!("{prefix}:room:{room}")
 }
 
 impl Shared {
+    /// The channel this node takes orders on.
+    fn order_channel(&self) -> String {
+        format!("{}:node:{}", self.prefix, self.node_id)
+    }
+
     fn down_reason(&self) -> Option<String> {
         self.down
             .lock()
@@ -596,6 +728,21 @@ impl RoomLog for RedisLog {
         )))
     }
 
+    fn members(&mut self, count: usize) {
+        let room = self
+            .channel
+            .strip_prefix(&format!("{}:room:", self.shared.prefix))
+            .unwrap_or(&self.channel)
+            .to_owned();
+        if let Ok(mut rooms) = self.shared.local_rooms.lock() {
+            if count == 0 {
+                rooms.remove(&room);
+            } else {
+                rooms.insert(room, count);
+            }
+        }
+    }
+
     fn announce(&mut self, frame: ByteString) {
         let shared = self.shared.clone();
         let channel = self.channel.clone();
@@ -715,6 +862,34 @@ fn parse_message(payload: &[u8]) -> Option<RoomFeed> {
     let seq = std::str::from_utf8(head).ok()?.parse().ok()?;
     let frame = ByteString::try_from(rest.to_vec()).ok()?;
     Some(RoomFeed::Message { seq, frame })
+}
+
+/// Decodes `{room, members, seq, …}`, sorted by room.
+fn parse_rooms(reply: Value) -> Result<Vec<RoomInfo>, EngineError> {
+    let bad = || EngineError::Store("unexpected room list reply".into());
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    if !items.len().is_multiple_of(3) {
+        return Err(bad());
+    }
+    let int = |v: &Value| match v {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| bad()),
+        _ => Err(bad()),
+    };
+    let mut rooms = Vec::with_capacity(items.len() / 3);
+    for entry in items.chunks_exact(3) {
+        let Value::BulkString(name) = &entry[0] else {
+            return Err(bad());
+        };
+        rooms.push(RoomInfo {
+            room: String::from_utf8(name.clone()).map_err(|_| bad())?,
+            members: int(&entry[1])? as usize,
+            seq: int(&entry[2])?,
+        });
+    }
+    rooms.sort_by(|a, b| a.room.cmp(&b.room));
+    Ok(rooms)
 }
 
 /// A number as a script argument.

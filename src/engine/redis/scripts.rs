@@ -13,7 +13,13 @@
 //!
 //! and the pub/sub channel `P:room:R` carries `<seq>:<frame>`. A dropped connection's
 //! resume state is `P:resume:<connection id>`, a JSON `{"user", "rooms"}` expiring after
-//! `resume.ttl`.
+//! `resume.ttl`. Each node (id `N`, a UUID per process) keeps `P:node:N` alive (a
+//! second's refresh, three seconds' expiry), is listed in the set `P:nodes`, lists its
+//! sessions in the hash `P:sessions:N` and its rooms with their member counts in
+//! `P:rooms:N`, and takes orders (JSON) on the channel `P:node:N`.
+//!
+//! The order and room-list scripts build node keys from the prefix, so the engine needs one
+//! Redis primary (with replicas or Sentinel for failover), not Redis Cluster.
 
 /// Publishes one message.
 ///
@@ -238,4 +244,48 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
 end
 return gone
+"#;
+
+/// Sends an order to the node holding a session. KEYS: the node set (`P:nodes`). ARGV: the
+/// key prefix, the connection id, the order (JSON). A node is alive while `P:node:<id>`
+/// exists (each node refreshes it every second); its sessions are `P:sessions:<id>`.
+/// Returns 1 when a live node holds the session, 0 otherwise.
+pub const SEND_ORDER: &str = r#"
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. ':node:' .. node) == 0 then
+    redis.call('SREM', KEYS[1], node)
+  elseif redis.call('HEXISTS', ARGV[1] .. ':sessions:' .. node, ARGV[2]) == 1 then
+    redis.call('PUBLISH', ARGV[1] .. ':node:' .. node, ARGV[3])
+    return 1
+  end
+end
+return 0
+"#;
+
+/// The rooms with members on a live node. KEYS: the node set. ARGV: the key prefix.
+/// Returns `{room, members, seq, …}`.
+pub const ROOMS: &str = r#"
+local members, order = {}, {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. ':node:' .. node) == 0 then
+    redis.call('SREM', KEYS[1], node)
+  else
+    local counts = redis.call('HGETALL', ARGV[1] .. ':rooms:' .. node)
+    for i = 1, #counts, 2 do
+      local room = counts[i]
+      if not members[room] then
+        members[room] = 0
+        table.insert(order, room)
+      end
+      members[room] = members[room] + tonumber(counts[i + 1])
+    end
+  end
+end
+local out = {}
+for _, room in ipairs(order) do
+  table.insert(out, room)
+  table.insert(out, members[room])
+  table.insert(out, tonumber(redis.call('HGET', ARGV[1] .. ':{' .. room .. '}:meta', 'seq') or '0'))
+end
+return out
 "#;
