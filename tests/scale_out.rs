@@ -6,6 +6,8 @@
 mod cluster;
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/receiver.rs"]
+mod receiver;
 #[path = "support/redis.rs"]
 mod redis_server;
 mod support;
@@ -13,6 +15,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use cluster::Cluster;
+use receiver::Receiver;
 use serde_json::{json, Value};
 use support::Client;
 
@@ -616,4 +619,84 @@ async fn every_api_route_answers_the_same_from_any_node() {
         .api("DELETE", "/api/sessions/no-such-session", None)
         .await;
     assert_eq!(status, 404);
+}
+
+fn lists_endpoint(body: &Value, id: &str) -> bool {
+    body["endpoints"]
+        .as_array()
+        .is_some_and(|all| all.iter().any(|e| e["id"] == id))
+}
+
+#[actix_rt::test]
+async fn webhook_endpoints_are_shared_and_each_event_is_sent_once() {
+    let Some(cluster) = Cluster::start(2, "").await else {
+        return;
+    };
+    let receiver = Receiver::start();
+    // Registered on node A; node B gets it through the shared store.
+    let (status, created) = cluster.nodes[0]
+        .api(
+            "POST",
+            "/api/webhooks",
+            Some(json!({
+                "url": receiver.url("/hook"),
+                "events": ["room.message", "presence.join"],
+                "rooms": ["chat:hook*"],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    cluster.nodes[1]
+        .api_until("/api/webhooks", |b| lists_endpoint(b, &id))
+        .await;
+
+    // A message published on node B and a presence arrival on node A: each sent once, by
+    // the node that raised it.
+    let (status, body) = cluster.nodes[1]
+        .api(
+            "POST",
+            "/api/rooms/chat:hook1/publish",
+            Some(json!({ "payload": { "n": 1 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut alice, _) = cluster.nodes[0].client("alice").await;
+    alice.join("chat:hook1").await;
+    let (status, body) = cluster.nodes[0]
+        .api(
+            "POST",
+            "/api/rooms/chat:hook1/publish",
+            Some(json!({ "payload": { "n": 2 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got = receiver.wait_for(3).await;
+    let mut kinds: Vec<String> = got.iter().map(|r| r.event_type()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["presence.join", "room.message", "room.message"]);
+    let mut ids: Vec<&str> = got.iter().map(|r| r.webhook_id()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three distinct events");
+
+    // Changed on node B, deleted on node A: both nodes agree.
+    let (status, body) = cluster.nodes[1]
+        .api(
+            "PATCH",
+            &format!("/api/webhooks/{id}"),
+            Some(json!({ "enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    cluster.nodes[0]
+        .api_until(&format!("/api/webhooks/{id}"), |b| b["enabled"] == false)
+        .await;
+    let (status, _) = cluster.nodes[0]
+        .api("DELETE", &format!("/api/webhooks/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    cluster.nodes[1]
+        .api_until("/api/webhooks", |b| b["endpoints"] == json!([]))
+        .await;
+    assert_eq!(receiver.count(), 3, "nothing sent twice");
 }

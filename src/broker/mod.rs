@@ -122,6 +122,7 @@ impl Broker {
             let (config, filters, metrics) = (config.clone(), filters.clone(), metrics.clone());
             let (delivery_arbiter, health) = (delivery_arbiter.clone(), health.clone());
             let tls = tls.clone();
+            let store = engine.endpoint_store();
             RetryQueue::start_in_arbiter(&outbox_arbiter, move |_| {
                 RetryQueue::new(
                     outbox,
@@ -132,6 +133,7 @@ impl Broker {
                     health,
                     tls,
                 )
+                .sharing(store)
             })
         };
         let webhooks = Webhooks::new(filters, queue.clone(), health);

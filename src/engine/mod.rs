@@ -325,6 +325,12 @@ pub trait Engine: Send + Sync + 'static {
     /// The rooms with members on any node, given this node's (`here`); a local engine
     /// answers `here`. A shared engine's list may lag joins on other nodes by a second.
     fn rooms(&self, here: Vec<RoomInfo>) -> Answer<Vec<RoomInfo>>;
+
+    /// Where webhook endpoints created through the API are shared between nodes; `None`
+    /// (one node) keeps them in the node's own outbox only.
+    fn endpoint_store(&self) -> Option<std::sync::Arc<dyn crate::webhooks::shared::EndpointStore>> {
+        None
+    }
 }
 
 /// An engine's health.

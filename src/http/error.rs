@@ -115,6 +115,7 @@ impl From<crate::webhooks::WebhookError> for ApiError {
             E::NotFound(_) => ErrorCode::NotFound,
             E::Conflict(_) => ErrorCode::Conflict,
             E::Outbox(_) | E::Unavailable(_) => ErrorCode::Internal,
+            E::NotShared(_) => ErrorCode::Unavailable,
         };
         ApiError::new(code, err.to_string())
     }

@@ -15,6 +15,7 @@ pub mod outbox;
 #[doc(hidden)]
 pub mod policy;
 pub(crate) mod setup;
+pub mod shared;
 pub mod signing;
 pub mod ssrf;
 pub(crate) mod tls;
@@ -50,6 +51,9 @@ pub enum WebhookError {
     /// The webhook actors are gone (the broker is shutting down).
     #[error("webhooks are unavailable: {0}")]
     Unavailable(String),
+    /// The change could not be shared with the other nodes (their store is unreachable).
+    #[error("not shared with the other nodes: {0}")]
+    NotShared(String),
 }
 
 impl From<outbox::OutboxError> for WebhookError {

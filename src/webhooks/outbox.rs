@@ -208,8 +208,9 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// The fields of a new endpoint; the id and timestamps are assigned by the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The fields of a new endpoint; the id and timestamps are assigned by the outbox. Also
+/// what nodes share of an endpoint ([`super::shared::SharedEndpoint`]).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewEndpoint {
     /// Where deliveries are POSTed.
     pub url: String,
@@ -221,6 +222,32 @@ pub struct NewEndpoint {
     pub rooms: Vec<String>,
     /// Maximum attempts per second.
     pub rate_limit_per_s: u32,
+}
+
+impl std::fmt::Debug for NewEndpoint {
+    // Hand-written so that the secret never ends up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewEndpoint")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field("rooms", &self.rooms)
+            .field("rate_limit_per_s", &self.rate_limit_per_s)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// What defines the endpoint (for sharing it with other nodes).
+    pub fn definition(&self) -> NewEndpoint {
+        NewEndpoint {
+            url: self.url.clone(),
+            secret: self.secret.clone(),
+            events: self.events.clone(),
+            rooms: self.rooms.clone(),
+            rate_limit_per_s: self.rate_limit_per_s,
+        }
+    }
 }
 
 /// A partial update of an endpoint (`PATCH /api/webhooks/{id}`); `None` leaves a field as is.
@@ -436,6 +463,16 @@ impl Outbox {
     pub fn insert_endpoint(&mut self, new: NewEndpoint, now_ms: i64) -> Result<Endpoint> {
         let id = format!("ep_{}", uuid::Uuid::new_v4().simple());
         self.insert_endpoint_as(&id, new, now_ms)
+    }
+
+    /// Stores an endpoint another node created, under its id (enabled).
+    pub fn insert_shared_endpoint(
+        &mut self,
+        id: &str,
+        new: NewEndpoint,
+        created_at: i64,
+    ) -> Result<Endpoint> {
+        self.insert_endpoint_as(id, new, created_at)
     }
 
     /// Creates the config-file endpoint `id` or, when it exists, updates its URL, events,

@@ -69,6 +69,25 @@ impl Node {
         String::from_utf8_lossy(&body).into_owned()
     }
 
+    /// Polls `GET path` until `done` holds for the JSON body (another node's view catching
+    /// up), at most 10 s; the last body.
+    pub async fn api_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = self.api("GET", path, None).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node :{} GET {path} never satisfied the wait: {body}",
+                self.port
+            );
+            // Another process's state, announced asynchronously: nothing to wait on.
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Polls `/readyz` until it answers `want` (200 or 503), at most 15 s.
     pub async fn wait_readyz(&self, want: u16) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -155,6 +174,8 @@ burst = 100000
 
 [webhooks]
 outbox_path = ""
+allow = ["127.0.0.1/32"]
+mode = "development"
 
 [engine]
 kind = "redis"

@@ -9,6 +9,7 @@ use crate::actors::webhook_target::{Reconfigure, StopTarget};
 use crate::config::DuplicateUrls;
 use crate::webhooks::event::WebhookEvent;
 use crate::webhooks::outbox::{Delivery, DeliveryHistory, Endpoint, EndpointPatch, NewEndpoint};
+use crate::webhooks::shared::{EndpointsChanged, SharedEndpoint};
 use crate::webhooks::signing::WebhookSecret;
 use crate::webhooks::{normalize_secrets, WebhookError};
 
@@ -57,9 +58,29 @@ fn same_url(a: &str, b: &str) -> bool {
 }
 
 impl Handler<CreateEndpoint> for RetryQueue {
-    type Result = Result<Created, WebhookError>;
+    type Result = ResponseActFuture<Self, Result<Created, WebhookError>>;
 
     fn handle(&mut self, msg: CreateEndpoint, ctx: &mut Self::Context) -> Self::Result {
+        let created = match self.create(msg, ctx) {
+            Ok(created) => created,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        let id = created.endpoint.id.clone();
+        self.shared_then(
+            EndpointsChanged::Saved(SharedEndpoint::from(&created.endpoint)),
+            created,
+            move |act, ctx| act.forget_endpoint(&id, ctx),
+            "not created: the other nodes could not be told",
+        )
+    }
+}
+
+impl RetryQueue {
+    fn create(
+        &mut self,
+        msg: CreateEndpoint,
+        ctx: &mut Context<Self>,
+    ) -> Result<Created, WebhookError> {
         self.validate(Some(&msg.url), Some(&msg.events))?;
         let mut same: Vec<&str> = self
             .targets
@@ -152,9 +173,28 @@ pub struct UpdateEndpoint {
 }
 
 impl Handler<UpdateEndpoint> for RetryQueue {
-    type Result = Result<EndpointStatus, WebhookError>;
+    type Result = ResponseActFuture<Self, Result<EndpointStatus, WebhookError>>;
 
     fn handle(&mut self, msg: UpdateEndpoint, ctx: &mut Self::Context) -> Self::Result {
+        let status = match self.update(msg, ctx) {
+            Ok(status) => status,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        self.shared_then(
+            EndpointsChanged::Saved(SharedEndpoint::from(&status.endpoint)),
+            status,
+            |_, _| {},
+            "changed on this node only: the other nodes could not be told",
+        )
+    }
+}
+
+impl RetryQueue {
+    fn update(
+        &mut self,
+        msg: UpdateEndpoint,
+        ctx: &mut Context<Self>,
+    ) -> Result<EndpointStatus, WebhookError> {
         let mut patch = msg.patch;
         self.validate(patch.url.as_deref(), patch.events.as_deref())?;
         if let Some(secret) = &patch.secret {
@@ -187,15 +227,29 @@ impl Handler<UpdateEndpoint> for RetryQueue {
 pub struct DeleteEndpoint(pub String);
 
 impl Handler<DeleteEndpoint> for RetryQueue {
-    type Result = Result<(), WebhookError>;
+    type Result = ResponseActFuture<Self, Result<(), WebhookError>>;
 
     fn handle(
         &mut self,
         DeleteEndpoint(id): DeleteEndpoint,
         ctx: &mut Self::Context,
     ) -> Self::Result {
-        self.outbox.delete_endpoint(&id)?;
-        if let Some(target) = self.targets.remove(&id) {
+        if let Err(err) = self.delete(&id, ctx) {
+            return Box::pin(fut::ready(Err(err)));
+        }
+        self.shared_then(
+            EndpointsChanged::Removed(id),
+            (),
+            |_, _| {},
+            "deleted on this node only: the other nodes could not be told",
+        )
+    }
+}
+
+impl RetryQueue {
+    pub(super) fn delete(&mut self, id: &str, ctx: &mut Context<Self>) -> Result<(), WebhookError> {
+        self.outbox.delete_endpoint(id)?;
+        if let Some(target) = self.targets.remove(id) {
             if let Some(timer) = target.timer {
                 ctx.cancel_future(timer);
             }

@@ -23,6 +23,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 mod manage;
+mod shared;
 
 pub use manage::{
     CreateEndpoint, DeleteEndpoint, EndpointStatus, GetEndpoint, ListDeadLetters, ListDeliveries,
@@ -36,6 +37,7 @@ use crate::webhooks::event::{self, WebhookEvent};
 use crate::webhooks::filter::{subscribed, EndpointFilter, Filters};
 use crate::webhooks::outbox::{AttemptRecord, Endpoint, Outbox};
 use crate::webhooks::policy::{Outcome, RetryPolicy};
+use crate::webhooks::shared::EndpointStore;
 use crate::webhooks::{now_ms, ssrf, OutboxHealth, WebhookError};
 
 /// How often delivered deliveries older than `webhooks.retention` are purged.
@@ -74,6 +76,8 @@ pub struct RetryQueue {
     /// Outbox operations failed in a row (0 while it works).
     storage_failures: u32,
     health: OutboxHealth,
+    /// Where API endpoints are shared with other nodes (a shared engine).
+    store: Option<Arc<dyn EndpointStore>>,
 }
 
 /// Who waits for an event's commit.
@@ -131,7 +135,14 @@ impl RetryQueue {
             record_retry: None,
             storage_failures: 0,
             health,
+            store: None,
         }
+    }
+
+    /// Shares the endpoints created through the API with other nodes through `store`.
+    pub fn sharing(mut self, store: Option<Arc<dyn EndpointStore>>) -> RetryQueue {
+        self.store = store;
+        self
     }
 
     /// Notes a failed outbox operation (log, metric, `/readyz`); returns how long to wait
@@ -536,6 +547,7 @@ impl Actor for RetryQueue {
             Err(err) => log::error!("webhooks: cannot list endpoints: {err}"),
         }
         self.publish_filters();
+        self.watch_shared_endpoints(ctx);
         self.recount();
         if self.pending > 0 {
             log::info!(

@@ -13,6 +13,7 @@ use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{parse_message, ControlOrder, EngineError, RoomFeed, Shared};
+use crate::webhooks::shared::EndpointsChanged;
 
 /// A request to make the subscriptions match the fed rooms; `done` answers once they do.
 pub(super) struct Sync {
@@ -129,10 +130,12 @@ impl Link {
             *c = conns;
         }
         self.set_down(None);
-        // Rooms fed before (or during) the outage may have missed messages.
+        // Rooms fed before (or during) the outage may have missed messages; the webhook
+        // queue may have missed endpoint changes.
         for room in self.fed_rooms() {
             room.do_send(RoomFeed::Resync);
         }
+        self.tell_endpoint_watcher(EndpointsChanged::Resync);
         let reason = loop {
             tokio::select! {
                 message = stream.next() => match message {
@@ -173,6 +176,7 @@ impl Link {
             Err(_) => return Ok(()),
         };
         wanted.insert(self.shared.order_channel());
+        wanted.insert(self.shared.endpoints_channel());
         let add: Vec<&String> = wanted.difference(subscribed).collect();
         if !add.is_empty() {
             sink.subscribe(&add).await?;
@@ -188,6 +192,9 @@ impl Link {
     fn dispatch(&self, message: &redis::Msg) {
         if message.get_channel_name() == self.shared.order_channel() {
             return self.obey(message.get_payload_bytes());
+        }
+        if message.get_channel_name() == self.shared.endpoints_channel() {
+            return self.endpoints_changed(message.get_payload_bytes());
         }
         let room = match self.shared.feeds.lock() {
             Ok(feeds) => feeds.get(message.get_channel_name()).cloned(),
@@ -217,6 +224,26 @@ impl Link {
         let to = self.shared.orders.lock().ok().and_then(|o| o.clone());
         if let Some(to) = to {
             to.do_send(order);
+        }
+    }
+
+    /// A webhook endpoint change announced by a node (this one included).
+    fn endpoints_changed(&self, payload: &[u8]) {
+        match serde_json::from_slice::<EndpointsChanged>(payload) {
+            Ok(change) => self.tell_endpoint_watcher(change),
+            Err(err) => log::warn!("an endpoint change this node cannot read ({err}), ignored"),
+        }
+    }
+
+    fn tell_endpoint_watcher(&self, change: EndpointsChanged) {
+        let to = self
+            .shared
+            .endpoint_watcher
+            .lock()
+            .ok()
+            .and_then(|w| w.clone());
+        if let Some(to) = to {
+            to.do_send(change);
         }
     }
 

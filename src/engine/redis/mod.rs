@@ -13,6 +13,7 @@
 //! operation fails at once with [`EngineError::Unavailable`], and the task reconnects with
 //! backoff, subscribes again, and tells every fed room to [`RoomFeed::Resync`].
 
+mod endpoints;
 mod link;
 pub mod scripts;
 
@@ -73,6 +74,8 @@ struct Shared {
     orders: Mutex<Option<Recipient<ControlOrder>>>,
     /// Members per room on this node, for the cluster-wide room list.
     local_rooms: Mutex<HashMap<String, usize>>,
+    /// Where announced webhook endpoint changes go (the RetryQueue).
+    endpoint_watcher: Mutex<Option<Recipient<crate::webhooks::shared::EndpointsChanged>>>,
 }
 
 impl RedisEngine {
@@ -106,6 +109,7 @@ impl RedisEngine {
             node_id: uuid::Uuid::new_v4().to_string(),
             orders: Mutex::new(None),
             local_rooms: Mutex::new(HashMap::new()),
+            endpoint_watcher: Mutex::new(None),
         });
         let link = link::Link {
             shared: shared.clone(),
@@ -180,6 +184,12 @@ impl Engine for RedisEngine {
                 log::warn!("resume state of {key} not stored: {err}");
             }
         });
+    }
+
+    fn endpoint_store(&self) -> Option<Arc<dyn crate::webhooks::shared::EndpointStore>> {
+        Some(Arc::new(endpoints::RedisEndpoints {
+            shared: self.shared.clone(),
+        }))
     }
 
     fn serve_orders(&self, to: Recipient<ControlOrder>) {
@@ -318,6 +328,11 @@ fn channel_of(prefix: &str, room: &str) -> String {
 }
 
 impl Shared {
+    /// The channel webhook endpoint changes are announced on.
+    fn endpoints_channel(&self) -> String {
+        format!("{}:webhooks", self.prefix)
+    }
+
     /// The channel this node takes orders on.
     fn order_channel(&self) -> String {
         format!("{}:node:{}", self.prefix, self.node_id)
