@@ -700,3 +700,41 @@ async fn webhook_endpoints_are_shared_and_each_event_is_sent_once() {
         .await;
     assert_eq!(receiver.count(), 3, "nothing sent twice");
 }
+
+#[actix_rt::test]
+async fn a_redis_that_lost_its_data_starts_rooms_over_and_says_so() {
+    let Some(mut cluster) = Cluster::start(2, "").await else {
+        return;
+    };
+    let room = "amnesia";
+    let (mut subscriber, _) = cluster.nodes[1].client("sub").await;
+    subscriber.join(room).await;
+    let path = format!("/api/rooms/{room}/publish");
+    for n in 0..5 {
+        let (status, body) = cluster.nodes[0]
+            .api("POST", &path, Some(json!({ "payload": { "n": n } })))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(read_messages(&mut subscriber, room, 5).await.len(), 5);
+    // Restarted empty (no persistence): the room's seq starts over, and the subscriber,
+    // which had seq 5, still gets the new messages.
+    cluster.redis.restart();
+    for node in &cluster.nodes {
+        node.wait_readyz(200).await;
+    }
+    let (status, body) = cluster.nodes[0]
+        .api("POST", &path, Some(json!({ "payload": { "n": 100 } })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["seq"], 1, "{body}");
+    assert_eq!(
+        read_messages(&mut subscriber, room, 1).await,
+        [(1, json!(100))]
+    );
+    let metrics = cluster.nodes[1].text("/metrics").await;
+    assert!(
+        !metrics.contains("switchboard_feed_gaps_lost_total 0"),
+        "the loss is counted: {metrics}"
+    );
+}

@@ -886,13 +886,11 @@ impl Room {
             return;
         };
         match self.log().since(delivered) {
-            Answer::Now(replay) => self.delivered_gap(delivered, Ok(replay), pending),
+            Answer::Now(replay) => self.delivered_gap(delivered, Ok(replay), pending, ctx),
             Answer::Later(reading) => {
-                ctx.wait(
-                    reading
-                        .into_actor(self)
-                        .map(move |replay, act, _| act.delivered_gap(delivered, replay, pending)),
-                );
+                ctx.wait(reading.into_actor(self).map(move |replay, act, ctx| {
+                    act.delivered_gap(delivered, replay, pending, ctx)
+                }));
             }
         }
     }
@@ -902,8 +900,10 @@ impl Room {
         from: u64,
         replay: Result<Replay, EngineError>,
         pending: Option<(u64, ByteString)>,
+        ctx: &mut Context<Self>,
     ) {
         match replay {
+            Ok(replay) if replay.last_seq < from => self.start_feed_over(ctx),
             Ok(replay) => {
                 if !replay.recovered {
                     self.metrics.feed_gaps_lost.inc();
@@ -927,6 +927,23 @@ impl Room {
     }
 }
 
+impl Room {
+    /// The engine's store lost the room (Redis restarted without persistence, or the
+    /// room's keys were evicted): its seq started over. Deliver from its new beginning.
+    fn start_feed_over(&mut self, ctx: &mut Context<Self>) {
+        self.metrics.feed_gaps_lost.inc();
+        log::warn!(
+            "room {}: the engine's store lost the room (its seq started over); members get its messages from seq 1",
+            self.name
+        );
+        self.feed = Feed::Fed { delivered: 0 };
+        for member in self.members.values_mut() {
+            member.after = 0;
+        }
+        self.fill_gap(None, ctx);
+    }
+}
+
 impl Handler<RoomFeed> for Room {
     type Result = ();
 
@@ -935,6 +952,8 @@ impl Handler<RoomFeed> for Room {
             return; // unsubscribed while this was on its way
         };
         match msg {
+            // Only a room that started over publishes seq 1 again.
+            RoomFeed::Message { seq: 1, .. } if delivered > 1 => self.start_feed_over(ctx),
             RoomFeed::Message { seq, .. } if seq <= delivered => {}
             RoomFeed::Message { seq, frame } if seq == delivered + 1 => self.deliver(seq, &frame),
             RoomFeed::Message { seq, frame } => self.fill_gap(Some((seq, frame)), ctx),
