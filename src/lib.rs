@@ -44,5 +44,5 @@ pub use actors::room::{History, PresenceInfo};
 pub use actors::router::{HandlerError, HandlerRequest, Reply};
 pub use actors::supervisor::ShutdownReport;
 pub use broker::rooms::{Receipt, RoomError, ServerMessage};
-pub use broker::Broker;
+pub use broker::{Broker, BrokerBuilder};
 pub use config::Config;

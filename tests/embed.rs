@@ -79,3 +79,67 @@ async fn host_app_routes_and_the_mounted_broker_share_one_server() {
     }
     handle.stop(false).await;
 }
+
+/// Rust code that embeds the broker publishes and reads rooms without HTTP, over an engine
+/// it chose.
+#[actix_rt::test]
+async fn an_embedder_publishes_and_reads_rooms_without_http() {
+    let (broker_tx, broker_rx) = std::sync::mpsc::channel();
+    let broker = support::TestBroker::start_with(support::test_config(), move |broker| {
+        let _ = broker_tx.send(broker);
+        async {}
+    });
+    let embedded = broker_rx.recv_timeout(support::WAIT).unwrap();
+    let mut member = broker.client("alice", &["orders:*"]).await;
+    member.join("orders:7").await;
+
+    // The broker runs in its own actix system: its calls are made there.
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+    let caller = embedded.clone();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let message = switchboard::ServerMessage {
+                msg_type: Some("order.shipped".into()),
+                payload: serde_json::value::RawValue::from_string(r#"{"n":1}"#.into()).unwrap(),
+                id: Some("ship-7".into()),
+            };
+            let first = caller.publish("orders:7", "my-app", message.clone()).await;
+            let again = caller.publish("orders:7", "my-app", message).await;
+            let bad = caller
+                .publish(
+                    "no spaces",
+                    "my-app",
+                    switchboard::ServerMessage {
+                        msg_type: None,
+                        payload: serde_json::value::RawValue::from_string("1".into()).unwrap(),
+                        id: None,
+                    },
+                )
+                .await;
+            let history = caller.history("orders:7", 0, 10).await;
+            let rooms = caller.rooms().await;
+            let _ = answer_tx.send((first, again, bad, history, rooms));
+        });
+    });
+    let (first, again, bad, history, rooms) = answer_rx.await.unwrap();
+    let first = first.expect("published");
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    assert!(
+        again.expect("answered").duplicate,
+        "the same id is a repeat"
+    );
+    assert_eq!(
+        bad.expect_err("an invalid room").code,
+        switchboard::protocol::ErrorCode::BadRequest
+    );
+    assert_eq!(history.expect("history").messages.len(), 1);
+    assert!(rooms
+        .expect("rooms")
+        .iter()
+        .any(|r| r.room == "orders:7" && r.members == 1));
+    let got = member.recv_type("order.shipped").await;
+    assert_eq!(
+        (got["seq"].as_u64(), got["payload"]["n"].as_u64()),
+        (Some(1), Some(1))
+    );
+}

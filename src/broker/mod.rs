@@ -57,6 +57,35 @@ pub(crate) struct BrokerState {
     pub engine: Arc<dyn Engine>,
 }
 
+/// Starts a broker with choices the config file cannot express (an engine object).
+///
+/// ```no_run
+/// # fn demo(config: switchboard::Config, engine: std::sync::Arc<dyn switchboard::engine::Engine>)
+/// # -> Result<(), switchboard::config::ConfigError> {
+/// let broker = switchboard::Broker::builder(config).engine(engine).start()?;
+/// # Ok(()) }
+/// ```
+pub struct BrokerBuilder {
+    config: Config,
+    engine: Option<Arc<dyn Engine>>,
+}
+
+impl BrokerBuilder {
+    /// Rooms live in `engine` instead of the one `[engine] kind` names.
+    pub fn engine(mut self, engine: Arc<dyn Engine>) -> BrokerBuilder {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// Starts the broker's actors. Must be called inside a running actix system.
+    pub fn start(self) -> Result<Broker, ConfigError> {
+        match self.engine {
+            Some(engine) => Broker::start_with_engine(self.config, engine),
+            None => Broker::start(self.config),
+        }
+    }
+}
+
 /// A running broker: cheap to clone, shared by every worker.
 #[derive(Clone)]
 pub struct Broker {
@@ -93,6 +122,14 @@ impl Broker {
                 })?),
             };
         Broker::start_with_engine(config, engine)
+    }
+
+    /// A builder, for choices beyond the config ([`BrokerBuilder::engine`]).
+    pub fn builder(config: Config) -> BrokerBuilder {
+        BrokerBuilder {
+            config,
+            engine: None,
+        }
     }
 
     /// Starts the broker's actors over `engine` (an engine of the embedder's choice or
