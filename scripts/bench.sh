@@ -7,6 +7,9 @@
 #   BENCH_QUICK=1 scripts/bench.sh       # a smoke run of about a minute
 #   BENCH_TARGETS="switchboard nats"     # a subset of: switchboard nats mqtt nodews
 #   BENCH_SCENARIOS="fanout idle"        # a subset of: ramp fanout paced rooms churn idle
+#   BENCH_SCENARIOS=cluster              # scale-out (switchboard only, not in the default
+#                                        # list): 3 nodes over one Redis against 1 node
+#                                        # with the memory engine, fan-out and paced
 #   BENCH_PERF=1                         # also profile switchboard (perf, cpu-clock) during
 #                                        # the max-rate fan-out (perf-<label>.txt)
 #   BENCH_OUT=DIR                        # where results go (default target/bench/<time>)
@@ -19,6 +22,13 @@
 # Missing packages are installed with apt-get, the Node server's dependency with npm.
 # Output: results.jsonl (one JSON line per run), table.md, versions.txt and logs/ in the
 # output directory; the table is printed at the end.
+#
+# The cluster scenario starts its own redis-server (unix socket in the output directory, no
+# persistence) and three switchboard nodes with `[engine] kind = "redis"` on ports
+# 18001-18003, all pinned to core 0 and fresh for every run. Subscribers go round-robin over
+# the three nodes, the publisher uses node 1; broker CPU is the sum over the three nodes,
+# Redis CPU is reported apart. Then the same two runs against one node with the memory
+# engine (the usual config on 18000). Labels: redis3-<run> and memory1-<run>.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +45,7 @@ RESULTS=$OUT/results.jsonl
 mkdir -p "$LOGS"
 
 SB_PORT=18000
+CLUSTER_PORTS=(18001 18002 18003)
 NATS_WS_PORT=18222 NATS_PORT=18224
 MQTT_WS_PORT=18083 MQTT_PORT=18883
 NODE_PORT=18090
@@ -62,6 +73,12 @@ command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v taskset >/dev/null || missing+=(util-linux)
+CLUSTER=0
+for scenario in "${SCENARIOS[@]}"; do [ "$scenario" = cluster ] && CLUSTER=1; done
+if [ "$CLUSTER" = 1 ]; then
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v curl >/dev/null || missing+=(curl)
+fi
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 if [ ! -f "$BENCH/node/node_modules/ws/package.json" ]; then
@@ -91,7 +108,9 @@ if [ "$(nproc)" -lt 2 ]; then
   echo "warning: fewer than 2 cores: broker and load generator will share one" >&2
 fi
 
-for port in $SB_PORT $NATS_WS_PORT $NATS_PORT $MQTT_WS_PORT $MQTT_PORT $NODE_PORT; do
+ports=($SB_PORT $NATS_WS_PORT $NATS_PORT $MQTT_WS_PORT $MQTT_PORT $NODE_PORT)
+[ "$CLUSTER" = 1 ] && ports+=("${CLUSTER_PORTS[@]}")
+for port in "${ports[@]}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "error: something already listens on 127.0.0.1:$port; stop it first" >&2
     exit 1
@@ -100,9 +119,10 @@ done
 
 # switchboard's config: anonymous, loopback, a rate limit the publisher never hits, room for
 # the rooms scenario's publisher (200 rooms), and the same 10 s heartbeat as the peers.
-cat >"$OUT/switchboard.toml" <<EOF
+sb_config() { # port
+  cat <<EOF
 [server]
-bind = "127.0.0.1:$SB_PORT"
+bind = "127.0.0.1:$1"
 
 [auth]
 anonymous = true
@@ -116,7 +136,41 @@ messages_per_second = 10000000
 burst = 10000000
 max_rooms_per_session = 1000
 EOF
+}
+sb_config $SB_PORT >"$OUT/switchboard.toml"
 "$SB_BIN" check-config "$OUT/switchboard.toml"
+
+# The cluster's nodes: the same config on their own ports, the Redis engine over the
+# benchmark's own redis-server, and an outbox file each (no two processes share one).
+if [ "$CLUSTER" = 1 ]; then
+  REDIS_DIR=$OUT/redis
+  REDIS_TMP=
+  # A unix socket path must fit in 108 bytes.
+  if [ ${#REDIS_DIR} -gt 90 ]; then
+    REDIS_TMP=$(mktemp -d /tmp/sb-bench-redis.XXXXXX)
+    REDIS_DIR=$REDIS_TMP
+  fi
+  mkdir -p "$REDIS_DIR"
+  REDIS_SOCK=$REDIS_DIR/redis.sock
+  for i in "${!CLUSTER_PORTS[@]}"; do
+    {
+      sb_config "${CLUSTER_PORTS[$i]}"
+      cat <<EOF
+
+[webhooks]
+outbox_path = "$OUT/cluster-node$((i + 1))-webhooks.db"
+
+[engine]
+kind = "redis"
+
+[redis]
+url = "redis+unix://$REDIS_SOCK"
+prefix = "bench"
+EOF
+    } >"$OUT/cluster-node$((i + 1)).toml"
+    "$SB_BIN" check-config "$OUT/cluster-node$((i + 1)).toml"
+  done
+fi
 
 # --- versions ----------------------------------------------------------------------------
 
@@ -135,6 +189,7 @@ EOF
   echo "kernel:      $(uname -sr)"
   echo "cpu:         $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores"
   echo "memory:      $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+  if [ "$CLUSTER" = 1 ]; then echo "redis:       $(redis-server --version)"; fi
   echo "mode:        $([ "$QUICK" = 1 ] && echo quick || echo full)"
 } | tee "$OUT/versions.txt"
 
@@ -160,8 +215,34 @@ stop_broker() {
   fi
   BROKER_PID=
 }
-trap stop_broker EXIT
-trap 'stop_broker; exit 130' INT TERM
+# The cluster scenario's processes.
+REDIS_PID=
+NODE_PIDS=()
+
+stop_cluster() {
+  local pid
+  for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Redis goes last, once every node is gone.
+  for pid in "${NODE_PIDS[@]}" $REDIS_PID; do
+    if [ "$pid" = "$REDIS_PID" ]; then kill -TERM "$pid" 2>/dev/null || true; fi
+    for _ in $(seq 1 150); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  NODE_PIDS=()
+  REDIS_PID=
+}
+
+cleanup() {
+  stop_broker
+  stop_cluster
+  if [ -n "${REDIS_TMP:-}" ]; then rm -rf "$REDIS_TMP"; fi
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 port_of() {
   case $1 in
@@ -207,6 +288,52 @@ start_broker() { # target label
   echo "error: $target did not listen on $port within 15 s" >&2
   stop_broker
   return 1
+}
+
+# A redis-server of the benchmark's own (unix socket only, nothing saved), then the three
+# nodes over it, each answering /readyz 200 (Redis reachable).
+start_cluster() { # label
+  local label=$1 rlog="$LOGS/redis-$1.log" i pid port up
+  rm -f "$REDIS_SOCK"
+  taskset -c 0 redis-server --port 0 --unixsocket "$REDIS_SOCK" --unixsocketperm 700 \
+    --save '' --appendonly no --dir "$REDIS_DIR" >"$rlog" 2>&1 &
+  REDIS_PID=$!
+  up=0
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$REDIS_PID" 2>/dev/null; then break; fi
+    if [ -S "$REDIS_SOCK" ] && grep -qi 'ready to accept connections' "$rlog"; then
+      up=1
+      break
+    fi
+    sleep 0.1
+  done
+  if [ "$up" != 1 ]; then
+    echo "error: redis-server did not start within 10 s; its log:" >&2
+    cat "$rlog" >&2
+    return 1
+  fi
+  for i in "${!CLUSTER_PORTS[@]}"; do
+    taskset -c 0 "$SB_BIN" serve --config "$OUT/cluster-node$((i + 1)).toml" \
+      >"$LOGS/switchboard-node$((i + 1))-$label.log" 2>&1 &
+    NODE_PIDS+=($!)
+  done
+  for i in "${!CLUSTER_PORTS[@]}"; do
+    pid=${NODE_PIDS[$i]} port=${CLUSTER_PORTS[$i]} up=0
+    for _ in $(seq 1 150); do
+      if ! kill -0 "$pid" 2>/dev/null; then break; fi
+      if curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$port/readyz"; then
+        up=1
+        break
+      fi
+      sleep 0.1
+    done
+    if [ "$up" != 1 ]; then
+      echo "error: cluster node $((i + 1)) (:$port) was not ready within 15 s; its log:" >&2
+      cat "$LOGS/switchboard-node$((i + 1))-$label.log" >&2
+      return 1
+    fi
+  done
+  sleep 0.3
 }
 
 # --- scenarios ---------------------------------------------------------------------------
@@ -258,8 +385,52 @@ run() { # target label args...
   sleep "$PAUSE"
 }
 
+# One run against the cluster: subscribers round-robin over the nodes, the publisher on
+# node 1, broker CPU summed over the nodes' PIDs, Redis CPU apart.
+run_cluster() { # label args...
+  local label=$1 i pid pids args=()
+  shift
+  log "$label: switchboard, ${#CLUSTER_PORTS[@]} nodes over Redis"
+  if ! start_cluster "$label"; then
+    echo "{\"target\":\"switchboard\",\"label\":\"$label\",\"error\":\"cluster did not start\"}" >>"$RESULTS"
+    stop_cluster
+    return 0
+  fi
+  for i in "${!CLUSTER_PORTS[@]}"; do args+=(--url "ws://127.0.0.1:${CLUSTER_PORTS[$i]}/ws"); done
+  pids=$(IFS=,; echo "${NODE_PIDS[*]}")
+  timeout --signal=INT 400 taskset -c 1 "$LG_BIN" --target switchboard "${args[@]}" \
+    --broker-pid "$pids" --redis-pid "$REDIS_PID" \
+    --label "$label" --json-out "$RESULTS" "$@" 2>&1 | tee -a "$LOGS/loadgen.log" ||
+    echo "loadgen failed for switchboard/$label (exit ${PIPESTATUS[0]})" | tee -a "$LOGS/loadgen.log"
+  for i in "${!NODE_PIDS[@]}"; do
+    pid=${NODE_PIDS[$i]}
+    kill -0 "$pid" 2>/dev/null ||
+      echo "warning: cluster node $((i + 1)) (pid $pid) died during $label" | tee -a "$LOGS/loadgen.log"
+  done
+  kill -0 "$REDIS_PID" 2>/dev/null ||
+    echo "warning: redis-server (pid $REDIS_PID) died during $label" | tee -a "$LOGS/loadgen.log"
+  stop_cluster
+  sleep "$PAUSE"
+}
+
 started=$(date +%s)
 for scenario in "${SCENARIOS[@]}"; do
+  if [ "$scenario" = cluster ]; then
+    sb=0
+    for target in "${TARGETS[@]}"; do
+      if [ "$target" = switchboard ]; then
+        sb=1
+      else
+        log "cluster: $target skipped (the cluster scenario is switchboard only)"
+      fi
+    done
+    [ "$sb" = 1 ] || continue
+    run_cluster "redis3-${FANOUT[0]}" "${FANOUT[@]:1}"
+    run_cluster "redis3-${PACED[0]}" "${PACED[@]:1}"
+    run switchboard "memory1-${FANOUT[0]}" "${FANOUT[@]:1}"
+    run switchboard "memory1-${PACED[0]}" "${PACED[@]:1}"
+    continue
+  fi
   case $scenario in
     ramp) spec=("${RAMP[@]}") ;;
     fanout) spec=("${FANOUT[@]}") ;;

@@ -2,6 +2,9 @@
 //! Mosquitto, a Node `ws` server) and runs one scenario: `fanout`, `rooms`, `idle` or
 //! `churn`. Prints a human summary and one JSON line (also appended to `--json-out`).
 //!
+//! `--url` may be repeated to spread the connections over several brokers (the nodes of one
+//! cluster): subscribers go round-robin over every URL given, the publisher uses the first.
+//!
 //! It runs on one thread (pin it with `taskset`); every loop is bounded by counts and
 //! timeouts, and it only connects to loopback addresses.
 
@@ -30,14 +33,23 @@ struct Cli {
     #[arg(long, value_enum, global = true, default_value = "switchboard")]
     target: Target,
     /// WebSocket URL (loopback only); default: the port scripts/bench.sh uses for the target.
+    /// Repeat it to spread subscribers (and idle/churn connections) round-robin over several
+    /// brokers, e.g. the nodes of one cluster; the publisher uses the first. Give every
+    /// `--url` on the same side of the scenario name (those after it replace those before).
     #[arg(long, global = true)]
-    url: Option<String>,
+    url: Vec<String>,
     /// Subprotocol to offer (default: switchboard.v1 / mqtt / none; "" for none).
     #[arg(long, global = true)]
     subprotocol: Option<String>,
-    /// The broker's process id: its CPU time and memory are read from /proc.
+    /// The broker's process id: its CPU time and memory are read from /proc. Repeat it (or
+    /// separate ids with commas) for a broker of several processes: their sum is reported.
+    /// Like `--url`, all on one side of the scenario name.
+    #[arg(long, global = true, value_delimiter = ',')]
+    broker_pid: Vec<String>,
+    /// A Redis server's process id (fanout/rooms): its CPU time over the measured window is
+    /// reported apart from the broker's.
     #[arg(long, global = true)]
-    broker_pid: Option<String>,
+    redis_pid: Option<String>,
     /// Connections opened concurrently per batch.
     #[arg(long, global = true, default_value_t = 100)]
     batch: usize,
@@ -169,22 +181,41 @@ fn main() {
         Scenario::Idle { .. } | Scenario::Churn { .. } => 4096,
         _ => 64 * 1024,
     });
-    let ep = match Endpoint::new(
-        cli.target,
-        cli.url.clone(),
-        cli.subprotocol.clone(),
-        cli.mqtt_keepalive,
-        read_buffer,
-    ) {
-        Ok(ep) => ep,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            std::process::exit(2);
-        }
+    // One endpoint per URL (the target's default URL when none is given); the first is
+    // the publisher's.
+    let urls: Vec<Option<String>> = if cli.url.is_empty() {
+        vec![None]
+    } else {
+        cli.url.iter().cloned().map(Some).collect()
     };
+    let mut eps = Vec::with_capacity(urls.len());
+    for url in urls {
+        match Endpoint::new(
+            cli.target,
+            url,
+            cli.subprotocol.clone(),
+            cli.mqtt_keepalive,
+            read_buffer,
+        ) {
+            Ok(ep) => eps.push(ep),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let ep = eps[0].clone();
+    let broker_pids: Vec<String> = cli
+        .broker_pid
+        .iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
     let common = Common {
         ep,
-        broker_pid: cli.broker_pid.clone(),
+        sub_eps: eps,
+        broker_pids,
+        redis_pid: cli.redis_pid.clone(),
         batch: cli.batch,
         batch_pause: Duration::from_millis(cli.batch_pause_ms),
         payload: cli.payload.max(40),
@@ -201,6 +232,21 @@ fn main() {
             .unwrap_or_else(|| cli.scenario.name().into()),
     );
     r.set("url", common.ep.url.clone());
+    if common.sub_eps.len() > 1 {
+        // Only with several brokers, so that single-broker lines stay as they were.
+        r.set("nodes", common.sub_eps.len());
+        r.set(
+            "sub_urls",
+            serde_json::json!(common
+                .sub_eps
+                .iter()
+                .map(|e| e.url.clone())
+                .collect::<Vec<_>>()),
+        );
+    }
+    if common.broker_pids.len() > 1 {
+        r.set("broker_pids", common.broker_pids.len());
+    }
     if nofile < 1024 {
         eprintln!("loadgen: warning: open-file limit is only {nofile}");
     }
@@ -278,5 +324,54 @@ fn main() {
         if let Err(e) = written {
             eprintln!("loadgen: cannot append to {}: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Scenario};
+
+    #[test]
+    fn several_urls_and_pids() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--broker-pid",
+            "10,11",
+            "--url",
+            "ws://127.0.0.1:2/ws",
+            "--broker-pid",
+            "12",
+            "--redis-pid",
+            "13",
+            "fanout",
+            "--subs",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.url, ["ws://127.0.0.1:1/ws", "ws://127.0.0.1:2/ws"]);
+        assert_eq!(cli.broker_pid, ["10", "11", "12"]);
+        assert_eq!(cli.redis_pid.as_deref(), Some("13"));
+        assert!(matches!(cli.scenario, Scenario::Fanout { subs: 3, .. }));
+
+        // After the scenario name works too.
+        let after = Cli::try_parse_from([
+            "loadgen",
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--url",
+            "ws://127.0.0.1:2/ws",
+        ])
+        .unwrap();
+        assert_eq!(after.url.len(), 2);
+
+        let one = Cli::try_parse_from(["loadgen", "--broker-pid", "7", "idle"]).unwrap();
+        assert!(one.url.is_empty());
+        assert_eq!(one.broker_pid, ["7"]);
+        assert_eq!(one.redis_pid, None);
     }
 }

@@ -18,6 +18,23 @@ impl Cpu {
         })
     }
 
+    /// The summed CPU time of every process in `pids`; `None` when there is none, or one
+    /// of them cannot be read (a partial sum would understate the cost).
+    pub fn read_all(pids: &[String]) -> Option<Cpu> {
+        let mut sum: Option<Cpu> = None;
+        for pid in pids {
+            let c = Cpu::read(pid)?;
+            sum = Some(match sum {
+                None => c,
+                Some(s) => Cpu {
+                    ticks: s.ticks + c.ticks,
+                    sched: s.sched.zip(c.sched).map(|(a, b)| a + b),
+                },
+            });
+        }
+        sum
+    }
+
     /// Seconds of CPU from `earlier` to `self`: the exact schedstat difference when it
     /// agrees with the tick count (no thread with CPU time exited in between), else ticks.
     pub fn since(&self, earlier: &Cpu) -> f64 {
@@ -101,6 +118,21 @@ pub fn memory(pid: &str) -> Option<Memory> {
     Some(m)
 }
 
+/// The summed memory of every process in `pids` (resident sizes and peaks each added up);
+/// `None` when there is none, or one of them cannot be read.
+pub fn memory_all(pids: &[String]) -> Option<Memory> {
+    let mut sum: Option<Memory> = None;
+    for pid in pids {
+        let m = memory(pid)?;
+        let s = sum.unwrap_or_default();
+        sum = Some(Memory {
+            rss_kib: s.rss_kib + m.rss_kib,
+            hwm_kib: s.hwm_kib + m.hwm_kib,
+        });
+    }
+    sum
+}
+
 /// Raises this process's open-file limit to its hard limit.
 pub fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit {
@@ -136,5 +168,19 @@ mod tests {
         assert!(b.since(&a) >= 0.0);
         let m = super::memory(&me).unwrap();
         assert!(m.rss_kib > 0 && m.hwm_kib >= m.rss_kib);
+    }
+
+    #[test]
+    fn sums_several() {
+        let me = std::process::id().to_string();
+        let one = super::Cpu::read_all(std::slice::from_ref(&me)).unwrap();
+        let two = super::Cpu::read_all(&[me.clone(), me.clone()]).unwrap();
+        assert!(two.ticks >= 2.0 * one.ticks);
+        assert!(super::Cpu::read_all(&[]).is_none());
+        assert!(super::Cpu::read_all(&[me.clone(), "0".into()]).is_none());
+        let m1 = super::memory_all(std::slice::from_ref(&me)).unwrap();
+        let m2 = super::memory_all(&[me.clone(), me]).unwrap();
+        assert!(m2.rss_kib > m1.rss_kib);
+        assert!(super::memory_all(&[]).is_none());
     }
 }

@@ -75,6 +75,14 @@ impl Report {
             s("target"),
             s("url")
         ));
+        if let Some(Value::Array(urls)) = self.get("sub_urls") {
+            let urls: Vec<&str> = urls.iter().filter_map(Value::as_str).collect();
+            out.push(format!(
+                "nodes      {} (subscribers round-robin over {}; publisher on the first)",
+                urls.len(),
+                urls.join(", ")
+            ));
+        }
         if self.get("connected").is_some() {
             out.push(format!(
                 "connect    {} of {} in {} s ({} /s), p50 {} ms, p99 {} ms, max {} ms, errors {}",
@@ -143,6 +151,14 @@ impl Report {
                 s("broker_rss_base_kib"),
                 s("broker_rss_peak_kib"),
                 s("broker_rss_end_kib"),
+            ));
+        }
+        if self.get("redis_cpu_s").is_some() {
+            out.push(format!(
+                "redis      cpu {} s ({} % of a core), {} µs/delivery",
+                self.fmt("redis_cpu_s", 2),
+                self.fmt("redis_cpu_pct", 0),
+                self.fmt("redis_us_per_delivery", 2),
             ));
         }
         if self.get("loadgen_cpu_s").is_some() {

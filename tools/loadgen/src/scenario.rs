@@ -21,10 +21,14 @@ use crate::report::Report;
 
 /// Settings every scenario shares.
 pub struct Common {
-    /// Where and how to connect.
+    /// Where and how to connect: the publisher's broker (the first `--url`).
     pub ep: Endpoint,
-    /// The broker's process id, for CPU and memory.
-    pub broker_pid: Option<String>,
+    /// Every broker, `ep` first: other connections go round-robin over them.
+    pub sub_eps: Vec<Endpoint>,
+    /// The broker's process ids (several for a cluster), for CPU and memory (summed).
+    pub broker_pids: Vec<String>,
+    /// A Redis server's process id, for its CPU (fanout/rooms).
+    pub redis_pid: Option<String>,
     /// Connections opened concurrently per batch.
     pub batch: usize,
     /// Pause between batches.
@@ -35,6 +39,17 @@ pub struct Common {
     pub drain_timeout: Duration,
     /// MQTT: how often a client sends PINGREQ.
     pub client_ping: Duration,
+}
+
+impl Common {
+    /// The endpoint of the `i`-th non-publisher connection: round-robin over `sub_eps`.
+    pub fn sub_ep(&self, i: usize) -> &Endpoint {
+        if self.sub_eps.is_empty() {
+            &self.ep
+        } else {
+            &self.sub_eps[i % self.sub_eps.len()]
+        }
+    }
 }
 
 /// State shared by every task of a scenario (one thread, so `Cell`s).
@@ -252,13 +267,17 @@ async fn member(mut conn: Conn, sh: Rc<Shared>, count: bool, client_ping: Durati
     }
 }
 
-/// Samples the broker's resident memory every 100 ms, keeping the peak.
-fn spawn_rss_sampler(sh: &Rc<Shared>, pid: &Option<String>) -> Option<JoinHandle<()>> {
-    let pid = pid.clone()?;
+/// Samples the broker's resident memory (summed over its processes) every 100 ms, keeping
+/// the peak.
+fn spawn_rss_sampler(sh: &Rc<Shared>, pids: &[String]) -> Option<JoinHandle<()>> {
+    if pids.is_empty() {
+        return None;
+    }
+    let pids = pids.to_vec();
     let sh = sh.clone();
     Some(tokio::task::spawn_local(async move {
         loop {
-            if let Some(m) = procfs::memory(&pid) {
+            if let Some(m) = procfs::memory_all(&pids) {
                 sh.peak_rss_kib.set(sh.peak_rss_kib.get().max(m.rss_kib));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -330,7 +349,7 @@ async fn ramp(
         let end = (i + common.batch.max(1)).min(n);
         let batch: Vec<_> = (i..end)
             .map(|idx| {
-                let ep = common.ep.clone();
+                let ep = common.sub_ep(idx).clone();
                 let room = room_of(idx);
                 tokio::task::spawn_local(async move {
                     let t0 = Instant::now();
@@ -379,16 +398,22 @@ fn abort_all(handles: Vec<JoinHandle<()>>) {
     }
 }
 
+/// The broker under test: one process, or the nodes of a cluster (summed).
 struct Broker {
-    pid: Option<String>,
+    pids: Vec<String>,
 }
 
 impl Broker {
+    fn new(common: &Common) -> Broker {
+        Broker {
+            pids: common.broker_pids.clone(),
+        }
+    }
     fn cpu(&self) -> Option<procfs::Cpu> {
-        self.pid.as_deref().and_then(procfs::Cpu::read)
+        procfs::Cpu::read_all(&self.pids)
     }
     fn mem(&self) -> Option<procfs::Memory> {
-        self.pid.as_deref().and_then(procfs::memory)
+        procfs::memory_all(&self.pids)
     }
 }
 
@@ -422,9 +447,7 @@ pub struct RoomsPlan {
 /// Runs `rooms`/`fanout`.
 pub async fn rooms(common: &Common, plan: &RoomsPlan, r: &mut Report) {
     let sh = Shared::new();
-    let broker = Broker {
-        pid: common.broker_pid.clone(),
-    };
+    let broker = Broker::new(common);
     let target = common.ep.target;
     let room_names: Vec<String> = (0..plan.rooms)
         .map(|i| target.room(&plan.prefix, i))
@@ -436,7 +459,7 @@ pub async fn rooms(common: &Common, plan: &RoomsPlan, r: &mut Report) {
     r.set("window", plan.window);
     r.set("payload_bytes", common.payload);
     let base = broker.mem();
-    let sampler = spawn_rss_sampler(&sh, &broker.pid);
+    let sampler = spawn_rss_sampler(&sh, &broker.pids);
 
     let subs = plan.rooms * plan.per_room;
     let names = room_names.clone();
@@ -477,6 +500,7 @@ pub async fn rooms(common: &Common, plan: &RoomsPlan, r: &mut Report) {
     let expected = Expected::new(counts);
     let expected_total = expected.upto(plan.messages);
     let cpu0 = broker.cpu();
+    let redis0 = common.redis_pid.as_deref().and_then(procfs::Cpu::read);
     let me0 = self_cpu();
     let start = Instant::now();
     let sent = publish(
@@ -501,6 +525,7 @@ pub async fn rooms(common: &Common, plan: &RoomsPlan, r: &mut Report) {
         .wait_delivered(expected_total, common.drain_timeout)
         .await;
     let cpu1 = broker.cpu();
+    let redis1 = common.redis_pid.as_deref().and_then(procfs::Cpu::read);
     let me1 = self_cpu();
     let end = sh
         .last_delivery
@@ -560,6 +585,17 @@ pub async fn rooms(common: &Common, plan: &RoomsPlan, r: &mut Report) {
         if delivered > 0 {
             r.set("us_per_delivery", cpu * 1e6 / delivered as f64);
         }
+    }
+    // Redis CPU over the same window.
+    if let (Some(c0), Some(c1)) = (redis0, redis1) {
+        let cpu = c1.since(&c0);
+        r.set("redis_cpu_s", cpu);
+        r.set("redis_cpu_pct", 100.0 * cpu / secs(window).max(1e-9));
+        if delivered > 0 {
+            r.set("redis_us_per_delivery", cpu * 1e6 / delivered as f64);
+        }
+    } else if common.redis_pid.is_some() {
+        sh.error("cannot read the Redis server's CPU time from /proc".into());
     }
     if let (Some(m0), Some(m1)) = (me0, me1) {
         let me = m1.since(&m0);
@@ -712,15 +748,13 @@ async fn publish(
 /// answering heartbeats. `hold = 0` measures only the connect-and-join ramp.
 pub async fn idle(common: &Common, conns: usize, rooms: usize, hold: Duration, r: &mut Report) {
     let sh = Shared::new();
-    let broker = Broker {
-        pid: common.broker_pid.clone(),
-    };
+    let broker = Broker::new(common);
     let target = common.ep.target;
     r.set("rooms", rooms);
     r.set("hold_s", secs(hold));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = broker.mem();
-    let sampler = spawn_rss_sampler(&sh, &broker.pid);
+    let sampler = spawn_rss_sampler(&sh, &broker.pids);
     let ramp = ramp(common, &sh, conns, false, |i| {
         target.room("idle", i % rooms.max(1))
     })
@@ -772,14 +806,12 @@ pub async fn churn(
     r: &mut Report,
 ) {
     let sh = Shared::new();
-    let broker = Broker {
-        pid: common.broker_pid.clone(),
-    };
+    let broker = Broker::new(common);
     let target = common.ep.target;
     r.set("concurrency", concurrency);
     r.set("rooms", rooms);
     let base = broker.mem();
-    let sampler = spawn_rss_sampler(&sh, &broker.pid);
+    let sampler = spawn_rss_sampler(&sh, &broker.pids);
     let cpu0 = broker.cpu();
     let start = Instant::now();
     let deadline = start + duration;
@@ -796,7 +828,9 @@ pub async fn churn(
                 connect_us.clone(),
             );
             let sh = sh.clone();
-            let ep = common.ep.clone();
+            let eps: Vec<Endpoint> = (0..common.sub_eps.len().max(1))
+                .map(|k| common.sub_ep(k).clone())
+                .collect();
             tokio::task::spawn_local(async move {
                 loop {
                     let i = next.get();
@@ -805,10 +839,11 @@ pub async fn churn(
                     }
                     next.set(i + 1);
                     let room = target.room("churn", (i as usize) % rooms.max(1));
+                    let ep = &eps[(i as usize) % eps.len()];
                     let t0 = Instant::now();
                     let cycle = async {
                         let mut c =
-                            Conn::open(&ep, &format!("lg-{}-c{i}", std::process::id())).await?;
+                            Conn::open(ep, &format!("lg-{}-c{i}", std::process::id())).await?;
                         c.join(&room).await?;
                         let connected = t0.elapsed();
                         c.leave(&room).await?;
