@@ -43,6 +43,8 @@ OUT=${BENCH_OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
 LOGS=$OUT/logs
 RESULTS=$OUT/results.jsonl
 mkdir -p "$LOGS"
+# Absolute, because the cluster's Redis URL (a unix socket path) must be.
+OUT=$(cd "$OUT" && pwd) LOGS=$(cd "$LOGS" && pwd) RESULTS=$OUT/results.jsonl
 
 SB_PORT=18000
 CLUSTER_PORTS=(18001 18002 18003)

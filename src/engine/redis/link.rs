@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{mpsc, oneshot};
@@ -130,6 +130,9 @@ impl Link {
             *c = conns;
         }
         self.set_down(None);
+        // A command that failed during the outage left a wake-up behind; it is about the
+        // connections just replaced.
+        let _ = self.shared.lost.notified().now_or_never();
         // Rooms fed before (or during) the outage may have missed messages; the webhook
         // queue may have missed endpoint changes.
         for room in self.fed_rooms() {
