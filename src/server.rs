@@ -63,8 +63,16 @@ pub async fn serve(
 pub fn banner(config: &Config, addr: SocketAddr) -> String {
     let http = format!("http://{addr}");
     let ws = format!("ws://{addr}");
+    let engine = match config.engine.kind {
+        crate::config::EngineKind::Memory => "memory".to_owned(),
+        crate::config::EngineKind::Redis => format!(
+            "redis at {}, prefix {}",
+            without_password(&config.redis.url),
+            config.redis.prefix
+        ),
+    };
     let mut lines = vec![format!(
-        "switchboard {} listening on {addr} (engine: memory{})",
+        "switchboard {} listening on {addr} (engine: {engine}{})",
         env!("CARGO_PKG_VERSION"),
         if config.dev_mode { ", dev mode" } else { "" }
     )];
@@ -97,6 +105,18 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
     lines.join("\n")
 }
 
+/// A Redis URL fit for a log: the password, if any, replaced by `***`.
+fn without_password(redis_url: &str) -> String {
+    match url::Url::parse(redis_url) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn termination_signal() {
     #[cfg(unix)]
@@ -117,5 +137,25 @@ pub async fn termination_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_names_the_engine_without_the_redis_password() {
+        let addr: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let mut config = Config::default();
+        assert!(banner(&config, addr).contains("(engine: memory)"));
+        config.engine.kind = crate::config::EngineKind::Redis;
+        config.redis.url = "redis://app:hunter2@10.0.0.5:6379/0".into();
+        let text = banner(&config, addr);
+        assert!(
+            text.contains("engine: redis at redis://app:***@10.0.0.5:6379/0, prefix switchboard"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }
