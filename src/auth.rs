@@ -4,6 +4,13 @@
 //! rejected before its signature is looked at (no `alg: none`, no HS/RS confusion). Tokens are
 //! never logged; failures are described by [`AuthError::reason`], which names what was wrong
 //! without echoing the token.
+//!
+//! Keys come from config (a shared secret, an RSA and an EC public key) and, when
+//! `auth.jwks_url` is set, from a JSON Web Key Set ([`jwks`]). The configured keys are tried
+//! first; a token with a `kid` header that they do not verify is checked with the set's key
+//! of that `kid`. [`Authenticator::verify`] only reads what is cached and never waits;
+//! [`Authenticator::verify_refreshing`] also fetches the set again (rate limited) when the
+//! `kid` is unknown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthConfig, ConfigError};
 use crate::glob;
+
+mod jwks;
+
+use jwks::Jwks;
 
 /// Which kind of key an algorithm verifies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,7 +49,7 @@ pub fn algorithm_family(name: &str) -> Option<KeyFamily> {
     }
 }
 
-fn parse_algorithm(name: &str) -> Option<Algorithm> {
+pub(crate) fn parse_algorithm(name: &str) -> Option<Algorithm> {
     match name {
         "HS256" => Some(Algorithm::HS256),
         "HS384" => Some(Algorithm::HS384),
@@ -67,6 +78,10 @@ pub enum AuthError {
     /// The signature does not verify with the configured key.
     #[error("invalid token signature")]
     BadSignature,
+    /// The token's `kid` is not in the key set of `auth.jwks_url` (also after fetching it
+    /// again, as far as the rate limit allowed), or the set could not be fetched yet.
+    #[error("no key for the token's kid")]
+    UnknownKey,
     /// The token's algorithm is not in `auth.algorithms`.
     #[error("token algorithm not allowed")]
     AlgorithmNotAllowed,
@@ -92,7 +107,8 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
-            AuthError::BadSignature => "bad_signature",
+            // An unknown kid is a signature nobody here can verify.
+            AuthError::BadSignature | AuthError::UnknownKey => "bad_signature",
             AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
             AuthError::BadIssuer => "bad_issuer",
             AuthError::BadAudience => "bad_audience",
@@ -221,6 +237,8 @@ pub const PERSONAL_PREFIX: &str = "user:";
 /// Verifies tokens with the configured keys and algorithms.
 pub struct Authenticator {
     keys: HashMap<KeyFamily, DecodingKey>,
+    /// The key set of `auth.jwks_url`, when set.
+    jwks: Option<Arc<Jwks>>,
     validations: HashMap<String, Validation>,
     anonymous: bool,
     cookie_name: String,
@@ -287,16 +305,29 @@ impl Authenticator {
             v.set_required_spec_claims(&required);
             validations.insert(name.clone(), v);
         }
+        let jwks = (!config.jwks_url.is_empty()).then(|| Arc::new(Jwks::new(config)));
         Ok(Authenticator {
             keys,
+            jwks,
             validations,
             anonymous: config.anonymous,
             cookie_name: config.cookie_name.clone(),
         })
     }
 
-    /// Authenticates a connection from its token (or lack of one).
-    pub fn authenticate(
+    /// Starts fetching the key set of `auth.jwks_url` (now, then on its schedule) on the
+    /// current arbiter; nothing without one. Must be called inside a running actix system.
+    /// A failed fetch is logged, never fatal: tokens that need the set are refused until
+    /// a fetch works.
+    pub fn start_key_refresh(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.start();
+        }
+    }
+
+    /// Authenticates a connection from its token (or lack of one), fetching the key set
+    /// again when the token names a `kid` it lacks ([`Authenticator::verify_refreshing`]).
+    pub async fn authenticate(
         &self,
         token: Option<&str>,
         connection_id: &str,
@@ -304,11 +335,34 @@ impl Authenticator {
         match token {
             None if self.anonymous => Ok(Identity::anonymous(connection_id)),
             None => Err(AuthError::Missing),
-            Some(token) => self.verify(token).map(Identity::from_claims),
+            Some(token) => self
+                .verify_refreshing(token)
+                .await
+                .map(Identity::from_claims),
         }
     }
 
-    /// Verifies a token and returns its claims.
+    /// Verifies a token like [`Authenticator::verify`]; when its `kid` is not in the cached
+    /// key set, fetches the set (unless the last fetch was less than
+    /// `auth.jwks_min_refresh_interval` ago, or waits for the fetch under way) and tries
+    /// once more.
+    pub async fn verify_refreshing(&self, token: &str) -> Result<Claims, AuthError> {
+        match (self.verify(token), &self.jwks) {
+            (Err(AuthError::UnknownKey), Some(jwks)) => {
+                jwks.refresh().await;
+                self.verify(token)
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Verifies a token and returns its claims, with the configured keys and the cached key
+    /// set; never waits.
+    ///
+    /// The configured key of the algorithm's family decides first. Only when there is none,
+    /// or its signature check fails, and the token is RS*/ES* with a `kid` and
+    /// `auth.jwks_url` is set, is the set's key of that `kid` used: it must fit the token's
+    /// algorithm (the key's own `alg` when it names one, else its type and curve).
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed("bad header"))?;
@@ -318,28 +372,33 @@ impl Authenticator {
             .get(&alg_name)
             .ok_or(AuthError::AlgorithmNotAllowed)?;
         let family = algorithm_family(&alg_name).ok_or(AuthError::AlgorithmNotAllowed)?;
-        let key = self
+        let configured = self
             .keys
             .get(&family)
-            .ok_or(AuthError::AlgorithmNotAllowed)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
-                ErrorKind::InvalidIssuer => AuthError::BadIssuer,
-                ErrorKind::InvalidAudience => AuthError::BadAudience,
-                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::BadIssuer,
-                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::BadAudience,
-                ErrorKind::MissingRequiredClaim(_) => AuthError::Malformed("missing claim"),
-                ErrorKind::Json(_) => AuthError::Malformed("bad claims"),
-                _ => AuthError::Malformed("undecodable"),
-            })?;
-        if data.claims.sub.is_empty() {
+            .map(|key| decode(token, key, validation));
+        let from_set = match (&configured, &self.jwks, &header.kid) {
+            (None | Some(Err(AuthError::BadSignature)), Some(jwks), Some(kid))
+                if family != KeyFamily::Hmac =>
+            {
+                Some(jwks.key(kid))
+            }
+            _ => None,
+        };
+        let claims = match (from_set, configured) {
+            (Some(None), _) => return Err(AuthError::UnknownKey),
+            (Some(Some(jwk)), _) => {
+                let key = jwk
+                    .for_algorithm(header.alg)
+                    .ok_or(AuthError::AlgorithmNotAllowed)?;
+                decode(token, key, validation)?
+            }
+            (None, Some(result)) => result?,
+            (None, None) => return Err(AuthError::AlgorithmNotAllowed),
+        };
+        if claims.sub.is_empty() {
             return Err(AuthError::Malformed("empty sub"));
         }
-        Ok(data.claims)
+        Ok(claims)
     }
 
     /// The token of a request: `Authorization: Bearer`, then `?token=`, then the cookie.
@@ -355,6 +414,25 @@ impl Authenticator {
         }
         Ok(req.cookie(&self.cookie_name).map(|c| c.value().to_owned()))
     }
+}
+
+/// Decodes and validates `token` with `key`, naming what was wrong.
+fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Claims, AuthError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+            ErrorKind::InvalidIssuer => AuthError::BadIssuer,
+            ErrorKind::InvalidAudience => AuthError::BadAudience,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::BadIssuer,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::BadAudience,
+            ErrorKind::MissingRequiredClaim(_) => AuthError::Malformed("missing claim"),
+            ErrorKind::Json(_) => AuthError::Malformed("bad claims"),
+            _ => AuthError::Malformed("undecodable"),
+        })
 }
 
 /// The `token` query parameter (empty counts as absent); an error when it is repeated.
@@ -433,8 +511,8 @@ mod tests {
         assert_eq!(bearer_token("Bearer"), None);
     }
 
-    #[test]
-    fn verifies_and_maps_claims() {
+    #[actix_rt::test]
+    async fn verifies_and_maps_claims() {
         let token = mint_hs256(
             SECRET,
             "alice",
@@ -443,7 +521,10 @@ mod tests {
             Duration::from_secs(60),
         )
         .unwrap();
-        let id = authenticator().authenticate(Some(&token), "c1").unwrap();
+        let id = authenticator()
+            .authenticate(Some(&token), "c1")
+            .await
+            .unwrap();
         assert_eq!(&*id.user, "alice");
         assert!(id.may_join("conversation:9"));
         assert!(id.may_join("user:alice"));
@@ -569,10 +650,13 @@ mod tests {
         assert!(!Identity::anonymous("c").may_join("user:bob"));
     }
 
-    #[test]
-    fn rejects_bad_tokens_with_reasons() {
+    #[actix_rt::test]
+    async fn rejects_bad_tokens_with_reasons() {
         let a = authenticator();
-        assert_eq!(a.authenticate(None, "c").unwrap_err(), AuthError::Missing);
+        assert_eq!(
+            a.authenticate(None, "c").await.unwrap_err(),
+            AuthError::Missing
+        );
         let wrong = mint_hs256(
             "another-secret-0123456",
             "a",

@@ -155,6 +155,16 @@ pub struct AuthConfig {
     pub audience: String,
     /// Cookie the token may arrive in.
     pub cookie_name: String,
+    /// URL of a JSON Web Key Set (`https://idp.example/.well-known/jwks.json`); empty: off.
+    /// Tokens with a `kid` the static keys do not verify are checked with that key of the set.
+    pub jwks_url: String,
+    /// How often the key set is fetched again.
+    #[serde(with = "duration")]
+    pub jwks_refresh: Duration,
+    /// The least time between two fetches of the key set, whatever asks for them (an
+    /// unknown `kid`, a failed fetch being retried, the schedule).
+    #[serde(with = "duration")]
+    pub jwks_min_refresh_interval: Duration,
 }
 
 /// `[heartbeat]`
@@ -555,6 +565,9 @@ impl Default for AuthConfig {
             issuer: String::new(),
             audience: String::new(),
             cookie_name: "switchboard_token".into(),
+            jwks_url: String::new(),
+            jwks_refresh: Duration::from_secs(600),
+            jwks_min_refresh_interval: Duration::from_secs(30),
         }
     }
 }
@@ -774,21 +787,49 @@ impl Config {
                     format!("unsupported algorithm `{alg}` (use HS256/384/512, RS256/384/512, ES256/384)"),
                 ));
             };
+            // A key set serves RSA and EC keys (never shared secrets).
+            let jwks = !self.auth.jwks_url.is_empty();
             let (key, present) = match family {
                 crate::auth::KeyFamily::Hmac => {
                     ("auth.hs256_secret", !self.auth.hs256_secret.is_empty())
                 }
                 crate::auth::KeyFamily::Rsa => (
                     "auth.rsa_public_key_file",
-                    !self.auth.rsa_public_key_file.is_empty(),
+                    jwks || !self.auth.rsa_public_key_file.is_empty(),
                 ),
                 crate::auth::KeyFamily::Ec => (
                     "auth.ec_public_key_file",
-                    !self.auth.ec_public_key_file.is_empty(),
+                    jwks || !self.auth.ec_public_key_file.is_empty(),
                 ),
             };
             if needs_keys && !present {
-                return Err(invalid(key, format!("required by algorithm {alg} in auth.algorithms (or set auth.anonymous = true on a loopback address); `switchboard genconfig FILE` writes a config with a generated secret")));
+                let hint = if jwks {
+                    "; auth.jwks_url only serves RSA and EC keys: list the algorithms your identity provider signs with, e.g. algorithms = [\"RS256\"]"
+                } else {
+                    "; `switchboard genconfig FILE` writes a config with a generated secret"
+                };
+                return Err(invalid(key, format!("required by algorithm {alg} in auth.algorithms (or set auth.anonymous = true on a loopback address){hint}")));
+            }
+        }
+        if !self.auth.jwks_url.is_empty() {
+            let ok = url::Url::parse(&self.auth.jwks_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(invalid(
+                    "auth.jwks_url",
+                    format!("`{}` is not an http:// or https:// URL", self.auth.jwks_url),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("auth.jwks_refresh", self.auth.jwks_refresh),
+            (
+                "auth.jwks_min_refresh_interval",
+                self.auth.jwks_min_refresh_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero".into()));
             }
         }
         if !self.auth.hs256_secret.is_empty() && self.auth.hs256_secret.len() < 16 {
@@ -1022,11 +1063,12 @@ impl Config {
         })
     }
 
-    /// Whether at least one token verification key is configured.
+    /// Whether at least one token verification key (or key set) is configured.
     pub fn auth_configured(&self) -> bool {
         !self.auth.hs256_secret.is_empty()
             || !self.auth.rsa_public_key_file.is_empty()
             || !self.auth.ec_public_key_file.is_empty()
+            || !self.auth.jwks_url.is_empty()
     }
 }
 
@@ -1516,6 +1558,43 @@ mod tests {
         );
         let err = parse("[auth]\nalgorithms = [\"none\"]\n").unwrap_err();
         assert!(err.to_string().contains("auth.algorithms"), "{err}");
+    }
+
+    #[test]
+    fn a_key_set_alone_is_a_key_source_and_is_checked() {
+        let jwks = "[server]\nbind = \"0.0.0.0:8000\"\n[auth]\nalgorithms = [\"RS256\", \"ES256\"]\njwks_url = \"https://idp.example/jwks\"\n";
+        let c = parse(jwks).unwrap();
+        assert!(c.auth_configured());
+        assert_eq!(c.auth.jwks_refresh, Duration::from_secs(600));
+        assert_eq!(c.auth.jwks_min_refresh_interval, Duration::from_secs(30));
+        // HS256 (the default list) still needs its secret: a key set has no shared secrets.
+        let err = parse("[auth]\njwks_url = \"https://idp.example/jwks\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("auth.hs256_secret") && text.contains("RS256"),
+            "{text}"
+        );
+        for (text, key) in [
+            (
+                "[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://idp.example/jwks\"\n",
+                "auth.jwks_url",
+            ),
+            (
+                "[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"idp.example/jwks\"\n",
+                "auth.jwks_url",
+            ),
+            (
+                "[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp.example/jwks\"\njwks_refresh = \"0s\"\n",
+                "auth.jwks_refresh",
+            ),
+            (
+                "[auth]\nalgorithms = [\"RS256\"]\njwks_url = \"https://idp.example/jwks\"\njwks_min_refresh_interval = \"0s\"\n",
+                "auth.jwks_min_refresh_interval",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 
     /// Fuzz-ish: mangled config files give errors, never panics.

@@ -141,6 +141,7 @@ impl Broker {
     ) -> Result<Broker, ConfigError> {
         config.validate()?;
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
+        auth.start_key_refresh();
         let config = Arc::new(config);
         let shard_count = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -5,7 +5,7 @@
 //! `admin` claim is true (`Authorization: Bearer …`), is rate limited per caller, and logs an
 //! audit line. Errors are `{"error":{"code","message"}}` via [`ApiError`].
 
-use std::future::{ready, Ready};
+use futures_util::future::LocalBoxFuture;
 use std::sync::atomic::Ordering;
 
 use actix_cors::Cors;
@@ -115,14 +115,15 @@ pub struct Caller(pub String);
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Ready<Result<Caller, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Caller, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        let req = req.clone();
+        Box::pin(async move { authenticate(&req).await })
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let broker = req
         .app_data::<web::Data<Broker>>()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "broker not mounted"))?;
@@ -156,7 +157,7 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     {
         format!("key#{i}")
     } else {
-        match state.auth.verify(token) {
+        match state.auth.verify_refreshing(token).await {
             Ok(claims) if claims.admin => format!("admin:{}", claims.sub),
             Ok(claims) => {
                 audit("rejected: token is not an admin token", &claims.sub);

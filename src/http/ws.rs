@@ -42,10 +42,15 @@ pub async fn connect(
         return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     let connection_id = frame::new_id();
-    let identity = state
-        .auth
-        .extract_token(&req)
-        .and_then(|token| state.auth.authenticate(token.as_deref(), &connection_id));
+    let identity = match state.auth.extract_token(&req) {
+        Ok(token) => {
+            state
+                .auth
+                .authenticate(token.as_deref(), &connection_id)
+                .await
+        }
+        Err(err) => Err(err),
+    };
     let body = transport::limit_frames(&req, body, state.config.limits.max_frame_bytes)?;
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
     match identity {
