@@ -738,3 +738,44 @@ async fn a_redis_that_lost_its_data_starts_rooms_over_and_says_so() {
         "the loss is counted: {metrics}"
     );
 }
+
+#[actix_rt::test]
+async fn a_redis_that_hangs_is_noticed_and_left_until_it_answers_again() {
+    let Some(cluster) = Cluster::start(1, "").await else {
+        return;
+    };
+    let node = &cluster.nodes[0];
+    let (mut subscriber, _) = node.client("sub").await;
+    subscriber.join("hang").await;
+    let path = "/api/rooms/hang/publish";
+    // Frozen: connections stay open, nothing answers. Each publish fails after
+    // redis.command_timeout; a few in a row make the node drop its connections and say it
+    // is not ready.
+    cluster.redis.freeze();
+    for n in 0..3 {
+        let (status, body) = node
+            .api("POST", path, Some(json!({ "payload": { "n": n } })))
+            .await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    }
+    node.wait_readyz(503).await;
+    cluster.redis.thaw();
+    node.wait_readyz(200).await;
+    let (status, body) = node
+        .api(
+            "POST",
+            path,
+            Some(json!({ "payload": { "n": 9 }, "id": "after" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Whatever the frozen server took before freezing shows up too; the new message last.
+    let got = loop {
+        let msg = subscriber.recv().await;
+        if msg["type"] == "room.message" && msg["payload"]["n"] == 9 {
+            break msg;
+        }
+    };
+    assert_eq!(got["room"], "hang");
+}

@@ -185,6 +185,7 @@ url = "{url}"
 prefix = "t"
 max_reconnect_delay = "200ms"
 presence_ttl = "1500ms"
+command_timeout = "1s"
 
 [namespaces.chat]
 presence = true

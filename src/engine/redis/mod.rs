@@ -18,7 +18,7 @@ mod link;
 pub mod scripts;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ struct Shared {
     sync: mpsc::UnboundedSender<link::Sync>,
     reconnects: AtomicU64,
     errors: AtomicU64,
+    /// Commands that timed out since the last one that answered.
+    timeouts_in_a_row: AtomicU32,
     publish: Script,
     since: Script,
     reattach: Script,
@@ -96,6 +98,7 @@ impl RedisEngine {
             sync,
             reconnects: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            timeouts_in_a_row: AtomicU32::new(0),
             publish: Script::new(scripts::PUBLISH),
             since: Script::new(scripts::SINCE),
             reattach: Script::new(scripts::REATTACH),
@@ -371,10 +374,22 @@ impl Shared {
     {
         let conn = self.connection()?;
         match tokio::time::timeout(self.command_timeout, op(conn)).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => {
+                self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                Ok(answer)
+            }
             Ok(Err(err)) => Err(self.failed(err)),
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                // A Redis that hangs (a partition without a reset, a stalled server) never
+                // closes the connections: after a few timeouts in a row the link drops them,
+                // and the engine reports itself down until a new connection answers.
+                if self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
+                    >= TIMEOUTS_TO_RECONNECT
+                {
+                    self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                    self.lost.notify_one();
+                }
                 Err(EngineError::Unavailable(format!(
                     "Redis did not answer within {:?} (redis.command_timeout)",
                     self.command_timeout
@@ -534,6 +549,9 @@ impl PublishBatches {
         cmd
     }
 }
+
+/// Commands timing out in a row before the link reconnects.
+const TIMEOUTS_TO_RECONNECT: u32 = 3;
 
 /// Seqs beyond this are not asked of Redis: Lua numbers are exact up to 2^53.
 const MAX_SEQ: u64 = (1 << 53) - 2;
