@@ -104,8 +104,8 @@ impl RedisEngine {
             reattach: Script::new(scripts::REATTACH),
             presence_add: Script::new(&scripts::presence_add()),
             presence_list: Script::new(&scripts::presence_list()),
-            presence_remove: Script::new(scripts::PRESENCE_REMOVE),
-            presence_refresh: Script::new(scripts::PRESENCE_REFRESH),
+            presence_remove: Script::new(&scripts::presence_remove()),
+            presence_refresh: Script::new(&scripts::presence_refresh()),
             presence_ttl: config.presence_ttl,
             send_order: Script::new(scripts::SEND_ORDER),
             rooms: Script::new(scripts::ROOMS),
@@ -137,6 +137,7 @@ impl Engine for RedisEngine {
         let p = &self.shared.prefix;
         Box::new(RedisLog {
             shared: self.shared.clone(),
+            room: room.to_owned(),
             meta: format!("{p}:{{{room}}}:meta"),
             history: format!("{p}:{{{room}}}:history"),
             ids: format!("{p}:{{{room}}}:ids"),
@@ -436,6 +437,8 @@ impl Shared {
 /// One room's log in Redis.
 struct RedisLog {
     shared: Arc<Shared>,
+    /// The room's name.
+    room: String,
     meta: String,
     history: String,
     ids: String,
@@ -762,16 +765,11 @@ impl RoomLog for RedisLog {
     }
 
     fn members(&mut self, count: usize) {
-        let room = self
-            .channel
-            .strip_prefix(&format!("{}:room:", self.shared.prefix))
-            .unwrap_or(&self.channel)
-            .to_owned();
         if let Ok(mut rooms) = self.shared.local_rooms.lock() {
             if count == 0 {
-                rooms.remove(&room);
+                rooms.remove(&self.room);
             } else {
-                rooms.insert(room, count);
+                rooms.insert(self.room.clone(), count);
             }
         }
     }

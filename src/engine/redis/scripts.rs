@@ -123,10 +123,12 @@ redis.call('DEL', KEYS[1])
 return cjson.encode(state.rooms)
 "#;
 
-/// Lists who is present, counting only connections whose presence has not expired. Shared
-/// by [`PRESENCE_ADD`] and [`PRESENCE_LIST`]: `present(members, conns, since, now_ms)`
-/// returns `{user, connections, joined_at, …}` in order of arrival.
-const PRESENT_FN: &str = r#"
+/// What the presence scripts share: `now_ms()` (Redis's clock, so nodes' clocks do not
+/// matter); `present(members, conns, since, now_ms)`, who is present counting only
+/// connections whose presence has not expired, as `{user, connections, joined_at, …}` in
+/// order of arrival; and `leave(KEYS, conn)`, which forgets a connection already taken out
+/// of the members set and answers its user when that was the user's last connection.
+const PRESENCE_FNS: &str = r#"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -151,6 +153,16 @@ local function present(members, conns, since, now)
   end
   return out
 end
+local function leave(keys, conn)
+  local user = redis.call('HGET', keys[2], conn)
+  redis.call('HDEL', keys[2], conn)
+  if not user or redis.call('HINCRBY', keys[3], user, -1) > 0 then
+    return nil
+  end
+  redis.call('HDEL', keys[3], user)
+  redis.call('HDEL', keys[4], user)
+  return user
+end
 "#;
 
 /// Records a connection as present.
@@ -162,7 +174,7 @@ end
 /// connections, joined_at, …}`.
 pub fn presence_add() -> String {
     format!(
-        "{PRESENT_FN}{}",
+        "{PRESENCE_FNS}{}",
         r#"
 local now = now_ms()
 local ttl = tonumber(ARGV[3])
@@ -191,7 +203,7 @@ return out
 /// joined_at, …}`.
 pub fn presence_list() -> String {
     format!(
-        "{PRESENT_FN}{}",
+        "{PRESENCE_FNS}{}",
         "return present(KEYS[1], KEYS[2], KEYS[3], now_ms())\n"
     )
 }
@@ -199,30 +211,31 @@ pub fn presence_list() -> String {
 /// Removes a connection. KEYS: members, conns, users, since. ARGV: connection, channel,
 /// departure frame. Publishes `p::<frame>` and returns the user when it was their last
 /// connection; nil otherwise.
-pub const PRESENCE_REMOVE: &str = r#"
+pub fn presence_remove() -> String {
+    format!(
+        "{PRESENCE_FNS}{}",
+        r#"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return false
 end
-local user = redis.call('HGET', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+local user = leave(KEYS, ARGV[1])
 if not user then
   return false
 end
-if redis.call('HINCRBY', KEYS[3], user, -1) > 0 then
-  return false
-end
-redis.call('HDEL', KEYS[3], user)
-redis.call('HDEL', KEYS[4], user)
 redis.call('PUBLISH', ARGV[2], 'p::' .. ARGV[3])
 return user
-"#;
+"#
+    )
+}
 
 /// Refreshes this node's connections and drops every connection nobody refreshed within
 /// the TTL (its node died). KEYS: members, conns, users, since. ARGV: presence TTL ms,
 /// then the connections. Returns the users whose last connection was dropped.
-pub const PRESENCE_REFRESH: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+pub fn presence_refresh() -> String {
+    format!(
+        "{PRESENCE_FNS}{}",
+        r#"
+local now = now_ms()
 local ttl = tonumber(ARGV[1])
 for i = 2, #ARGV do
   redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
@@ -230,11 +243,8 @@ end
 local gone = {}
 for _, conn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)) do
   redis.call('ZREM', KEYS[1], conn)
-  local user = redis.call('HGET', KEYS[2], conn)
-  redis.call('HDEL', KEYS[2], conn)
-  if user and redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
-    redis.call('HDEL', KEYS[3], user)
-    redis.call('HDEL', KEYS[4], user)
+  local user = leave(KEYS, conn)
+  if user then
     table.insert(gone, user)
   end
 end
@@ -244,7 +254,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
 end
 return gone
-"#;
+"#
+    )
+}
 
 /// Sends an order to the node holding a session. KEYS: the node set (`P:nodes`). ARGV: the
 /// key prefix, the connection id, the order (JSON). A node is alive while `P:node:<id>`
