@@ -404,16 +404,53 @@ impl Authenticator {
     /// The token of a request: `Authorization: Bearer`, then `?token=`, then the cookie.
     /// A query string with several `token` parameters is refused.
     pub fn extract_token(&self, req: &HttpRequest) -> Result<Option<String>, AuthError> {
-        if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
-            if let Some(token) = value.to_str().ok().and_then(bearer_token) {
-                return Ok(Some(token.trim().to_owned()));
+        self.extract_token_from(req, &TokenSource::ALL)
+    }
+
+    /// The token of a request from `sources`, tried in that order.
+    pub fn extract_token_from(
+        &self,
+        req: &HttpRequest,
+        sources: &[TokenSource],
+    ) -> Result<Option<String>, AuthError> {
+        for source in sources {
+            let token = match source {
+                TokenSource::Header => req
+                    .headers()
+                    .get(actix_web::http::header::AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(bearer_token)
+                    .map(|token| token.trim().to_owned()),
+                TokenSource::Query => query_token(req.query_string())?,
+                TokenSource::Cookie => req
+                    .cookie(&self.cookie_name)
+                    .map(|c| c.value().to_owned())
+                    .filter(|t| !t.is_empty()),
+            };
+            if token.is_some() {
+                return Ok(token);
             }
         }
-        if let Some(token) = query_token(req.query_string())? {
-            return Ok(Some(token));
-        }
-        Ok(req.cookie(&self.cookie_name).map(|c| c.value().to_owned()))
+        Ok(None)
     }
+}
+
+/// Where a connection's token may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// `?token=<token>` (browsers cannot set headers on a WebSocket).
+    Query,
+    /// The cookie named `auth.cookie_name`.
+    Cookie,
+}
+
+impl TokenSource {
+    /// Every source, in the order the plain `/ws` route tries them.
+    pub const ALL: [TokenSource; 3] =
+        [TokenSource::Header, TokenSource::Query, TokenSource::Cookie];
 }
 
 /// Decodes and validates `token` with `key`, naming what was wrong.

@@ -101,6 +101,10 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The Redis server of the Redis engine.
     pub redis: RedisConfig,
+    /// WebSocket endpoints bound to rooms (`[[endpoints]]`), served next to `server.ws_path`.
+    pub endpoints: Vec<crate::endpoint::EndpointConfig>,
+    /// Bridges between rooms and other messaging systems (`[[bridge.redis]]`).
+    pub bridge: BridgeConfig,
     /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -529,6 +533,108 @@ impl Default for RedisConfig {
     }
 }
 
+/// `[bridge]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Redis pub/sub bridges (`[[bridge.redis]]`).
+    pub redis: Vec<RedisBridgeConfig>,
+}
+
+/// One Redis pub/sub bridge (`[[bridge.redis]]`): messages PUBLISHed on its channels enter
+/// rooms, and optionally messages published in rooms go out to Redis channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisBridgeConfig {
+    /// Names the bridge in metrics, logs and its leader key; `redis<N>` (its position) when
+    /// empty.
+    pub name: String,
+    /// The Redis server; `redis.url` when empty.
+    pub url: String,
+    /// Channels to carry into rooms; a name with `*`, `?` or `[` is a pattern
+    /// (PSUBSCRIBE), e.g. `response:*`.
+    pub channels: Vec<String>,
+    /// The room of a channel's messages: `{channel}` is the channel's name.
+    pub room: String,
+    /// What to do with a message that is not JSON: `wrap` it as a JSON string, or `drop` it
+    /// (each is counted and logged either way).
+    pub non_json: NonJson,
+    /// Rooms (glob patterns) whose messages go out to Redis; none when empty.
+    pub publish_rooms: Vec<String>,
+    /// The channel a room's message goes out on: `{room}` is the room's name.
+    pub publish_channel: String,
+    /// What goes out: the message's `payload` alone, or an `envelope` with `room`, `seq`,
+    /// `id`, `user` and `payload`.
+    pub publish_format: PublishFormat,
+    /// Messages waiting to go out; a publish that finds the queue full is dropped and
+    /// counted, never waited for.
+    pub publish_queue: usize,
+    /// With the Redis engine one broker carries messages in (so each enters its room once):
+    /// the leader, which holds a key in Redis for this long and renews it every third of
+    /// it. A leader that has not renewed for two thirds of it stops carrying.
+    #[serde(with = "duration")]
+    pub leader_lease: Duration,
+}
+
+impl RedisBridgeConfig {
+    /// The bridge's name: its own, or `redis<index>`.
+    pub fn name_or(&self, index: usize) -> String {
+        if self.name.is_empty() {
+            format!("redis{index}")
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// The bridge's Redis URL: its own, or the engine's.
+    pub fn url_or<'a>(&'a self, redis: &'a RedisConfig) -> &'a str {
+        if self.url.is_empty() {
+            &redis.url
+        } else {
+            &self.url
+        }
+    }
+}
+
+impl Default for RedisBridgeConfig {
+    fn default() -> Self {
+        RedisBridgeConfig {
+            name: String::new(),
+            url: String::new(),
+            channels: Vec::new(),
+            room: "{channel}".into(),
+            non_json: NonJson::Wrap,
+            publish_rooms: Vec::new(),
+            publish_channel: "{room}".into(),
+            publish_format: PublishFormat::Payload,
+            publish_queue: 10_000,
+            leader_lease: Duration::from_secs(3),
+        }
+    }
+}
+
+/// [`RedisBridgeConfig::non_json`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonJson {
+    /// Published as a JSON string holding the text (bytes that are not UTF-8 are dropped).
+    #[default]
+    Wrap,
+    /// Not published.
+    Drop,
+}
+
+/// [`RedisBridgeConfig::publish_format`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishFormat {
+    /// The payload's JSON, as published.
+    #[default]
+    Payload,
+    /// `{"room","seq","id","user","payload"}`.
+    Envelope,
+}
+
 /// `[conformance]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -910,6 +1016,8 @@ impl Config {
         }
         self.validate_engine()?;
         self.validate_webhooks()?;
+        self.validate_endpoints()?;
+        self.validate_bridges()?;
         if !self.conformance.echo_path.is_empty() && !self.conformance.echo_path.starts_with('/') {
             return Err(invalid(
                 "conformance.echo_path",
@@ -962,6 +1070,106 @@ impl Config {
                 "redis.max_reconnect_delay",
                 "must be at least 100ms".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_endpoints(&self) -> Result<(), ConfigError> {
+        let mut paths = std::collections::HashSet::new();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            endpoint
+                .compile()
+                .map_err(|(field, message)| ConfigError::Invalid {
+                    key: format!("endpoints[{i}].{field}"),
+                    message,
+                })?;
+            if !paths.insert(endpoint.path.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: format!("endpoints[{i}].path"),
+                    message: format!("`{}` is served by an earlier endpoint", endpoint.path),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_bridges(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, bridge) in self.bridge.redis.iter().enumerate() {
+            let invalid = |field: &str, message: String| ConfigError::Invalid {
+                key: format!("bridge.redis[{i}].{field}"),
+                message,
+            };
+            let name = bridge.name_or(i);
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                return Err(invalid("name", "use A-Z a-z 0-9 _ - .".into()));
+            }
+            if !names.insert(name.clone()) {
+                return Err(invalid("name", format!("`{name}` names an earlier bridge")));
+            }
+            let url = bridge.url_or(&self.redis);
+            if let Err(err) = redis::Client::open(url) {
+                return Err(invalid("url", format!("not a Redis URL: {err}")));
+            }
+            if bridge.channels.is_empty() && bridge.publish_rooms.is_empty() {
+                return Err(invalid(
+                    "channels",
+                    "a bridge needs channels (Redis to rooms), publish_rooms (rooms to Redis), or both".into(),
+                ));
+            }
+            if bridge.channels.iter().any(|c| c.is_empty()) {
+                return Err(invalid("channels", "a channel name is empty".into()));
+            }
+            let template_ok = |template: &str, var: &str| {
+                template.contains(var) && !template.replace(var, "").contains(['{', '}'])
+            };
+            if !template_ok(&bridge.room, "{channel}") {
+                return Err(invalid(
+                    "room",
+                    format!(
+                        "`{}` must contain `{{channel}}` and no other `{{…}}`",
+                        bridge.room
+                    ),
+                ));
+            }
+            if !bridge.publish_rooms.is_empty() {
+                if !template_ok(&bridge.publish_channel, "{room}") {
+                    return Err(invalid(
+                        "publish_channel",
+                        format!(
+                            "`{}` must contain `{{room}}` and no other `{{…}}`",
+                            bridge.publish_channel
+                        ),
+                    ));
+                }
+                // A room's messages sent to a channel this broker also carries in would
+                // come back into the room a second time.
+                for rooms in &bridge.publish_rooms {
+                    let out = bridge.publish_channel.replace("{room}", rooms);
+                    let looping = self
+                        .bridge
+                        .redis
+                        .iter()
+                        .flat_map(|b| &b.channels)
+                        .find(|c| crate::glob::matches(c, &out) || crate::glob::matches(&out, c));
+                    if let Some(channel) = looping {
+                        return Err(invalid(
+                            "publish_channel",
+                            format!("messages of `{rooms}` would go out on `{out}`, which the bridge's channel `{channel}` carries back in: choose a channel of its own, e.g. `out:{{room}}`"),
+                        ));
+                    }
+                }
+                if bridge.publish_queue == 0 {
+                    return Err(invalid("publish_queue", "must be greater than zero".into()));
+                }
+            }
+            if bridge.leader_lease < Duration::from_millis(300) {
+                return Err(invalid("leader_lease", "must be at least 300ms".into()));
+            }
         }
         Ok(())
     }
@@ -1135,6 +1343,9 @@ fn table_header(line: &str) -> Option<&str> {
 /// The 1-based line where `dotted_key` (e.g. `webhooks.endpoints.a.url`) is set in the
 /// TOML `text`, or else where its table starts; `None` when neither is in the file.
 pub fn line_of_key(text: &str, dotted_key: &str) -> Option<usize> {
+    if let Some(line) = line_in_array_table(text, dotted_key) {
+        return Some(line);
+    }
     let parts: Vec<&str> = dotted_key.split('.').collect();
     let mut table_line = None;
     // The key may sit under any of its prefixes as a table: `[a.b] c = …` or `[a] b.c = …`.
@@ -1164,6 +1375,39 @@ pub fn line_of_key(text: &str, dotted_key: &str) -> Option<usize> {
         }
     }
     table_line
+}
+
+/// The line of a key in the `n`-th `[[table]]` (`endpoints[1].room`,
+/// `bridge.redis[0].url`): the key's own line, or the table header's.
+fn line_in_array_table(text: &str, key: &str) -> Option<usize> {
+    let (table, rest) = key.split_once('[')?;
+    let (index, field) = rest.split_once("].")?;
+    let index: usize = index.parse().ok()?;
+    let header = format!("[[{table}]]");
+    let mut seen = 0;
+    let mut inside = None;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            if inside.is_some() {
+                break;
+            }
+            if trimmed.replace(' ', "") == header {
+                if seen == index {
+                    inside = Some(n + 1);
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        let matches = trimmed
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim().trim_matches('"') == field);
+        if inside.is_some() && matches {
+            return Some(n + 1);
+        }
+    }
+    inside
 }
 
 /// Parses the file text, naming key and line on error.
@@ -1325,8 +1569,10 @@ mod tests {
         let table = toml::Table::try_from(Config::default()).unwrap();
         let example: toml::Table = text.parse().unwrap();
         for (section, keys) in &table {
-            if section == "namespaces" {
-                continue; // a map with no entries by default; see namespaces_resolve
+            if matches!(section.as_str(), "namespaces" | "endpoints" | "bridge") {
+                // Lists and maps with no entries by default: commented examples, which
+                // the_example_profiles_parse checks.
+                continue;
             }
             let example_section = example
                 .get(section)
@@ -1341,6 +1587,63 @@ mod tests {
                     "{section}.{key} missing from config.example.toml"
                 );
             }
+        }
+    }
+
+    /// The commented `>>> profile` blocks of config.example.toml, uncommented.
+    fn example_profiles() -> Vec<(String, String)> {
+        let text = include_str!("../config.example.toml");
+        let mut profiles = Vec::new();
+        let mut current: Option<(String, String)> = None;
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix("# >>> profile: ") {
+                current = Some((name.to_owned(), String::new()));
+            } else if line == "# <<<" {
+                profiles.extend(current.take());
+            } else if let Some((_, body)) = &mut current {
+                // The prose before the first table is not TOML.
+                if body.is_empty() && !line.starts_with("# [") {
+                    continue;
+                }
+                body.push_str(line.strip_prefix("# ").unwrap_or(""));
+                body.push('\n');
+            }
+        }
+        profiles
+    }
+
+    #[test]
+    fn the_example_profiles_parse() {
+        let profiles = example_profiles();
+        let names: Vec<&str> = profiles.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["agent host", "SOVD diagnostics"]);
+        for (name, body) in profiles {
+            let text = format!("[auth]\nhs256_secret = \"0123456789abcdef\"\n{body}");
+            let config = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(config.endpoints.len(), 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_and_bridges_name_their_key_and_line() {
+        let text = "[auth]\nanonymous = true\n[[endpoints]]\npath = \"/a/{id}\"\nroom = \"a:{id}\"\n[[endpoints]]\npath = \"/b\"\nroom = \"b:{x}\"\nclose_code = 1000\n";
+        match parse(text).unwrap_err() {
+            ConfigError::File { key, line, .. } => {
+                assert_eq!(key.as_deref(), Some("endpoints[1].close_code"));
+                assert_eq!(line, 9);
+            }
+            other => panic!("{other}"),
+        }
+        let looping = "[auth]\nanonymous = true\n[[bridge.redis]]\nchannels = [\"chat:*\"]\npublish_rooms = [\"chat:*\"]\n";
+        match parse(looping).unwrap_err() {
+            ConfigError::File {
+                key, line, message, ..
+            } => {
+                assert_eq!(key.as_deref(), Some("bridge.redis[0].publish_channel"));
+                assert_eq!(line, 3);
+                assert!(message.contains("back in"), "{message}");
+            }
+            other => panic!("{other}"),
         }
     }
 
@@ -1405,6 +1708,7 @@ mod tests {
         let example: String = include_str!("../config.example.toml")
             .lines()
             .skip_while(|l| !l.starts_with("# [namespaces.conversation]"))
+            .take_while(|l| !l.is_empty())
             .map(|l| l.strip_prefix("# ").unwrap_or(l))
             .collect::<Vec<_>>()
             .join("\n");

@@ -8,6 +8,8 @@
 //!   handlers for your own message types ([`HandlerRequest`], [`Reply`], [`HandlerError`])
 //!   and middleware ([`middleware::Middleware`]), health and graceful shutdown.
 //! - [`Config`] and [`config`]: settings, the same as the binary's config file.
+//! - [`endpoint`]: WebSocket endpoints bound to a room, raw or protocol v1 framing
+//!   (`Broker::endpoint`).
 //! - [`server`]: run a broker as its own server on a listener (what the binary does).
 //! - [`auth`]: token claims and `mint_hs256` for tokens of your own.
 //! - [`protocol`]: the wire format's names: message types, error and close codes, frames.
@@ -29,6 +31,7 @@ pub(crate) mod actors;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod endpoint;
 pub mod engine;
 mod glob;
 pub(crate) mod http;

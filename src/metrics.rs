@@ -43,6 +43,20 @@ pub struct Metrics {
     /// Requests refused by a size or capacity limit, by limit (`sessions_per_user`, `rooms`,
     /// `message_id`, `json_depth`).
     pub limit_refusals: IntCounterVec,
+    /// WebSocket connections an endpoint refused, by endpoint path and reason (`auth`,
+    /// `forbidden`, `param`).
+    pub endpoint_refusals: IntCounterVec,
+    /// Messages a Redis bridge carried, by bridge and direction (`in`: Redis to a room,
+    /// `out`: a room to Redis).
+    pub bridge_messages: IntCounterVec,
+    /// Messages a Redis bridge did not carry, by bridge and reason (`not_json`, `room_name`,
+    /// `refused`, `unavailable`, `queue_full`).
+    pub bridge_dropped: IntCounterVec,
+    /// Reconnections of a Redis bridge's connection, by bridge.
+    pub bridge_reconnects: IntCounterVec,
+    /// 1 while a Redis bridge is subscribed and carrying messages in on this node, by bridge
+    /// (with the Redis engine only the leader does).
+    pub bridge_active: IntGaugeVec,
     /// Application handler latency by message type.
     pub handler_seconds: HistogramVec,
     /// HTTP requests by route pattern and status.
@@ -132,6 +146,46 @@ impl Metrics {
                     "Authentication failures by reason",
                 ),
                 &["reason"],
+            )
+            .expect("valid metric"),
+            endpoint_refusals: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_endpoint_refusals_total",
+                    "WebSocket connections an endpoint refused, by reason",
+                ),
+                &["endpoint", "reason"],
+            )
+            .expect("valid metric"),
+            bridge_messages: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_bridge_messages_total",
+                    "Messages a Redis bridge carried, by direction",
+                ),
+                &["bridge", "direction"],
+            )
+            .expect("valid metric"),
+            bridge_dropped: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_bridge_dropped_total",
+                    "Messages a Redis bridge did not carry, by reason",
+                ),
+                &["bridge", "reason"],
+            )
+            .expect("valid metric"),
+            bridge_reconnects: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_bridge_reconnects_total",
+                    "Reconnections of a Redis bridge",
+                ),
+                &["bridge"],
+            )
+            .expect("valid metric"),
+            bridge_active: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_bridge_active",
+                    "1 while a Redis bridge carries messages in on this node",
+                ),
+                &["bridge"],
             )
             .expect("valid metric"),
             limit_refusals: IntCounterVec::new(
@@ -251,7 +305,7 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 27] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 32] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -263,6 +317,11 @@ impl Metrics {
             Box::new(m.rate_limited.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.limit_refusals.clone()),
+            Box::new(m.endpoint_refusals.clone()),
+            Box::new(m.bridge_messages.clone()),
+            Box::new(m.bridge_dropped.clone()),
+            Box::new(m.bridge_reconnects.clone()),
+            Box::new(m.bridge_active.clone()),
             Box::new(m.handler_seconds.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.webhook_attempts.clone()),

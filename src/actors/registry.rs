@@ -526,6 +526,8 @@ mod tests {
                 reply_to: None,
                 since_seq: None,
                 position_unknown: false,
+                replay_last: 0,
+                framing: crate::endpoint::Framing::V1,
             },
         }
     }

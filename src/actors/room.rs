@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 use super::registry::{Registry, RoomIdle};
 use super::ConnectionId;
 use crate::config::RoomPolicy;
+use crate::endpoint::Framing;
 use crate::engine::{
     Answer, Appended, DedupKey, Engine, EngineError, PresenceJoin, Replay, RoomFeed, RoomLog,
 };
@@ -68,6 +69,8 @@ enum Feed {
 struct Member {
     out: Outbound,
     user: Arc<str>,
+    /// How the member's client reads frames: a raw member gets message payloads only.
+    framing: Framing,
     /// Messages up to this seq reached the member another way (its join's replay).
     after: u64,
 }
@@ -174,12 +177,24 @@ impl Room {
     /// Queues `frame` to every member except `except` (and, for a message, those whose join
     /// replay already had `seq`); members whose queue overflowed are dropped (their queue
     /// already closed them with 4009).
+    ///
+    /// Raw-framing members get a message's payload alone (cut out once per message, and
+    /// only when such a member is here) and nothing that is not a message.
     fn broadcast(&mut self, frame: &ByteString, except: Option<&ConnectionId>, seq: Option<u64>) {
         let mut overflowed = Vec::new();
+        let mut raw: Option<Option<ByteString>> = None;
         for (conn, member) in &self.members {
             if Some(conn) == except || seq.is_some_and(|seq| seq <= member.after) {
                 continue;
             }
+            let frame = match member.framing {
+                Framing::V1 => frame,
+                Framing::Raw if seq.is_none() => continue,
+                Framing::Raw => match raw.get_or_insert_with(|| frame::payload_of(frame)) {
+                    Some(payload) => &*payload,
+                    None => continue,
+                },
+            };
             if let Err(SendError::Overflow) = member.out.send(frame.clone()) {
                 overflowed.push(conn.clone());
             }
@@ -357,6 +372,11 @@ pub struct Join {
     pub reply_to: Option<ReplyTo>,
     /// Replay messages after this seq.
     pub since_seq: Option<u64>,
+    /// Without `since_seq`: replay the room's latest messages, at most this many (an
+    /// endpoint's `replay`).
+    pub replay_last: usize,
+    /// How the member's client reads frames.
+    pub framing: Framing,
     /// The member's position is unknown (a resumed room the client did not list): nothing
     /// is replayed and `recovered` is false.
     pub position_unknown: bool,
@@ -367,11 +387,12 @@ impl Handler<Join> for Room {
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
         self.joins_seen += 1;
-        let since_seq = msg.since_seq;
+        let (since_seq, replay_last) = (msg.since_seq, msg.replay_last);
         match self.feed {
             Feed::Local => {
-                let replay = since_seq.map(|since| self.local_replay(since));
                 let seq = self.log().last_seq();
+                let replay =
+                    replay_from(since_seq, replay_last, seq).map(|since| self.local_replay(since));
                 let rejoin = self.members.contains_key(&msg.connection_id);
                 let presence = match self.presence_step(&msg.user, &msg.connection_id, rejoin) {
                     None => None,
@@ -388,7 +409,7 @@ impl Handler<Join> for Room {
                 let rejoin = self.members.contains_key(&msg.connection_id);
                 let (user, conn) = (msg.user.clone(), msg.connection_id.clone());
                 let engine_work = self
-                    .subscribe_and_read(since_seq, ctx.address().recipient())
+                    .subscribe_and_read(since_seq, replay_last, ctx.address().recipient())
                     .then(move |read, act, _| {
                         let presence = act.presence_step(&user, &conn, rejoin);
                         async move {
@@ -420,6 +441,12 @@ impl Handler<Join> for Room {
     }
 }
 
+/// The seq a join's replay starts after: the client's own position, or `replay_last`
+/// messages back from `latest`; `None` when nothing is to be replayed.
+fn replay_from(since_seq: Option<u64>, replay_last: usize, latest: u64) -> Option<u64> {
+    since_seq.or_else(|| (replay_last > 0).then(|| latest.saturating_sub(replay_last as u64)))
+}
+
 impl Room {
     fn local_replay(&mut self, since: u64) -> Replay {
         match self.log().since(since) {
@@ -428,11 +455,13 @@ impl Room {
         }
     }
 
-    /// Subscribes to the engine's feed if not yet, then reads the replay after `since_seq`:
-    /// the replay (if asked for) and the seq the member joins at.
+    /// Subscribes to the engine's feed if not yet, then reads the replay after `since_seq`
+    /// (or of the `replay_last` latest messages): the replay (if asked for) and the seq the
+    /// member joins at.
     fn subscribe_and_read(
         &mut self,
         since_seq: Option<u64>,
+        replay_last: usize,
         to: Recipient<RoomFeed>,
     ) -> impl ActorFuture<Self, Output = Result<(Option<Replay>, u64), EngineError>> + 'static {
         let subscribe = match self.feed {
@@ -447,19 +476,16 @@ impl Room {
             }
         };
         subscribed.into_actor(self).then(move |subscribed, act, _| {
-            let read = match subscribed {
-                Err(err) => Err(err),
-                Ok(first) => {
-                    if let Some(seq) = first {
-                        act.feed = Feed::Fed { delivered: seq };
-                    }
-                    Ok(since_seq.map(|since| act.log().since(since)))
-                }
-            };
+            if let Ok(Some(seq)) = subscribed {
+                act.feed = Feed::Fed { delivered: seq };
+            }
             let delivered = match act.feed {
                 Feed::Fed { delivered } => delivered,
                 _ => act.log().last_seq(),
             };
+            let read = subscribed.map(|_| {
+                replay_from(since_seq, replay_last, delivered).map(|since| act.log().since(since))
+            });
             async move {
                 match read? {
                     None => Ok((None, delivered)),
@@ -514,6 +540,13 @@ impl Room {
         if let Some(replay) = replay {
             self.metrics.replayed.inc_by(replay.frames.len() as u64);
             for (_, frame) in replay.frames {
+                let frame = match msg.framing {
+                    Framing::V1 => frame,
+                    Framing::Raw => match frame::payload_of(&frame) {
+                        Some(payload) => payload,
+                        None => continue,
+                    },
+                };
                 if msg.out.send(frame).is_err() {
                     break;
                 }
@@ -539,6 +572,7 @@ impl Room {
             Member {
                 out: msg.out,
                 user: msg.user,
+                framing: msg.framing,
                 after,
             },
         );
@@ -1092,6 +1126,8 @@ mod tests {
             reply_to: native("j"),
             since_seq,
             position_unknown: false,
+            replay_last: 0,
+            framing: crate::endpoint::Framing::V1,
         };
         let (addr, outcome) = registry
             .send(JoinRoom {
@@ -1265,6 +1301,8 @@ mod tests {
             reply_to: None,
             since_seq: None,
             position_unknown: false,
+            replay_last: 0,
+            framing: crate::endpoint::Framing::V1,
         })
         .await
         .unwrap()

@@ -27,6 +27,7 @@ use crate::actors::supervisor::{Shutdown, ShutdownReport, Supervisor};
 use crate::auth::Authenticator;
 use crate::config::EngineKind;
 use crate::config::{Config, ConfigError};
+use crate::endpoint::{Endpoint, EndpointConfig};
 use crate::engine::{Engine, MemoryEngine, RedisEngine};
 use crate::http;
 use crate::http::error::resource;
@@ -84,6 +85,14 @@ impl BrokerBuilder {
             None => Broker::start(self.config),
         }
     }
+}
+
+/// The route of one WebSocket endpoint.
+fn endpoint_resource(broker: &Broker, endpoint: Arc<Endpoint>) -> actix_web::Resource {
+    resource(&endpoint.config.path, "GET")
+        .app_data(web::Data::new(broker.clone()))
+        .app_data(web::Data::from(endpoint))
+        .route(web::get().to(http::ws::connect))
 }
 
 /// A running broker: cheap to clone, shared by every worker.
@@ -235,17 +244,33 @@ impl Broker {
         &self.state
     }
 
-    /// Mounts the broker: the main WebSocket endpoint (`server.ws_path`), `/healthz`, and
-    /// the conformance echo route when configured. Use with `App::configure`.
+    /// Mounts the broker: the main WebSocket endpoint (`server.ws_path`), the configured
+    /// `[[endpoints]]`, `/healthz`, `/metrics`, the HTTP API, and the conformance echo route
+    /// when configured. Use with `App::configure`.
     pub fn configure(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + 'static {
         let broker = self.clone();
+        // Checked by `Config::validate` when the broker started.
+        let endpoints: Vec<Arc<Endpoint>> = broker
+            .config()
+            .endpoints
+            .iter()
+            .filter_map(|e| e.compile().ok().map(Arc::new))
+            .collect();
         move |cfg: &mut web::ServiceConfig| {
             let config = broker.config();
-            cfg.app_data(web::Data::new(broker.clone()))
-                .service(
-                    resource(&config.server.ws_path, "GET").route(web::get().to(http::ws::connect)),
-                )
-                .service(resource("/healthz", "GET").route(web::get().to(http::health::healthz)))
+            cfg.app_data(web::Data::new(broker.clone()));
+            for endpoint in &endpoints {
+                cfg.service(endpoint_resource(&broker, endpoint.clone()));
+            }
+            // An endpoint on `server.ws_path` takes the path over.
+            if !endpoints
+                .iter()
+                .any(|e| e.config.path == config.server.ws_path)
+            {
+                let plain = Arc::new(Endpoint::plain(&config.server.ws_path));
+                cfg.service(endpoint_resource(&broker, plain));
+            }
+            cfg.service(resource("/healthz", "GET").route(web::get().to(http::health::healthz)))
                 .service(resource("/metrics", "GET").route(web::get().to(metrics_mod::endpoint)));
             http::api::configure(cfg, &config.api);
             if !config.conformance.echo_path.is_empty() {
@@ -264,14 +289,44 @@ impl Broker {
         path: &str,
     ) -> impl Fn(&mut web::ServiceConfig) + Clone + 'static {
         let broker = self.clone();
-        let path = path.to_owned();
+        let endpoint = Arc::new(Endpoint::plain(path));
         move |cfg: &mut web::ServiceConfig| {
-            cfg.service(
-                resource(path.as_str(), "GET")
-                    .app_data(web::Data::new(broker.clone()))
-                    .route(web::get().to(http::ws::connect)),
-            );
+            cfg.service(endpoint_resource(&broker, endpoint.clone()));
         }
+    }
+
+    /// Mounts a WebSocket endpoint bound to a room, as an `[[endpoints]]` entry would; the
+    /// error names the field that is wrong. Use with `App::configure`.
+    ///
+    /// ```no_run
+    /// # fn demo(broker: switchboard::Broker) -> Result<(), switchboard::config::ConfigError> {
+    /// use switchboard::endpoint::{EndpointConfig, Framing};
+    /// let responses = broker.endpoint(
+    ///     EndpointConfig::new("/ws/responses/{command_id}")
+    ///         .room("response:{command_id}")
+    ///         .framing(Framing::Raw)
+    ///         .close_code(1008),
+    /// )?;
+    /// let app = actix_web::App::new()
+    ///     .configure(broker.configure())
+    ///     .configure(responses);
+    /// # Ok(()) }
+    /// ```
+    pub fn endpoint(
+        &self,
+        endpoint: EndpointConfig,
+    ) -> Result<impl Fn(&mut web::ServiceConfig) + Clone + 'static, ConfigError> {
+        let compiled = endpoint
+            .compile()
+            .map_err(|(field, message)| ConfigError::Invalid {
+                key: format!("endpoint `{}`: {field}", endpoint.path),
+                message,
+            })?;
+        let broker = self.clone();
+        let endpoint = Arc::new(compiled);
+        Ok(move |cfg: &mut web::ServiceConfig| {
+            cfg.service(endpoint_resource(&broker, endpoint.clone()));
+        })
     }
 
     /// Routes requests of `msg_type` to `recipient`; its replies carry `correlation_id`

@@ -1,10 +1,12 @@
-//! WebSocket upgrade for protocol v1: origin check, authentication, session start.
+//! WebSocket upgrade: origin check, the endpoint's room, authentication, session start.
 //!
-//! A rejected origin gets HTTP 403 before the upgrade (cross-site WebSocket hijacking).
-//! A failed authentication is answered after the upgrade, with close code 4000 and a reason
-//! saying what was wrong, so browser clients (which cannot read a failed handshake's status)
-//! learn why.
+//! Every WebSocket route is an endpoint ([`crate::endpoint`]); the plain protocol v1 route
+//! on `server.ws_path` is the one without a room. A rejected origin gets HTTP 403 before
+//! the upgrade (cross-site WebSocket hijacking). Other refusals follow the endpoint's
+//! `reject`: by default the connection is upgraded and then closed with a code and a reason
+//! saying what was wrong, because browser clients cannot read a failed handshake's status.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -14,8 +16,10 @@ use url::{Host, Url};
 
 use super::error::ApiError;
 use super::peer;
-use crate::actors::session::Session;
+use crate::actors::session::{Binding, Session};
+use crate::auth::{AuthError, Identity};
 use crate::config::ServerConfig;
+use crate::endpoint::{Endpoint, Reject};
 use crate::protocol::{close, frame, ErrorCode};
 use crate::transport;
 use crate::Broker;
@@ -26,11 +30,53 @@ pub const SUBPROTOCOL: &str = "switchboard.v1";
 /// How long a rejected connection waits for the client's close frame.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 
-/// `GET /ws` (and any route mounted with [`Broker::websocket_route`]).
+/// Why a connection is not served.
+enum Refusal {
+    /// The token is missing or invalid.
+    Auth(AuthError),
+    /// The token may not join the endpoint's room.
+    Forbidden(String),
+    /// The path or query does not make a room.
+    BadParam(String),
+}
+
+impl Refusal {
+    fn http(&self) -> ApiError {
+        match self {
+            Refusal::Auth(err) => ApiError::new(ErrorCode::Unauthorized, err.to_string()),
+            Refusal::Forbidden(msg) => ApiError::new(ErrorCode::Forbidden, msg.clone()),
+            Refusal::BadParam(msg) => ApiError::new(ErrorCode::BadRequest, msg.clone()),
+        }
+    }
+
+    fn close_reason(&self, endpoint: &Endpoint) -> CloseReason {
+        let (code, description) = match self {
+            Refusal::Auth(err) => (endpoint.config.close_code, err.to_string()),
+            Refusal::Forbidden(msg) | Refusal::BadParam(msg) => (close::POLICY, msg.clone()),
+        };
+        CloseReason {
+            code: code.into(),
+            description: Some(description),
+        }
+    }
+
+    /// The label of `switchboard_endpoint_refusals_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Refusal::Auth(_) => "auth",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::BadParam(_) => "param",
+        }
+    }
+}
+
+/// `GET` on an endpoint's path: `server.ws_path`, each `[[endpoints]]` entry, and the routes
+/// [`Broker::endpoint`] and [`Broker::websocket_route`] mount.
 pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
     broker: web::Data<Broker>,
+    endpoint: web::Data<Endpoint>,
 ) -> Result<HttpResponse, ApiError> {
     let state = broker.state();
     if !origin_allowed(&req, &state.config.server) {
@@ -41,38 +87,32 @@ pub async fn connect(
         );
         return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
+    let endpoint = endpoint.into_inner();
     let connection_id = frame::new_id();
-    let identity = match state.auth.extract_token(&req) {
-        Ok(token) => {
-            state
-                .auth
-                .authenticate(token.as_deref(), &connection_id)
-                .await
+    let admitted = admit(&req, &broker, &endpoint, &connection_id).await;
+    if let Err(refusal) = &admitted {
+        record_refusal(&req, &broker, &endpoint, &connection_id, refusal);
+        if endpoint.config.reject == Reject::Http {
+            return Err(refusal.http());
         }
-        Err(err) => Err(err),
-    };
+    }
     let body = transport::limit_frames(&req, body, state.config.limits.max_frame_bytes)?;
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
-    match identity {
-        Ok(identity) => {
-            Session::start(state.clone(), identity, connection_id.into(), ws, stream);
-        }
-        Err(err) => {
-            state
-                .metrics
-                .auth_failures
-                .with_label_values(&[err.reason()])
-                .inc();
-            log::warn!(
-                "audit: auth failure conn={connection_id} reason={} peer={}",
-                err.reason(),
-                peer(&req)
+    match admitted {
+        Ok((identity, room)) => {
+            let binding = Binding { endpoint, room };
+            Session::start(
+                state.clone(),
+                identity,
+                connection_id.into(),
+                ws,
+                stream,
+                binding,
             );
+        }
+        Err(refusal) => {
+            let reason = refusal.close_reason(&endpoint);
             actix_rt::spawn(async move {
-                let reason = CloseReason {
-                    code: close::AUTH_FAILED.into(),
-                    description: Some(err.to_string()),
-                };
                 let _ = ws.close(Some(reason)).await;
                 let mut stream = stream;
                 let _ = tokio::time::timeout(REJECT_LINGER, async {
@@ -87,6 +127,69 @@ pub async fn connect(
         }
     }
     Ok(response)
+}
+
+/// Who the client is and which room the endpoint binds it to, or why it is not served.
+async fn admit(
+    req: &HttpRequest,
+    broker: &Broker,
+    endpoint: &Arc<Endpoint>,
+    connection_id: &str,
+) -> Result<(Identity, Option<String>), Refusal> {
+    let state = broker.state();
+    let room = endpoint
+        .room_for(req.match_info(), req.query_string())
+        .map_err(|e| Refusal::BadParam(e.0))?;
+    let token = state
+        .auth
+        .extract_token_from(req, &endpoint.config.token_from)
+        .map_err(Refusal::Auth)?;
+    let identity = state
+        .auth
+        .authenticate(token.as_deref(), connection_id)
+        .await
+        .map_err(Refusal::Auth)?;
+    if let Some(room) = &room {
+        let anonymous_ok = !identity.anonymous || state.config.room_policy(room).anonymous;
+        let allowed = identity.may_join(room) || endpoint.grants(&identity, room);
+        if !allowed || !anonymous_ok {
+            return Err(Refusal::Forbidden(format!("not allowed to join `{room}`")));
+        }
+    }
+    Ok((identity, room))
+}
+
+fn record_refusal(
+    req: &HttpRequest,
+    broker: &Broker,
+    endpoint: &Endpoint,
+    connection_id: &str,
+    refusal: &Refusal,
+) {
+    let metrics = broker.metrics();
+    metrics
+        .endpoint_refusals
+        .with_label_values(&[endpoint.config.path.as_str(), refusal.label()])
+        .inc();
+    match refusal {
+        Refusal::Auth(err) => {
+            metrics
+                .auth_failures
+                .with_label_values(&[err.reason()])
+                .inc();
+            log::warn!(
+                "audit: auth failure conn={connection_id} path={} reason={} peer={}",
+                req.path(),
+                err.reason(),
+                peer(req)
+            );
+        }
+        Refusal::Forbidden(msg) | Refusal::BadParam(msg) => log::warn!(
+            "audit: connection refused conn={connection_id} path={}: {msg} peer={}",
+            req.path(),
+            peer(req)
+        ),
+    }
 }
 
 /// Whether the request's `Origin` may open a socket.

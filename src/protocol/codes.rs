@@ -127,7 +127,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text message was not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// Policy violation (origin rejected after upgrade).
+    /// Policy violation: a room the token may not join, a bad endpoint parameter, a
+    /// disconnect by the server.
     pub const POLICY: u16 = 1008;
     /// A frame or message exceeded the size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -135,6 +136,8 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// Graceful shutdown: reconnect later (to this or another instance).
     pub const SERVICE_RESTART: u16 = 1012;
+    /// A service the broker needs (its engine's Redis) is unreachable: retry later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The token was missing, expired, badly signed or otherwise rejected.
     pub const AUTH_FAILED: u16 = 4000;
     /// The session kept exceeding its inbound rate limit.

@@ -44,6 +44,9 @@ pub enum ReplyTo {
     },
     /// A JSON-RPC notification: the caller asked for no reply.
     JsonRpcNotification,
+    /// A raw-framing client ([`crate::endpoint::Framing::Raw`]): no acknowledgements;
+    /// errors are `{"event":"error",…}` frames ([`raw_error`]).
+    Raw,
 }
 
 /// A JSON-RPC request id, kept as the exact text the client sent.
@@ -453,7 +456,7 @@ pub fn reply<P: Serialize>(
             }
             .encode(),
         ),
-        ReplyTo::JsonRpcNotification => None,
+        ReplyTo::JsonRpcNotification | ReplyTo::Raw => None,
     }
 }
 
@@ -504,7 +507,34 @@ pub fn error_with_rpc_code(
         .encode(),
         ReplyTo::JsonRpc { id } => rpc_error(id, code, jsonrpc_code, message),
         ReplyTo::JsonRpcNotification => rpc_error(&RpcId::null(), code, jsonrpc_code, message),
+        ReplyTo::Raw => raw_error(code, message),
     }
+}
+
+/// A broker error for a raw-framing client. Shaped like the events such clients already
+/// handle (`{"event":"error",…}`), with `source` telling it from an application's own.
+pub fn raw_error(code: ErrorCode, message: &str) -> ByteString {
+    ByteString::from(
+        serde_json::json!({
+            "event": "error",
+            "source": "switchboard",
+            "code": code,
+            "message": message,
+        })
+        .to_string(),
+    )
+}
+
+/// What a raw-framing client receives for a room message frame: its payload's exact bytes;
+/// `None` for a frame without a payload.
+pub fn payload_of(message_frame: &str) -> Option<ByteString> {
+    #[derive(Deserialize)]
+    struct Payload<'a> {
+        #[serde(borrow)]
+        payload: Option<&'a RawValue>,
+    }
+    let parsed: Payload<'_> = serde_json::from_str(message_frame).ok()?;
+    parsed.payload.map(|raw| ByteString::from(raw.get()))
 }
 
 fn rpc_error(id: &RpcId, code: ErrorCode, jsonrpc_code: i64, message: &str) -> ByteString {

@@ -33,6 +33,8 @@ pub enum Outgoing {
     Text(ByteString),
     /// A pong answering a ping.
     Pong(Bytes),
+    /// A ping (the heartbeat of clients that speak no protocol of the broker's).
+    Ping,
     /// The closing handshake; the writer stops after it.
     Close(CloseReason),
 }
@@ -131,6 +133,12 @@ impl Outbound {
         let _ = self.tx.try_send(Outgoing::Pong(bytes));
     }
 
+    /// Queues a ping; dropped silently when the queue is full (the queue is busy, and the
+    /// heartbeat's timeout still applies).
+    pub fn ping(&self) {
+        let _ = self.tx.try_send(Outgoing::Ping);
+    }
+
     /// Closes after the frames already queued; aborts when the queue has no room.
     pub fn close(&self, code: u16, reason: &str) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
@@ -176,10 +184,16 @@ impl Outbound {
     }
 }
 
+/// A close frame's reason is at most 123 bytes (RFC 6455 §5.5: control frames carry 125,
+/// two of them the code); a longer one is cut at a character boundary.
 fn close_reason(code: u16, reason: &str) -> CloseReason {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     CloseReason {
         code: code.into(),
-        description: (!reason.is_empty()).then(|| reason.to_owned()),
+        description: (end > 0).then(|| reason[..end].to_owned()),
     }
 }
 
@@ -206,7 +220,7 @@ impl OutboundReceiver {
                     frames.push(serde_json::from_str(&text).expect("frames are JSON"))
                 }
                 Outgoing::Close(_) => closed = true,
-                Outgoing::Pong(_) => {}
+                Outgoing::Pong(_) | Outgoing::Ping => {}
             }
         }
         (frames, closed)
@@ -247,12 +261,17 @@ impl OutboundReceiver {
                         let _ = ws.close(Some(reason)).await;
                         return WriterExit::Closed(code);
                     }
-                    Outgoing::Pong(bytes) => {
+                    control @ (Outgoing::Pong(_) | Outgoing::Ping) => {
                         // Rare: no fast path needed.
                         let written = tokio::select! {
                             biased;
                             reason = Self::aborted(&shared) => return abort_close(ws, reason).await,
-                            r = ws.pong(&bytes) => r,
+                            r = async {
+                                match &control {
+                                    Outgoing::Pong(bytes) => ws.pong(bytes).await,
+                                    _ => ws.ping(b"").await,
+                                }
+                            } => r,
                         };
                         if written.is_err() {
                             return WriterExit::Disconnected;

@@ -2,13 +2,15 @@
 //! which answers `room.joined` and replays what the client missed.
 
 use actix::prelude::*;
+use bytestring::ByteString;
 use serde::Deserialize;
 
 use super::{parse_payload, truncate, Session};
 use crate::actors::registry::{JoinError, JoinRoom};
 use crate::actors::room::{Join, JoinOutcome, Room};
+use crate::endpoint::Framing;
 use crate::protocol::frame::{self, Inbound, ReplyTo};
-use crate::protocol::{types, ErrorCode};
+use crate::protocol::{close, types, ErrorCode};
 
 impl Session {
     pub(super) fn join(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
@@ -32,7 +34,7 @@ impl Session {
             return self.send_error(&inbound.reply_to, code, &msg);
         }
         let reply_to = inbound.reply_to.clone();
-        let joining = self.join_room(room.clone(), Some(inbound.reply_to), Some(since_seq));
+        let joining = self.join_room(room.clone(), Some(inbound.reply_to), Some(since_seq), 0);
         joining
             .into_actor(self)
             .map(move |result, act, _| match result {
@@ -67,7 +69,9 @@ impl Session {
                 format!("invalid room name `{}`", truncate(room, 64)),
             ));
         }
-        let allowed = self.is_automatic(room) || self.identity.may_join(room);
+        let allowed = self.is_automatic(room)
+            || self.identity.may_join(room)
+            || self.binding.endpoint.grants(&self.identity, room);
         if !allowed || (self.identity.anonymous && !self.state.config.room_policy(room).anonymous) {
             return Err((
                 ErrorCode::Forbidden,
@@ -96,12 +100,14 @@ impl Session {
 
     /// Asks the Registry to join `room`; resolves with the room's address and outcome.
     /// `since_seq` is `Some(None)` for a plain join, `Some(Some(n))` to replay after `n`, and
-    /// `None` when the client's position is unknown (see [`Join::position_unknown`]).
+    /// `None` when the client's position is unknown (see [`Join::position_unknown`]); a
+    /// plain join replays the room's `replay_last` latest messages.
     pub(super) fn join_room(
         &self,
         room: String,
         reply_to: Option<ReplyTo>,
         since_seq: Option<Option<u64>>,
+        replay_last: usize,
     ) -> impl std::future::Future<Output = Result<(Addr<Room>, JoinOutcome), JoinError>> + 'static
     {
         let join = Join {
@@ -111,8 +117,88 @@ impl Session {
             reply_to,
             since_seq: since_seq.flatten(),
             position_unknown: since_seq.is_none(),
+            replay_last,
+            framing: self.framing(),
         };
         let sent = self.state.registry.send(JoinRoom { room, join });
         async move { sent.await? }
     }
+}
+
+impl Session {
+    /// Joins the room the endpoint bound this connection to, if any.
+    pub(super) fn join_bound_room(&mut self, ctx: &mut Context<Self>) {
+        if let Some(room) = self.binding.room.clone() {
+            self.join_endpoint_room(room, true, ctx);
+        }
+    }
+
+    /// Joins `room` as the endpoint says (v1: `room.joined`; both framings: the endpoint's
+    /// replay). A failure is reported to the client; when `essential` (the connection's own
+    /// room, without which it has nothing to do) the connection is closed too — 1013 when
+    /// the engine is unreachable, so the client retries, else 1008.
+    pub(super) fn join_endpoint_room(
+        &mut self,
+        room: String,
+        essential: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err((code, message)) = self.check_join(&room, 0) {
+            return self.endpoint_join_failed(&room, code, &message, essential, ctx);
+        }
+        let reply_to = match self.framing() {
+            Framing::V1 => Some(ReplyTo::Native {
+                correlation_id: None,
+            }),
+            Framing::Raw => None,
+        };
+        let replay = self.binding.endpoint.config.replay;
+        self.join_room(room.clone(), reply_to, Some(None), replay)
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok((addr, outcome)) => {
+                    log::debug!("conn={} joined {room} at seq {}", act.id, outcome.seq);
+                    act.rooms.insert(room.clone(), addr);
+                    if !essential && act.framing() == Framing::Raw {
+                        act.send(raw_event("subscribed", &room));
+                    }
+                }
+                Err(e) => act.endpoint_join_failed(&room, e.code(), &e.to_string(), essential, ctx),
+            })
+            .wait(ctx);
+    }
+
+    fn endpoint_join_failed(
+        &mut self,
+        room: &str,
+        code: ErrorCode,
+        message: &str,
+        essential: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        log::warn!("conn={} could not join {room}: {message}", self.id);
+        let reply_to = self.default_reply();
+        self.send_error(
+            &reply_to,
+            code,
+            &format!("could not join `{room}`: {message}"),
+        );
+        if essential {
+            let close_code = match code {
+                ErrorCode::Unavailable => close::TRY_AGAIN_LATER,
+                ErrorCode::Internal | ErrorCode::Timeout => close::INTERNAL,
+                _ => close::POLICY,
+            };
+            self.close(
+                ctx,
+                close_code,
+                &format!("could not join {room}: {message}"),
+            );
+        }
+    }
+}
+
+/// A raw client's confirmation: `{"event":"subscribed","room":…}` (or `unsubscribed`).
+pub(super) fn raw_event(event: &str, room: &str) -> ByteString {
+    ByteString::from(serde_json::json!({ "event": event, "room": room }).to_string())
 }

@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 mod join;
 mod leave;
 mod publish;
+mod raw;
 mod request;
 mod resume;
 
@@ -33,6 +34,7 @@ use super::room::{Leave, Room};
 use super::ConnectionId;
 use crate::auth::Identity;
 use crate::broker::BrokerState;
+use crate::endpoint::{Endpoint, Framing};
 use crate::protocol::frame::{self, Inbound, ReplyTo};
 use crate::protocol::types::{self, Command};
 use crate::protocol::{close, ErrorCode};
@@ -55,6 +57,16 @@ pub struct Session {
     last_inbound: Instant,
     assembler: Assembler,
     closing: bool,
+    binding: Binding,
+}
+
+/// What the endpoint a session came in through decides for it.
+pub(crate) struct Binding {
+    /// The endpoint (framing, publish rule, replay, room template).
+    pub endpoint: Arc<Endpoint>,
+    /// The endpoint's room for this connection, filled from its path and query; joined as
+    /// soon as the session is admitted.
+    pub room: Option<String>,
 }
 
 impl Session {
@@ -65,6 +77,7 @@ impl Session {
         connection_id: ConnectionId,
         ws: actix_ws::Session,
         stream: MessageStream,
+        binding: Binding,
     ) -> Addr<Session> {
         let limits = &state.config.limits;
         let (out, rx) = Outbound::bounded(
@@ -94,6 +107,7 @@ impl Session {
                 last_inbound: Instant::now(),
                 assembler: Assembler::new(max_frame),
                 closing: false,
+                binding,
                 state,
             }
         })
@@ -102,6 +116,20 @@ impl Session {
     fn send(&self, frame: ByteString) {
         // Overflow closes the session from inside the queue; nothing more to do here.
         let _ = self.out.send(frame);
+    }
+
+    fn framing(&self) -> Framing {
+        self.binding.endpoint.config.framing
+    }
+
+    /// How the session answers a frame that has no reply address of its own.
+    fn default_reply(&self) -> ReplyTo {
+        match self.framing() {
+            Framing::V1 => ReplyTo::Native {
+                correlation_id: None,
+            },
+            Framing::Raw => ReplyTo::Raw,
+        }
     }
 
     fn send_error(&self, reply_to: &ReplyTo, code: ErrorCode, message: &str) {
@@ -122,6 +150,9 @@ impl Session {
     }
 
     fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
+        if self.framing() == Framing::Raw {
+            return self.on_raw_text(text, ctx);
+        }
         let inbound = match frame::parse(&text) {
             Ok(inbound) => inbound,
             Err(err) => {
@@ -216,8 +247,17 @@ impl Session {
         false
     }
 
-    /// The Registry took the session in: greet the client and join the automatic rooms.
+    /// The Registry took the session in: greet the client and join the automatic rooms
+    /// (v1), then the endpoint's room.
     fn admitted(&mut self, ctx: &mut Context<Self>) {
+        if self.framing() == Framing::V1 {
+            self.greet(ctx);
+        }
+        self.join_bound_room(ctx);
+        log::debug!("conn={} user={} connected", self.id, self.identity.user);
+    }
+
+    fn greet(&mut self, ctx: &mut Context<Self>) {
         let config = &self.state.config;
         self.send(frame::push(
             types::SYSTEM_CONNECTION_ESTABLISHED,
@@ -233,7 +273,7 @@ impl Session {
         let automatic =
             std::iter::once(types::BROADCAST_ROOM.to_owned()).chain(self.identity.personal_room());
         for room in automatic {
-            let joining = self.join_room(room.clone(), None, Some(None));
+            let joining = self.join_room(room.clone(), None, Some(None), 0);
             joining
                 .into_actor(self)
                 .map(move |result, act, _| {
@@ -243,7 +283,6 @@ impl Session {
                 })
                 .wait(ctx);
         }
-        log::debug!("conn={} user={} connected", self.id, self.identity.user);
     }
 
     fn room_name(&self, inbound: &Inbound) -> Result<String, String> {
@@ -333,16 +372,10 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for Session {
             Ok(None) => {}
             Ok(Some(InboundEvent::Text(text))) if !self.closing => self.on_text(text, ctx),
             Ok(Some(InboundEvent::Binary(_))) if !self.closing => {
-                if self.allow_frame(
-                    &ReplyTo::Native {
-                        correlation_id: None,
-                    },
-                    ctx,
-                ) {
+                let reply_to = self.default_reply();
+                if self.allow_frame(&reply_to, ctx) {
                     self.send_error(
-                        &ReplyTo::Native {
-                            correlation_id: None,
-                        },
+                        &reply_to,
                         ErrorCode::BadRequest,
                         "binary frames are not supported; send JSON text frames",
                     );
@@ -417,6 +450,8 @@ impl Handler<Control> for Session {
             Control::Heartbeat => {
                 if self.last_inbound.elapsed() >= self.state.config.heartbeat.timeout {
                     self.close(ctx, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                } else if self.framing() == Framing::Raw {
+                    self.out.ping();
                 } else {
                     self.send(frame::push(types::SYSTEM_PING, None, None::<()>));
                 }
@@ -428,11 +463,13 @@ impl Handler<Control> for Session {
             ),
             Control::Disconnect { reason } => (close::POLICY, reason),
         };
-        self.send(frame::push(
-            types::SYSTEM_CONNECTION_CLOSE,
-            None,
-            Some(json!({ "reason": &reason })),
-        ));
+        if self.framing() == Framing::V1 {
+            self.send(frame::push(
+                types::SYSTEM_CONNECTION_CLOSE,
+                None,
+                Some(json!({ "reason": &reason })),
+            ));
+        }
         self.close(ctx, code, &reason);
     }
 }

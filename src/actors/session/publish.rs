@@ -12,8 +12,12 @@ impl Session {
             Ok(room) => room,
             Err(msg) => return self.send_error(&inbound.reply_to, ErrorCode::BadRequest, &msg),
         };
-        // Only the server reaches every session: clients never publish to `broadcast`.
+        // Only the server reaches every session: clients never publish to `broadcast`; an
+        // endpoint may keep its room read-only for the clients it binds there.
+        let bound_read_only = self.binding.room.as_deref() == Some(room.as_str())
+            && !self.binding.endpoint.config.publish;
         if room == types::BROADCAST_ROOM
+            || bound_read_only
             || !self.identity.may_publish(&room)
             || !self.state.config.room_policy(&room).client_publish
         {

@@ -74,7 +74,7 @@ impl Session {
                         correlation_id: None,
                     };
                     // A room the client did not list has an unknown position (`None`).
-                    let joining = act.join_room(room.clone(), Some(reply), since_seq.map(Some));
+                    let joining = act.join_room(room.clone(), Some(reply), since_seq.map(Some), 0);
                     joins.push(async move { (room, joining.await) });
                 }
                 futures_util::future::join_all(joins)
