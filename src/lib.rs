@@ -29,6 +29,7 @@
 
 pub(crate) mod actors;
 pub mod auth;
+pub(crate) mod bridge;
 pub mod broker;
 pub mod config;
 pub mod endpoint;

@@ -16,6 +16,7 @@ use super::room::{GetInfo, Join, JoinOutcome, Retire, Room, RoomInfo};
 use super::session::Control;
 use super::ConnectionId;
 use crate::auth::PERSONAL_PREFIX;
+use crate::bridge::Outlets;
 use crate::config::Config;
 use crate::engine::{Answer, ControlOrder, Engine, EngineError};
 use crate::metrics::Metrics;
@@ -36,6 +37,7 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
     empty_waiters: Vec<oneshot::Sender<()>>,
+    outlets: Outlets,
 }
 
 struct SessionEntry {
@@ -68,7 +70,14 @@ impl Registry {
             metrics,
             webhooks,
             empty_waiters: Vec::new(),
+            outlets: Outlets::default(),
         }
+    }
+
+    /// Rooms offer their new messages to `outlets` (bridges that send them out).
+    pub fn sending_out(mut self, outlets: Outlets) -> Registry {
+        self.outlets = outlets;
+        self
     }
 
     fn update_gauges(&self) {
@@ -95,14 +104,18 @@ impl Registry {
             let policy = self.config.room_policy(&name);
             let metrics = self.metrics.clone();
             let webhooks = self.webhooks.clone();
+            let outlets = self.outlets.clone();
             let addr = if self.shards.is_empty() {
-                Room::new(room_name, policy, engine, registry, metrics, webhooks).start()
+                Room::new(room_name, policy, engine, registry, metrics, webhooks)
+                    .sending_out(outlets)
+                    .start()
             } else {
                 let mut h = DefaultHasher::new();
                 name.hash(&mut h);
                 let shard = &self.shards[(h.finish() % self.shards.len() as u64) as usize];
                 Room::start_in_arbiter(shard, move |_| {
                     Room::new(room_name, policy, engine, registry, metrics, webhooks)
+                        .sending_out(outlets)
                 })
             };
             self.rooms.insert(

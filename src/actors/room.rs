@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 
 use super::registry::{Registry, RoomIdle};
 use super::ConnectionId;
+use crate::bridge::{OutMessage, Outlets};
 use crate::config::RoomPolicy;
 use crate::endpoint::Framing;
 use crate::engine::{
@@ -52,6 +53,8 @@ pub struct Room {
     idle_timer: bool,
     /// Where this node's deliveries come from.
     feed: Feed,
+    /// Bridges that send messages out (`[[bridge.redis]] publish_rooms`).
+    outlets: Outlets,
 }
 
 /// How the room's messages reach this node's members.
@@ -106,7 +109,14 @@ impl Room {
             idle_deadline: Instant::now(),
             idle_timer: false,
             feed,
+            outlets: Outlets::default(),
         }
+    }
+
+    /// Offers the room's new messages to the bridges that send them out.
+    pub fn sending_out(mut self, outlets: Outlets) -> Room {
+        self.outlets = outlets;
+        self
     }
 
     fn log(&mut self) -> &mut dyn RoomLog {
@@ -616,7 +626,9 @@ impl Handler<Leave> for Room {
     }
 }
 
-/// Who publishes: a member session (acked on its socket) or the server (HTTP API).
+/// Who publishes: a member session (acked on its socket), the server (HTTP API) or a
+/// bridge.
+#[derive(Clone)]
 pub enum Publisher {
     /// A member; the ack goes to its queue.
     Member {
@@ -629,6 +641,12 @@ pub enum Publisher {
     /// `key#0`); the outcome is the message's result.
     Server {
         /// The API caller; message ids are deduplicated per caller.
+        caller: Arc<str>,
+    },
+    /// A bridge carrying a message in (`bridge:<name>`): like `Server`, and the message
+    /// never goes out through a bridge again.
+    Bridge {
+        /// `bridge:<name>`.
         caller: Arc<str>,
     },
 }
@@ -690,8 +708,11 @@ impl Handler<Publish> for Room {
                     return Response::reply(Ok(None));
                 }
             },
-            Publisher::Server { .. } => None,
+            Publisher::Server { .. } | Publisher::Bridge { .. } => None,
         };
+        let outlets = (!matches!(msg.from, Publisher::Bridge { .. })
+            && self.outlets.wants(&self.name))
+        .then(|| self.outlets.clone());
         let client_id = msg.id.clone();
         let accepted = Accepted {
             room: self.name.clone(),
@@ -703,9 +724,10 @@ impl Handler<Publish> for Room {
             user: ack_to.as_ref().map(|a| a.user.clone()),
             webhooks: self.webhooks.clone(),
             metrics: self.metrics.clone(),
+            outlets,
         };
         let dedup = client_id.as_deref().map(|id| match &msg.from {
-            Publisher::Server { caller } => DedupKey {
+            Publisher::Server { caller } | Publisher::Bridge { caller } => DedupKey {
                 server: true,
                 publisher: caller,
                 id,
@@ -736,6 +758,7 @@ impl Handler<Publish> for Room {
                 // Raised here, inside the handler, so a room's webhook events are queued in
                 // seq order.
                 let stored = accepted.recorded(&appended);
+                accepted.send_out(&appended);
                 if self.members.is_empty() {
                     self.report_if_idle(ctx);
                 }
@@ -752,6 +775,7 @@ impl Handler<Publish> for Room {
                     match appending.await {
                         Ok(appended) => {
                             let stored = accepted.recorded(&appended);
+                            accepted.send_out(&appended);
                             match accepted.acknowledge(appended, stored, ack_to) {
                                 Settled::Now(answer) => answer,
                                 Settled::Later(answer) => answer.await,
@@ -791,6 +815,9 @@ struct Accepted {
     user: Option<Arc<str>>,
     webhooks: Webhooks,
     metrics: Arc<Metrics>,
+    /// The bridges that take this message out; `None` when none does (or it came in
+    /// through one).
+    outlets: Option<Outlets>,
 }
 
 type WebhookCommit = LocalBoxFuture<'static, Result<usize, WebhookError>>;
@@ -825,6 +852,24 @@ impl Accepted {
             self.user.as_deref(),
         );
         Some(Box::pin(self.webhooks.emit(event)))
+    }
+
+    /// Hands a new message to the bridges that send it out. Called where the message is
+    /// appended, so with a shared engine only the broker that took the publish sends it.
+    fn send_out(&self, appended: &Appended) {
+        let (Some(outlets), Appended::New { seq, .. } | Appended::Forwarded { seq }) =
+            (&self.outlets, appended)
+        else {
+            return;
+        };
+        let message = || OutMessage {
+            room: self.room.clone(),
+            seq: *seq,
+            id: self.id.clone(),
+            user: self.user.clone(),
+            payload: self.payload.clone(),
+        };
+        outlets.offer(message, &self.room);
     }
 
     /// Acknowledges — the ack frame to a member, the [`Published`] answer to everyone — at

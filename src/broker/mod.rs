@@ -27,6 +27,7 @@ use crate::actors::supervisor::{Shutdown, ShutdownReport, Supervisor};
 use crate::auth::Authenticator;
 use crate::config::EngineKind;
 use crate::config::{Config, ConfigError};
+use crate::bridge::redis::BridgeStop;
 use crate::endpoint::{Endpoint, EndpointConfig};
 use crate::engine::{Engine, MemoryEngine, RedisEngine};
 use crate::http;
@@ -104,6 +105,8 @@ pub struct Broker {
     room_arbiters: Arc<Vec<ArbiterHandle>>,
     /// The outbox (SQLite) and the webhook targets (HTTP) each have a thread.
     webhook_arbiters: Arc<[ArbiterHandle; 2]>,
+    /// Ends the `[[bridge.redis]]` tasks.
+    bridges: Arc<BridgeStop>,
 }
 
 impl Broker {
@@ -184,6 +187,7 @@ impl Broker {
             })
         };
         let webhooks = Webhooks::new(filters, queue.clone(), health);
+        let (outlets, outgoing) = crate::bridge::outlets(&config, &metrics);
         let registry = Registry::new(
             room_arbiters.clone(),
             engine.clone(),
@@ -191,6 +195,7 @@ impl Broker {
             metrics.clone(),
             webhooks.clone(),
         )
+        .sending_out(outlets)
         .start();
         let routes: Routes = Arc::new(ArcSwap::from_pointee(Default::default()));
         let mut chain = middleware::default_chain(&config.router);
@@ -205,7 +210,8 @@ impl Broker {
         .start();
         let api_limiter = NonZeroU32::new(config.api.requests_per_second)
             .map(|n| RateLimiter::keyed(Quota::per_second(n)));
-        Ok(Broker {
+        let (bridges, bridges_stop) = BridgeStop::new();
+        let broker = Broker {
             state: Arc::new(BrokerState {
                 config,
                 registry,
@@ -221,7 +227,10 @@ impl Broker {
             supervisor,
             room_arbiters: Arc::new(room_arbiters),
             webhook_arbiters: Arc::new([outbox_arbiter, delivery_arbiter]),
-        })
+            bridges: Arc::new(bridges),
+        };
+        crate::bridge::redis::start(&broker, outgoing, bridges_stop);
+        Ok(broker)
     }
 
     /// The configuration the broker runs with.
@@ -404,6 +413,8 @@ impl Broker {
     /// bound), stop `server`, stop the room and webhook arbiters.
     pub async fn shutdown(&self, server: Option<ServerHandle>) -> ShutdownReport {
         self.state.ready.store(false, Ordering::Release);
+        // Nothing new comes in from Redis; a bridge leader hands its key over at once.
+        self.bridges.stop();
         let report = self
             .supervisor
             .send(Shutdown { server })

@@ -89,6 +89,30 @@ impl Broker {
         publisher: &str,
         message: ServerMessage,
     ) -> Result<Receipt, RoomError> {
+        let caller: Arc<str> = publisher.into();
+        self.publish_from(room, Publisher::Server { caller }, message)
+            .await
+    }
+
+    /// [`Broker::publish`] for a bridge carrying a message in: such a message never goes
+    /// out through a bridge again.
+    pub(crate) async fn publish_bridged(
+        &self,
+        room: &str,
+        bridge: &str,
+        message: ServerMessage,
+    ) -> Result<Receipt, RoomError> {
+        let caller: Arc<str> = format!("bridge:{bridge}").into();
+        self.publish_from(room, Publisher::Bridge { caller }, message)
+            .await
+    }
+
+    async fn publish_from(
+        &self,
+        room: &str,
+        from: Publisher,
+        message: ServerMessage,
+    ) -> Result<Receipt, RoomError> {
         check_room(room)?;
         if let Some(t) = &message.msg_type {
             if t.is_empty() || (types::is_reserved(t) && t != types::ROOM_MESSAGE) {
@@ -111,11 +135,8 @@ impl Broker {
                 format!("`payload` nests deeper than {max_depth} levels (limits.max_json_depth)"),
             ));
         }
-        let caller: Arc<str> = publisher.into();
         let publish = || Publish {
-            from: Publisher::Server {
-                caller: caller.clone(),
-            },
+            from: from.clone(),
             id: message.id.clone(),
             msg_type: message.msg_type.clone(),
             payload: Some(message.payload.clone()),
