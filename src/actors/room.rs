@@ -525,7 +525,10 @@ impl Room {
     ) -> JoinOutcome {
         let recovered = !msg.position_unknown && replay.as_ref().is_none_or(|r| r.recovered);
         let new_user = presence.as_ref().is_some_and(|p| p.first);
-        if let Some(reply_to) = &msg.reply_to {
+        if msg.reply_to == Some(ReplyTo::Raw) {
+            // A raw client's subscribe: confirmed before the replay it brings.
+            let _ = msg.out.send(frame::raw_event("subscribed", &self.name));
+        } else if let Some(reply_to) = &msg.reply_to {
             let mut payload = json!({ "recovered": recovered });
             if let Some(presence) = &presence {
                 payload["presence"] = json!(presence.present);

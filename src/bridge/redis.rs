@@ -174,7 +174,9 @@ impl Link {
 
     async fn carry_in(mut self, election: Option<Election>) {
         let metrics = self.broker.metrics().clone();
-        let active = metrics.bridge_active.with_label_values(&[self.name.as_str()]);
+        let active = metrics
+            .bridge_active
+            .with_label_values(&[self.name.as_str()]);
         let mut delay = FIRST_DELAY;
         let mut first = true;
         let mut commands: Option<MultiplexedConnection> = None;
@@ -236,10 +238,16 @@ impl Link {
             match ended {
                 Ended::Stopped => break,
                 Ended::NotLeader => {
-                    log::warn!("bridge {}: no longer the leader; stopped carrying", self.name)
+                    log::warn!(
+                        "bridge {}: no longer the leader; stopped carrying",
+                        self.name
+                    )
                 }
                 Ended::Lost(reason) => {
-                    log::warn!("bridge {}: connection lost ({reason}); reconnecting", self.name);
+                    log::warn!(
+                        "bridge {}: connection lost ({reason}); reconnecting",
+                        self.name
+                    );
                     if !self.pause(delay).await {
                         break;
                     }
@@ -472,7 +480,6 @@ impl Link {
             }
         }
     }
-
 }
 
 /// What goes out on the channel for `message`.

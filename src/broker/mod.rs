@@ -25,9 +25,9 @@ use crate::actors::router::{
 };
 use crate::actors::supervisor::{Shutdown, ShutdownReport, Supervisor};
 use crate::auth::Authenticator;
+use crate::bridge::redis::BridgeStop;
 use crate::config::EngineKind;
 use crate::config::{Config, ConfigError};
-use crate::bridge::redis::BridgeStop;
 use crate::endpoint::{Endpoint, EndpointConfig};
 use crate::engine::{Engine, MemoryEngine, RedisEngine};
 use crate::http;

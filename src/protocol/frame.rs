@@ -525,6 +525,11 @@ pub fn raw_error(code: ErrorCode, message: &str) -> ByteString {
     )
 }
 
+/// A raw-framing client's confirmation of an action: `{"event":"subscribed","room":…}`.
+pub fn raw_event(event: &str, room: &str) -> ByteString {
+    ByteString::from(serde_json::json!({ "event": event, "room": room }).to_string())
+}
+
 /// What a raw-framing client receives for a room message frame: its payload's exact bytes;
 /// `None` for a frame without a payload.
 pub fn payload_of(message_frame: &str) -> Option<ByteString> {

@@ -298,3 +298,89 @@ impl Client {
         let _ = self.framed.send(Message::Close(None)).await;
     }
 }
+
+/// The `# >>> profile: <name>` block of `config.example.toml`, uncommented and parsed:
+/// its endpoints and bridges, to put into a test config.
+pub fn example_profile(name: &str) -> Config {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+        .expect("read config.example.toml");
+    let start = format!("# >>> profile: {name}");
+    let body: String = text
+        .lines()
+        .skip_while(|l| *l != start)
+        .skip(1)
+        .take_while(|l| *l != "# <<<")
+        .skip_while(|l| !l.starts_with("# ["))
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or("")))
+        .collect();
+    assert!(
+        !body.is_empty(),
+        "no profile `{name}` in config.example.toml"
+    );
+    let toml = format!("[auth]\nhs256_secret = \"{SECRET}\"\n{body}");
+    Config::from_toml_with_env(&toml, std::path::Path::new("config.example.toml"), &[])
+        .unwrap_or_else(|e| panic!("profile `{name}`: {e}"))
+}
+
+/// A broker's `/metrics` as text.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    let mut resp = awc::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape /metrics");
+    String::from_utf8(resp.body().limit(1 << 24).await.expect("body").to_vec())
+        .expect("metrics are UTF-8")
+}
+
+/// The value of the metric line that starts with `series` (e.g.
+/// `switchboard_bridge_active{bridge="responses"}`); 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until `series` satisfies `done` (at most [`WAIT`]); its last value.
+pub async fn wait_metric(addr: SocketAddr, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let value = metric_value(&metrics_text(addr).await, series);
+        if done(value) {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} is still {value} after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Client {
+    /// The next text frame as it came, byte for byte (pings answered).
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            match self.next_frame().await {
+                Some(Frame::Text(bytes)) => {
+                    return String::from_utf8(bytes.to_vec()).expect("text frames are UTF-8")
+                }
+                Some(Frame::Ping(b)) => {
+                    let _ = self.framed.send(Message::Pong(b)).await;
+                }
+                Some(other) => panic!("expected a text frame, got {other:?}"),
+                None => panic!("connection ended while waiting for a text frame"),
+            }
+        }
+    }
+
+    /// Waits for a WebSocket ping from the broker, answering it; panics on a text frame.
+    pub async fn expect_ping(&mut self) {
+        match self.next_frame().await {
+            Some(Frame::Ping(b)) => {
+                let _ = self.framed.send(Message::Pong(b)).await;
+            }
+            other => panic!("expected a ping, got {other:?}"),
+        }
+    }
+}

@@ -2,7 +2,6 @@
 //! which answers `room.joined` and replays what the client missed.
 
 use actix::prelude::*;
-use bytestring::ByteString;
 use serde::Deserialize;
 
 use super::{parse_payload, truncate, Session};
@@ -146,11 +145,14 @@ impl Session {
         if let Err((code, message)) = self.check_join(&room, 0) {
             return self.endpoint_join_failed(&room, code, &message, essential, ctx);
         }
+        // v1 gets room.joined; a raw client's subscribe is confirmed by the room, ahead of
+        // the replay; the raw client's own room needs no confirmation.
         let reply_to = match self.framing() {
             Framing::V1 => Some(ReplyTo::Native {
                 correlation_id: None,
             }),
-            Framing::Raw => None,
+            Framing::Raw if essential => None,
+            Framing::Raw => Some(ReplyTo::Raw),
         };
         let replay = self.binding.endpoint.config.replay;
         self.join_room(room.clone(), reply_to, Some(None), replay)
@@ -158,10 +160,7 @@ impl Session {
             .map(move |result, act, ctx| match result {
                 Ok((addr, outcome)) => {
                     log::debug!("conn={} joined {room} at seq {}", act.id, outcome.seq);
-                    act.rooms.insert(room.clone(), addr);
-                    if !essential && act.framing() == Framing::Raw {
-                        act.send(raw_event("subscribed", &room));
-                    }
+                    act.rooms.insert(room, addr);
                 }
                 Err(e) => act.endpoint_join_failed(&room, e.code(), &e.to_string(), essential, ctx),
             })
@@ -196,9 +195,4 @@ impl Session {
             );
         }
     }
-}
-
-/// A raw client's confirmation: `{"event":"subscribed","room":…}` (or `unsubscribed`).
-pub(super) fn raw_event(event: &str, room: &str) -> ByteString {
-    ByteString::from(serde_json::json!({ "event": event, "room": room }).to_string())
 }

@@ -7,6 +7,15 @@ use crate::protocol::frame::{self, Inbound};
 use crate::protocol::{types, ErrorCode};
 
 impl Session {
+    /// Whether the token allows publishing to `room`, or the endpoint does: an endpoint
+    /// with `publish = true` and `access = "authenticated"` lets its clients publish where
+    /// it lets them join.
+    pub(super) fn may_publish(&self, room: &str) -> bool {
+        let endpoint = &self.binding.endpoint;
+        self.identity.may_publish(room)
+            || (endpoint.config.publish && endpoint.grants(&self.identity, room))
+    }
+
     pub(super) fn publish(&mut self, inbound: Inbound) {
         let room = match self.room_name(&inbound) {
             Ok(room) => room,
@@ -18,7 +27,7 @@ impl Session {
             && !self.binding.endpoint.config.publish;
         if room == types::BROADCAST_ROOM
             || bound_read_only
-            || !self.identity.may_publish(&room)
+            || !self.may_publish(&room)
             || !self.state.config.room_policy(&room).client_publish
         {
             return self.send_error(

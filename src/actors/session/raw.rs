@@ -9,7 +9,6 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::value::RawValue;
 
-use super::join::raw_event;
 use super::Session;
 use crate::actors::room::{Leave, Publish, Publisher};
 use crate::protocol::frame::{self, ReplyTo};
@@ -51,7 +50,7 @@ impl Session {
                 }
                 match self.binding.endpoint.room_from_fields(&fields) {
                     Ok(room) if self.rooms.contains_key(&room) => {
-                        self.send(raw_event("subscribed", &room))
+                        self.send(frame::raw_event("subscribed", &room))
                     }
                     Ok(room) => self.join_endpoint_room(room, false, ctx),
                     Err(err) => self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &err.0),
@@ -71,7 +70,7 @@ impl Session {
                             connection_id: self.id.clone(),
                             reply_to: None,
                         });
-                        self.send(raw_event("unsubscribed", &room));
+                        self.send(frame::raw_event("unsubscribed", &room));
                     }
                     None => self.send_error(
                         &ReplyTo::Raw,
@@ -104,8 +103,7 @@ impl Session {
                 return self.send_error(&ReplyTo::Raw, ErrorCode::Forbidden, msg);
             }
         };
-        if !self.identity.may_publish(&room) || !self.state.config.room_policy(&room).client_publish
-        {
+        if !self.may_publish(&room) || !self.state.config.room_policy(&room).client_publish {
             let msg = format!("not allowed to publish to `{room}`");
             return self.send_error(&ReplyTo::Raw, ErrorCode::Forbidden, &msg);
         }
