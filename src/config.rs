@@ -617,7 +617,7 @@ impl Default for RedisBridgeConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NonJson {
-    /// Published as a JSON string holding the text (bytes that are not UTF-8 are dropped).
+    /// Published as a JSON string holding the text (bytes that are not UTF-8 become U+FFFD).
     #[default]
     Wrap,
     /// Not published.

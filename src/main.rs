@@ -46,8 +46,9 @@ enum Command {
         /// User id (`sub`); not empty.
         #[arg(long, value_parser = non_empty)]
         sub: String,
-        /// Room pattern the user may join, e.g. 'conversation:*'; repeat for more.
-        #[arg(long = "room", required = true)]
+        /// Room pattern the user may join, e.g. 'conversation:*'; repeat for more. None: a
+        /// token like an identity provider's, for endpoints with access = "authenticated".
+        #[arg(long = "room")]
         rooms: Vec<String>,
         /// Room pattern the user may publish to; repeat for more. Default: the --room patterns.
         #[arg(long = "publish")]

@@ -77,7 +77,41 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
         if config.dev_mode { ", dev mode" } else { "" }
     )];
     lines.push(format!("  home       {http}/"));
-    lines.push(format!("  WebSocket  {ws}{}", config.server.ws_path));
+    if !config
+        .endpoints
+        .iter()
+        .any(|e| e.path == config.server.ws_path)
+    {
+        lines.push(format!("  WebSocket  {ws}{}", config.server.ws_path));
+    }
+    for endpoint in &config.endpoints {
+        let room = if endpoint.room.is_empty() {
+            String::new()
+        } else {
+            format!(" -> {}", endpoint.room)
+        };
+        let framing = match endpoint.framing {
+            crate::endpoint::Framing::V1 => "v1",
+            crate::endpoint::Framing::Raw => "raw",
+        };
+        lines.push(format!(
+            "  endpoint   {ws}{}{room} ({framing})",
+            endpoint.path
+        ));
+    }
+    for (i, bridge) in config.bridge.redis.iter().enumerate() {
+        lines.push(format!(
+            "  bridge     {}: Redis {} {:?} -> rooms{}",
+            bridge.name_or(i),
+            without_password(bridge.url_or(&config.redis)),
+            bridge.channels,
+            if bridge.publish_rooms.is_empty() {
+                String::new()
+            } else {
+                format!(", rooms {:?} -> Redis", bridge.publish_rooms)
+            }
+        ));
+    }
     let api_note = if config.api.keys.is_empty() {
         " (no api.keys: admin tokens only)"
     } else {

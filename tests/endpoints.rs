@@ -287,7 +287,7 @@ async fn raw_framing_sends_each_payload_byte_for_byte_to_the_clients_of_its_comm
     let subscribed: Value = serde_json::from_str(&other.recv_text().await).unwrap();
     assert_eq!(
         subscribed,
-        json!({"event": "subscribed", "room": "response:abc"})
+        json!({"event": "subscribed", "source": "switchboard", "room": "response:abc"})
     );
     assert_eq!(other.recv_text().await, early);
     for event in events {
@@ -299,7 +299,7 @@ async fn raw_framing_sends_each_payload_byte_for_byte_to_the_clients_of_its_comm
     let left: Value = serde_json::from_str(&other.recv_text().await).unwrap();
     assert_eq!(
         left,
-        json!({"event": "unsubscribed", "room": "response:abc"})
+        json!({"event": "unsubscribed", "source": "switchboard", "room": "response:abc"})
     );
 
     // Closing leaves no member behind.
@@ -448,4 +448,38 @@ async fn an_embedder_mounts_an_endpoint_with_the_builder() {
         Some(Frame::Text(text)) => assert_eq!(&text[..], br#"{"progress":50}"#),
         other => panic!("{other:?}"),
     }
+}
+
+#[actix_rt::test]
+async fn a_room_that_cannot_be_joined_is_reported_and_the_connection_closed() {
+    let mut config = with_profile("agent host");
+    config.limits.max_rooms = 1;
+    let broker = TestBroker::start(config);
+    let alice = token("alice", &[]);
+    let mut first = Client::connect(&agent_url(
+        &broker,
+        &format!("token={alice}&conversation_id=c-1"),
+    ))
+    .await;
+    first.recv_type("system.connection.established").await;
+    assert_eq!(
+        first.recv_type("room.joined").await["room"],
+        "conversation:c-1"
+    );
+    // A second conversation would be a second room: refused, said, and closed.
+    let mut second = Client::connect(&agent_url(
+        &broker,
+        &format!("token={alice}&conversation_id=c-2"),
+    ))
+    .await;
+    second.recv_type("system.connection.established").await;
+    let error = second.recv_type("system.error").await;
+    assert_eq!(error["payload"]["code"], "limit_exceeded", "{error}");
+    assert!(error["payload"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("could not join `conversation:c-2`"));
+    let closed = second.expect_close().await;
+    assert_eq!(closed.code, Some(1008));
+    assert!(closed.reason.contains("conversation:c-2"), "{closed:?}");
 }

@@ -327,8 +327,10 @@ impl Link {
                     }
                     None => return Ended::Lost("the subscription ended".into()),
                 },
+                // A subscribed connection answers PING with an array (`["pong", ""]`), so
+                // the reply is taken as whatever it is.
                 _ = ping.tick() => {
-                    match tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<String>()).await {
+                    match tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<::redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(err)) => return Ended::Lost(err.to_string()),
                         Err(_) => return Ended::Lost("no answer to PING".into()),

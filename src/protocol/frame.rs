@@ -514,20 +514,43 @@ pub fn error_with_rpc_code(
 /// A broker error for a raw-framing client. Shaped like the events such clients already
 /// handle (`{"event":"error",…}`), with `source` telling it from an application's own.
 pub fn raw_error(code: ErrorCode, message: &str) -> ByteString {
-    ByteString::from(
-        serde_json::json!({
-            "event": "error",
-            "source": "switchboard",
-            "code": code,
-            "message": message,
-        })
-        .to_string(),
-    )
+    #[derive(Serialize)]
+    struct RawError<'a> {
+        event: &'static str,
+        source: &'static str,
+        code: ErrorCode,
+        message: &'a str,
+    }
+    raw_frame(&RawError {
+        event: "error",
+        source: RAW_SOURCE,
+        code,
+        message,
+    })
 }
 
 /// A raw-framing client's confirmation of an action: `{"event":"subscribed","room":…}`.
 pub fn raw_event(event: &str, room: &str) -> ByteString {
-    ByteString::from(serde_json::json!({ "event": event, "room": room }).to_string())
+    #[derive(Serialize)]
+    struct Confirmation<'a> {
+        event: &'a str,
+        source: &'static str,
+        room: &'a str,
+    }
+    raw_frame(&Confirmation {
+        event,
+        source: RAW_SOURCE,
+        room,
+    })
+}
+
+/// The `source` of the broker's own frames to raw clients, telling them from the events
+/// applications publish.
+const RAW_SOURCE: &str = "switchboard";
+
+fn raw_frame(value: &impl Serialize) -> ByteString {
+    // A struct of strings cannot fail to serialise.
+    ByteString::from(serde_json::to_string(value).unwrap_or_default())
 }
 
 /// What a raw-framing client receives for a room message frame: its payload's exact bytes;
