@@ -441,9 +441,7 @@ impl Template {
                 Some((Part::Param(_), rest)) => {
                     let valid = room
                         .bytes()
-                        .take_while(|b| {
-                            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-')
-                        })
+                        .take_while(|b| param_byte(*b))
                         .count()
                         .min(max_len);
                     (1..=valid).any(|n| rest_matches(rest, &room[n..], max_len))
@@ -490,15 +488,18 @@ fn check_value(name: &str, value: &str, max_len: usize) -> Result<(), ParamError
             "`{name}` is longer than {max_len} bytes"
         )));
     }
-    let ok = value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
-    if !ok {
+    if !value.bytes().all(param_byte) {
         return Err(ParamError(format!(
             "`{name}` may only hold A-Z a-z 0-9 _ . @ -"
         )));
     }
     Ok(())
+}
+
+/// A byte a parameter value may hold: a room name's, without `:` (so a value cannot reach
+/// into another namespace).
+fn param_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-')
 }
 
 fn valid_param_name(name: &str) -> bool {

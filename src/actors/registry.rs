@@ -537,9 +537,7 @@ mod tests {
                 user: "u".into(),
                 out,
                 reply_to: None,
-                since_seq: None,
-                position_unknown: false,
-                replay_last: 0,
+                from: crate::actors::room::JoinFrom::Now,
                 framing: crate::endpoint::Framing::V1,
             },
         }

@@ -53,7 +53,7 @@ pub struct Room {
     idle_timer: bool,
     /// Where this node's deliveries come from.
     feed: Feed,
-    /// Bridges that send messages out (`[[bridge.redis]] publish_rooms`).
+    /// The bridges that send this room's messages out (`[[bridge.redis]] publish_rooms`).
     outlets: Outlets,
 }
 
@@ -113,9 +113,9 @@ impl Room {
         }
     }
 
-    /// Offers the room's new messages to the bridges that send them out.
+    /// Offers the room's new messages to the bridges of `outlets` that send them out.
     pub fn sending_out(mut self, outlets: Outlets) -> Room {
-        self.outlets = outlets;
+        self.outlets = outlets.for_room(&self.name);
         self
     }
 
@@ -380,16 +380,37 @@ pub struct Join {
     pub out: Outbound,
     /// How to answer; `None` joins silently (the personal room).
     pub reply_to: Option<ReplyTo>,
-    /// Replay messages after this seq.
-    pub since_seq: Option<u64>,
-    /// Without `since_seq`: replay the room's latest messages, at most this many (an
-    /// endpoint's `replay`).
-    pub replay_last: usize,
+    /// What the member already has, and so what it is replayed.
+    pub from: JoinFrom,
     /// How the member's client reads frames.
     pub framing: Framing,
+}
+
+/// Where a joining member's copy of the room starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinFrom {
+    /// Nothing is replayed; live messages from now on.
+    Now,
+    /// The member has messages up to this seq: what follows is replayed.
+    After(u64),
+    /// The room's latest messages, at most this many, are replayed (an endpoint's
+    /// `replay`).
+    Latest(usize),
     /// The member's position is unknown (a resumed room the client did not list): nothing
     /// is replayed and `recovered` is false.
-    pub position_unknown: bool,
+    Unknown,
+}
+
+impl JoinFrom {
+    /// The seq the replay starts after, when the room's newest is `latest`; `None` when
+    /// nothing is replayed.
+    fn replay_after(self, latest: u64) -> Option<u64> {
+        match self {
+            JoinFrom::After(seq) => Some(seq),
+            JoinFrom::Latest(n) if n > 0 => Some(latest.saturating_sub(n as u64)),
+            JoinFrom::Latest(_) | JoinFrom::Now | JoinFrom::Unknown => None,
+        }
+    }
 }
 
 impl Handler<Join> for Room {
@@ -397,12 +418,11 @@ impl Handler<Join> for Room {
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
         self.joins_seen += 1;
-        let (since_seq, replay_last) = (msg.since_seq, msg.replay_last);
+        let from = msg.from;
         match self.feed {
             Feed::Local => {
                 let seq = self.log().last_seq();
-                let replay =
-                    replay_from(since_seq, replay_last, seq).map(|since| self.local_replay(since));
+                let replay = from.replay_after(seq).map(|since| self.local_replay(since));
                 let rejoin = self.members.contains_key(&msg.connection_id);
                 let presence = match self.presence_step(&msg.user, &msg.connection_id, rejoin) {
                     None => None,
@@ -419,7 +439,7 @@ impl Handler<Join> for Room {
                 let rejoin = self.members.contains_key(&msg.connection_id);
                 let (user, conn) = (msg.user.clone(), msg.connection_id.clone());
                 let engine_work = self
-                    .subscribe_and_read(since_seq, replay_last, ctx.address().recipient())
+                    .subscribe_and_read(from, ctx.address().recipient())
                     .then(move |read, act, _| {
                         let presence = act.presence_step(&user, &conn, rejoin);
                         async move {
@@ -451,12 +471,6 @@ impl Handler<Join> for Room {
     }
 }
 
-/// The seq a join's replay starts after: the client's own position, or `replay_last`
-/// messages back from `latest`; `None` when nothing is to be replayed.
-fn replay_from(since_seq: Option<u64>, replay_last: usize, latest: u64) -> Option<u64> {
-    since_seq.or_else(|| (replay_last > 0).then(|| latest.saturating_sub(replay_last as u64)))
-}
-
 impl Room {
     fn local_replay(&mut self, since: u64) -> Replay {
         match self.log().since(since) {
@@ -465,13 +479,11 @@ impl Room {
         }
     }
 
-    /// Subscribes to the engine's feed if not yet, then reads the replay after `since_seq`
-    /// (or of the `replay_last` latest messages): the replay (if asked for) and the seq the
-    /// member joins at.
+    /// Subscribes to the engine's feed if not yet, then reads the replay `from` asks for:
+    /// the replay (if any) and the seq the member joins at.
     fn subscribe_and_read(
         &mut self,
-        since_seq: Option<u64>,
-        replay_last: usize,
+        from: JoinFrom,
         to: Recipient<RoomFeed>,
     ) -> impl ActorFuture<Self, Output = Result<(Option<Replay>, u64), EngineError>> + 'static {
         let subscribe = match self.feed {
@@ -494,7 +506,8 @@ impl Room {
                 _ => act.log().last_seq(),
             };
             let read = subscribed.map(|_| {
-                replay_from(since_seq, replay_last, delivered).map(|since| act.log().since(since))
+                from.replay_after(delivered)
+                    .map(|since| act.log().since(since))
             });
             async move {
                 match read? {
@@ -523,7 +536,8 @@ impl Room {
         seq: u64,
         presence: Option<PresenceJoin>,
     ) -> JoinOutcome {
-        let recovered = !msg.position_unknown && replay.as_ref().is_none_or(|r| r.recovered);
+        let recovered =
+            msg.from != JoinFrom::Unknown && replay.as_ref().is_none_or(|r| r.recovered);
         let new_user = presence.as_ref().is_some_and(|p| p.first);
         if msg.reply_to == Some(ReplyTo::Raw) {
             // A raw client's subscribe: confirmed before the replay it brings.
@@ -713,9 +727,8 @@ impl Handler<Publish> for Room {
             },
             Publisher::Server { .. } | Publisher::Bridge { .. } => None,
         };
-        let outlets = (!matches!(msg.from, Publisher::Bridge { .. })
-            && self.outlets.wants(&self.name))
-        .then(|| self.outlets.clone());
+        let outlets = (!matches!(msg.from, Publisher::Bridge { .. }) && !self.outlets.is_empty())
+            .then(|| self.outlets.clone());
         let client_id = msg.id.clone();
         let accepted = Accepted {
             room: self.name.clone(),
@@ -872,7 +885,7 @@ impl Accepted {
             user: self.user.clone(),
             payload: self.payload.clone(),
         };
-        outlets.offer(message, &self.room);
+        outlets.offer(message);
     }
 
     /// Acknowledges — the ack frame to a member, the [`Published`] answer to everyone — at
@@ -1172,9 +1185,7 @@ mod tests {
             user: user.into(),
             out,
             reply_to: native("j"),
-            since_seq,
-            position_unknown: false,
-            replay_last: 0,
+            from: since_seq.map_or(JoinFrom::Now, JoinFrom::After),
             framing: crate::endpoint::Framing::V1,
         };
         let (addr, outcome) = registry
@@ -1347,9 +1358,7 @@ mod tests {
             user: "s".into(),
             out: slow_out,
             reply_to: None,
-            since_seq: None,
-            position_unknown: false,
-            replay_last: 0,
+            from: JoinFrom::Now,
             framing: crate::endpoint::Framing::V1,
         })
         .await

@@ -36,44 +36,59 @@ struct Outlet {
     queue: mpsc::Sender<OutMessage>,
 }
 
-/// Every outbound bridge; cheap to clone, empty when none is configured.
+/// Outbound bridges: every configured one (the Registry's), or those that take one room's
+/// messages (a Room's, chosen once by [`Outlets::for_room`], since a room's name never
+/// changes). Cheap to clone; empty when none is configured.
 #[derive(Clone, Default)]
 pub(crate) struct Outlets {
-    outlets: Arc<[Outlet]>,
+    outlets: Arc<[Arc<Outlet>]>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl Outlets {
-    /// Whether any bridge takes `room`'s messages.
-    pub fn wants(&self, room: &str) -> bool {
-        self.outlets
-            .iter()
-            .any(|o| o.rooms.iter().any(|p| crate::glob::matches(p, room)))
+    /// The bridges that take `room`'s messages.
+    pub fn for_room(&self, room: &str) -> Outlets {
+        Outlets {
+            outlets: self
+                .outlets
+                .iter()
+                .filter(|o| o.rooms.iter().any(|p| crate::glob::matches(p, room)))
+                .cloned()
+                .collect(),
+            metrics: self.metrics.clone(),
+        }
     }
 
-    /// Queues a room's new message to each bridge that takes it; never waits.
-    pub fn offer(&self, message: impl Fn() -> OutMessage, room: &str) {
+    /// Whether there is no bridge to offer messages to.
+    pub fn is_empty(&self) -> bool {
+        self.outlets.is_empty()
+    }
+
+    /// Queues a new message to each bridge; never waits.
+    pub fn offer(&self, message: impl Fn() -> OutMessage) {
         for outlet in self.outlets.iter() {
-            if !outlet.rooms.iter().any(|p| crate::glob::matches(p, room)) {
-                continue;
-            }
             if outlet.queue.try_send(message()).is_err() {
                 if let Some(metrics) = &self.metrics {
-                    let dropped = metrics
-                        .bridge_dropped
-                        .with_label_values(&[outlet.name.as_str(), "queue_full"]);
-                    dropped.inc();
-                    if dropped.get().is_power_of_two() {
+                    if let Some(n) = count_dropped(metrics, &outlet.name, "queue_full") {
                         log::warn!(
-                            "bridge {}: outbound queue full, {} message(s) dropped so far (Redis slow or down?)",
-                            outlet.name,
-                            dropped.get()
+                            "bridge {}: outbound queue full, {n} message(s) dropped so far (Redis slow or down?)",
+                            outlet.name
                         );
                     }
                 }
             }
         }
     }
+}
+
+/// Counts a message bridge `bridge` did not carry as it came, by `reason`; the total so far
+/// when this one is worth a log line: the first of its kind, then every power of two, so a
+/// flood stays readable.
+pub(crate) fn count_dropped(metrics: &Metrics, bridge: &str, reason: &str) -> Option<u64> {
+    let counter = metrics.bridge_dropped.with_label_values(&[bridge, reason]);
+    counter.inc();
+    let total = counter.get();
+    total.is_power_of_two().then_some(total)
 }
 
 /// Starts nothing yet: the outlets rooms offer to, and the receiving ends the bridges'
@@ -90,11 +105,11 @@ pub(crate) fn outlets(
             continue;
         }
         let (tx, rx) = mpsc::channel(bridge.publish_queue);
-        outlets.push(Outlet {
+        outlets.push(Arc::new(Outlet {
             name: bridge.name_or(i),
             rooms: bridge.publish_rooms.clone(),
             queue: tx,
-        });
+        }));
         receivers.push(Some(rx));
     }
     (

@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 
-use super::OutMessage;
+use super::{count_dropped, OutMessage};
 use crate::config::{Config, NonJson, PublishFormat, RedisBridgeConfig};
 use crate::protocol::ErrorCode;
 use crate::{Broker, ServerMessage};
@@ -156,18 +156,10 @@ impl Link {
     }
 
     fn dropped(&self, reason: &str, detail: &str) {
-        let counter = self
-            .broker
-            .metrics()
-            .bridge_dropped
-            .with_label_values(&[self.name.as_str(), reason]);
-        counter.inc();
-        // The first drop of each kind, then every power of two: a flood stays readable.
-        if counter.get().is_power_of_two() {
+        if let Some(n) = count_dropped(self.broker.metrics(), &self.name, reason) {
             log::warn!(
-                "bridge {}: message dropped ({reason}, {} so far): {detail}",
-                self.name,
-                counter.get()
+                "bridge {}: message dropped ({reason}, {n} so far): {detail}",
+                self.name
             );
         }
     }
@@ -272,12 +264,7 @@ impl Link {
         election: &Election,
         commands: &mut Option<MultiplexedConnection>,
     ) -> Result<(bool, Instant), RedisError> {
-        if commands.is_none() {
-            *commands = Some(self.connection().await?);
-        }
-        let Some(conn) = commands.as_mut() else {
-            unreachable!("set just above")
-        };
+        let conn = self.connected(commands).await?;
         let sent = Instant::now();
         let held: i64 = election
             .claim
@@ -287,6 +274,17 @@ impl Link {
             .invoke_async(conn)
             .await?;
         Ok((held == 1, sent))
+    }
+
+    /// The command connection in `slot`, opened first when there is none.
+    async fn connected<'a>(
+        &self,
+        slot: &'a mut Option<MultiplexedConnection>,
+    ) -> Result<&'a mut MultiplexedConnection, RedisError> {
+        match slot {
+            Some(conn) => Ok(conn),
+            None => Ok(slot.insert(self.connection().await?)),
+        }
     }
 
     async fn subscribe(&self) -> Result<::redis::aio::PubSub, RedisError> {
@@ -409,17 +407,11 @@ impl Link {
         match self.config.non_json {
             NonJson::Drop => self.dropped("not_json", &format!("on `{channel}`")),
             NonJson::Wrap => {
-                let counter = self
-                    .broker
-                    .metrics()
-                    .bridge_dropped
-                    .with_label_values(&[self.name.as_str(), "not_json_wrapped"]);
-                counter.inc();
-                if counter.get().is_power_of_two() {
+                let wrapped = "not_json_wrapped";
+                if let Some(n) = count_dropped(self.broker.metrics(), &self.name, wrapped) {
                     log::info!(
-                        "bridge {}: a message on `{channel}` is not JSON; published as a JSON string ({} so far)",
-                        self.name,
-                        counter.get()
+                        "bridge {}: a message on `{channel}` is not JSON; published as a JSON string ({n} so far)",
+                        self.name
                     );
                 }
             }
@@ -442,23 +434,18 @@ impl Link {
             let body = outgoing_body(self.config.publish_format, &message);
             // The message is retried until Redis takes it, so messages leave in order.
             loop {
-                let sent = match conn.as_mut() {
-                    Some(c) => ::redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(&body)
-                        .query_async::<i64>(c)
-                        .await
-                        .map(|_| ()),
-                    None => match self.connection().await {
-                        Ok(c) => {
-                            conn = Some(c);
-                            continue;
-                        }
-                        Err(err) => Err(err),
-                    },
+                let sent = match self.connected(&mut conn).await {
+                    Ok(c) => {
+                        ::redis::cmd("PUBLISH")
+                            .arg(&channel)
+                            .arg(&body)
+                            .query_async::<i64>(c)
+                            .await
+                    }
+                    Err(err) => Err(err),
                 };
                 match sent {
-                    Ok(()) => {
+                    Ok(_) => {
                         delay = FIRST_DELAY;
                         self.broker
                             .metrics()
@@ -486,29 +473,29 @@ impl Link {
 
 /// What goes out on the channel for `message`.
 fn outgoing_body(format: PublishFormat, message: &OutMessage) -> String {
-    {
-        let payload = message.payload.as_deref().map_or("null", RawValue::get);
-        match format {
-            PublishFormat::Payload => payload.to_owned(),
-            PublishFormat::Envelope => {
-                #[derive(serde::Serialize)]
-                struct Envelope<'a> {
-                    room: &'a str,
-                    seq: u64,
-                    id: &'a str,
-                    user: Option<&'a str>,
-                    payload: Option<&'a RawValue>,
-                }
-                serde_json::to_string(&Envelope {
-                    room: &message.room,
-                    seq: message.seq,
-                    id: &message.id,
-                    user: message.user.as_deref(),
-                    payload: message.payload.as_deref(),
-                })
-                .unwrap_or_default()
-            }
-        }
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        room: &'a str,
+        seq: u64,
+        id: &'a str,
+        user: Option<&'a str>,
+        payload: Option<&'a RawValue>,
+    }
+    match format {
+        PublishFormat::Payload => message
+            .payload
+            .as_deref()
+            .map_or("null", RawValue::get)
+            .to_owned(),
+        // Strings, a number and raw JSON cannot fail to serialise.
+        PublishFormat::Envelope => serde_json::to_string(&Envelope {
+            room: &message.room,
+            seq: message.seq,
+            id: &message.id,
+            user: message.user.as_deref(),
+            payload: message.payload.as_deref(),
+        })
+        .unwrap_or_default(),
     }
 }
 

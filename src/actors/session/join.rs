@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{parse_payload, truncate, Session};
 use crate::actors::registry::{JoinError, JoinRoom};
-use crate::actors::room::{Join, JoinOutcome, Room};
+use crate::actors::room::{Join, JoinFrom, JoinOutcome, Room};
 use crate::endpoint::Framing;
 use crate::protocol::frame::{self, Inbound, ReplyTo};
 use crate::protocol::{close, types, ErrorCode};
@@ -33,7 +33,8 @@ impl Session {
             return self.send_error(&inbound.reply_to, code, &msg);
         }
         let reply_to = inbound.reply_to.clone();
-        let joining = self.join_room(room.clone(), Some(inbound.reply_to), Some(since_seq), 0);
+        let from = since_seq.map_or(JoinFrom::Now, JoinFrom::After);
+        let joining = self.join_room(room.clone(), Some(inbound.reply_to), from);
         joining
             .into_actor(self)
             .map(move |result, act, _| match result {
@@ -97,16 +98,13 @@ impl Session {
         room == types::BROADCAST_ROOM || self.identity.personal_room().as_deref() == Some(room)
     }
 
-    /// Asks the Registry to join `room`; resolves with the room's address and outcome.
-    /// `since_seq` is `Some(None)` for a plain join, `Some(Some(n))` to replay after `n`, and
-    /// `None` when the client's position is unknown (see [`Join::position_unknown`]); a
-    /// plain join replays the room's `replay_last` latest messages.
+    /// Asks the Registry to join `room`, replaying what `from` says; resolves with the
+    /// room's address and outcome.
     pub(super) fn join_room(
         &self,
         room: String,
         reply_to: Option<ReplyTo>,
-        since_seq: Option<Option<u64>>,
-        replay_last: usize,
+        from: JoinFrom,
     ) -> impl std::future::Future<Output = Result<(Addr<Room>, JoinOutcome), JoinError>> + 'static
     {
         let join = Join {
@@ -114,9 +112,7 @@ impl Session {
             user: self.identity.user.clone(),
             out: self.out.clone(),
             reply_to,
-            since_seq: since_seq.flatten(),
-            position_unknown: since_seq.is_none(),
-            replay_last,
+            from,
             framing: self.framing(),
         };
         let sent = self.state.registry.send(JoinRoom { room, join });
@@ -154,8 +150,8 @@ impl Session {
             Framing::Raw if essential => None,
             Framing::Raw => Some(ReplyTo::Raw),
         };
-        let replay = self.binding.endpoint.config.replay;
-        self.join_room(room.clone(), reply_to, Some(None), replay)
+        let from = JoinFrom::Latest(self.binding.endpoint.config.replay);
+        self.join_room(room.clone(), reply_to, from)
             .into_actor(self)
             .map(move |result, act, ctx| match result {
                 Ok((addr, outcome)) => {

@@ -30,7 +30,7 @@ mod request;
 mod resume;
 
 use super::registry::{Register, Unregister};
-use super::room::{Leave, Room};
+use super::room::{JoinFrom, Leave, Room};
 use super::ConnectionId;
 use crate::auth::Identity;
 use crate::broker::BrokerState;
@@ -273,7 +273,7 @@ impl Session {
         let automatic =
             std::iter::once(types::BROADCAST_ROOM.to_owned()).chain(self.identity.personal_room());
         for room in automatic {
-            let joining = self.join_room(room.clone(), None, Some(None), 0);
+            let joining = self.join_room(room.clone(), None, JoinFrom::Now);
             joining
                 .into_actor(self)
                 .map(move |result, act, _| {

@@ -7,6 +7,7 @@
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Session;
@@ -19,83 +20,81 @@ impl Session {
         if !self.allow_frame(&ReplyTo::Raw, ctx) {
             return;
         }
-        let fields = match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Object(fields)) => Some(fields),
-            Ok(_) => None,
+        // Checked once; a message to publish is forwarded as these very bytes.
+        let frame = match RawValue::from_string(text.to_string()) {
+            Ok(frame) => frame,
             Err(err) => {
-                return self.send_error(
-                    &ReplyTo::Raw,
-                    ErrorCode::BadRequest,
-                    &format!("not JSON: {err}"),
-                )
+                let msg = format!("not JSON: {err}");
+                return self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &msg);
             }
         };
-        let action = fields
-            .as_ref()
-            .and_then(|f| f.get("action"))
-            .map(|a| a.as_str().unwrap_or_default().to_owned());
-        let count = |act: &Self, label: &str| {
-            act.state
-                .metrics
-                .messages_in
-                .with_label_values(&[label])
-                .inc();
+        /// Only the `action` member is read (a non-object has none).
+        #[derive(Deserialize)]
+        struct Probe {
+            action: Option<serde_json::Value>,
+        }
+        let action = serde_json::from_str::<Probe>(frame.get())
+            .ok()
+            .and_then(|p| p.action);
+        let Some(action) = action else {
+            self.count_in(types::ROOM_PUBLISH);
+            return self.publish_raw(frame);
         };
-        match (action.as_deref(), fields) {
-            (Some("subscribe"), Some(fields)) => {
-                count(self, types::ROOM_JOIN);
-                if !self.binding.endpoint.config.subscribe {
-                    let msg = "this endpoint does not take subscribe actions";
-                    return self.send_error(&ReplyTo::Raw, ErrorCode::Forbidden, msg);
-                }
-                match self.binding.endpoint.room_from_fields(&fields) {
-                    Ok(room) if self.rooms.contains_key(&room) => {
-                        self.send(frame::raw_event("subscribed", &room))
-                    }
-                    Ok(room) => self.join_endpoint_room(room, false, ctx),
-                    Err(err) => self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &err.0),
-                }
+        let (subscribe, label) = match action.as_str() {
+            Some("subscribe") => (true, types::ROOM_JOIN),
+            Some("unsubscribe") => (false, types::ROOM_LEAVE),
+            _ => {
+                self.count_in("unknown");
+                let name = action
+                    .as_str()
+                    .map_or_else(|| action.to_string(), str::to_owned);
+                let msg = format!("unknown action `{name}`: use subscribe or unsubscribe");
+                return self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &msg);
             }
-            (Some("unsubscribe"), Some(fields)) => {
-                count(self, types::ROOM_LEAVE);
-                let room = match self.binding.endpoint.room_from_fields(&fields) {
-                    Ok(room) => room,
-                    Err(err) => {
-                        return self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &err.0)
-                    }
-                };
-                match self.rooms.remove(&room) {
-                    Some(addr) => {
-                        addr.do_send(Leave {
-                            connection_id: self.id.clone(),
-                            reply_to: None,
-                        });
-                        self.send(frame::raw_event("unsubscribed", &room));
-                    }
-                    None => self.send_error(
-                        &ReplyTo::Raw,
-                        ErrorCode::NotFound,
-                        &format!("not subscribed to `{room}`"),
-                    ),
-                }
+        };
+        self.count_in(label);
+        if subscribe && !self.binding.endpoint.config.subscribe {
+            let msg = "this endpoint does not take subscribe actions";
+            return self.send_error(&ReplyTo::Raw, ErrorCode::Forbidden, msg);
+        }
+        // An action frame is an object: it has an `action` member.
+        let fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(frame.get()).unwrap_or_default();
+        let room = match self.binding.endpoint.room_from_fields(&fields) {
+            Ok(room) => room,
+            Err(err) => return self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &err.0),
+        };
+        match (subscribe, self.rooms.remove(&room)) {
+            (true, Some(addr)) => {
+                self.rooms.insert(room.clone(), addr);
+                self.send(frame::raw_event("subscribed", &room));
             }
-            (Some(other), _) => {
-                count(self, "unknown");
-                self.send_error(
-                    &ReplyTo::Raw,
-                    ErrorCode::BadRequest,
-                    &format!("unknown action `{other}`: use subscribe or unsubscribe"),
-                )
+            (true, None) => self.join_endpoint_room(room, false, ctx),
+            (false, Some(addr)) => {
+                addr.do_send(Leave {
+                    connection_id: self.id.clone(),
+                    reply_to: None,
+                });
+                self.send(frame::raw_event("unsubscribed", &room));
             }
-            (None, _) => {
-                count(self, types::ROOM_PUBLISH);
-                self.publish_raw(text)
-            }
+            (false, None) => self.send_error(
+                &ReplyTo::Raw,
+                ErrorCode::NotFound,
+                &format!("not subscribed to `{room}`"),
+            ),
         }
     }
 
+    fn count_in(&self, label: &str) {
+        self.state
+            .metrics
+            .messages_in
+            .with_label_values(&[label])
+            .inc();
+    }
+
     /// Publishes a raw client's frame, byte for byte, into the endpoint's room.
-    fn publish_raw(&mut self, text: ByteString) {
+    fn publish_raw(&mut self, payload: Box<RawValue>) {
         let room = match &self.binding.room {
             Some(room) if self.binding.endpoint.config.publish => room.clone(),
             _ => {
@@ -108,7 +107,7 @@ impl Session {
             return self.send_error(&ReplyTo::Raw, ErrorCode::Forbidden, &msg);
         }
         let max_depth = self.state.config.limits.max_json_depth;
-        if frame::nests_deeper_than(&text, max_depth) {
+        if frame::nests_deeper_than(payload.get(), max_depth) {
             self.state.metrics.limit_refused("json_depth");
             let msg = format!("the message nests deeper than {max_depth} levels");
             return self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &msg);
@@ -116,13 +115,6 @@ impl Session {
         let Some(addr) = self.rooms.get(&room) else {
             let msg = format!("not in `{room}` (its join failed)");
             return self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &msg);
-        };
-        // Parsed as JSON just before, so this cannot fail; an error is answered anyway.
-        let payload = match RawValue::from_string(text.to_string()) {
-            Ok(payload) => payload,
-            Err(err) => {
-                return self.send_error(&ReplyTo::Raw, ErrorCode::BadRequest, &err.to_string())
-            }
         };
         addr.do_send(Publish {
             from: Publisher::Member {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::{parse_payload, Session};
 use crate::actors::registry::TakeResume;
+use crate::actors::room::JoinFrom;
 use crate::protocol::frame::{self, Inbound, ReplyTo};
 use crate::protocol::{types, ErrorCode};
 
@@ -73,8 +74,9 @@ impl Session {
                     let reply = ReplyTo::Native {
                         correlation_id: None,
                     };
-                    // A room the client did not list has an unknown position (`None`).
-                    let joining = act.join_room(room.clone(), Some(reply), since_seq.map(Some), 0);
+                    // A room the client did not list has an unknown position.
+                    let from = since_seq.map_or(JoinFrom::Unknown, JoinFrom::After);
+                    let joining = act.join_room(room.clone(), Some(reply), from);
                     joins.push(async move { (room, joining.await) });
                 }
                 futures_util::future::join_all(joins)
