@@ -352,6 +352,20 @@ impl Endpoint {
         )
     }
 
+    /// Whether a client of this endpoint may join `room`: its token's room patterns allow
+    /// it, or the endpoint grants it ([`Endpoint::grants`]); and an anonymous client only
+    /// where the room's namespace lets anonymous sessions in. The one rule for the upgrade
+    /// and for every later join.
+    pub fn allows_join(
+        &self,
+        identity: &crate::auth::Identity,
+        room: &str,
+        config: &crate::config::Config,
+    ) -> bool {
+        (identity.may_join(room) || self.grants(identity, room))
+            && (!identity.anonymous || config.room_policy(room).anonymous)
+    }
+
     /// Whether `identity` may join `room` through this endpoint without a `rooms` claim
     /// for it ([`Access::Authenticated`]).
     pub fn grants(&self, identity: &crate::auth::Identity, room: &str) -> bool {

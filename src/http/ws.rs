@@ -150,9 +150,7 @@ async fn admit(
         .await
         .map_err(Refusal::Auth)?;
     if let Some(room) = &room {
-        let anonymous_ok = !identity.anonymous || state.config.room_policy(room).anonymous;
-        let allowed = identity.may_join(room) || endpoint.grants(&identity, room);
-        if !allowed || !anonymous_ok {
+        if !endpoint.allows_join(&identity, room, &state.config) {
             return Err(Refusal::Forbidden(format!("not allowed to join `{room}`")));
         }
     }

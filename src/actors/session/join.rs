@@ -69,10 +69,15 @@ impl Session {
                 format!("invalid room name `{}`", truncate(room, 64)),
             ));
         }
-        let allowed = self.is_automatic(room)
-            || self.identity.may_join(room)
-            || self.binding.endpoint.grants(&self.identity, room);
-        if !allowed || (self.identity.anonymous && !self.state.config.room_policy(room).anonymous) {
+        let config = &self.state.config;
+        let allowed = if self.is_automatic(room) {
+            !self.identity.anonymous || config.room_policy(room).anonymous
+        } else {
+            self.binding
+                .endpoint
+                .allows_join(&self.identity, room, config)
+        };
+        if !allowed {
             return Err((
                 ErrorCode::Forbidden,
                 format!("not allowed to join `{room}`"),
