@@ -105,6 +105,8 @@ pub struct Config {
     pub endpoints: Vec<crate::endpoint::EndpointConfig>,
     /// Bridges between rooms and other messaging systems (`[[bridge.redis]]`).
     pub bridge: BridgeConfig,
+    /// The ASAP agent protocol: `/asap/ws`, `POST /asap`, the manifest.
+    pub asap: AsapConfig,
     /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -735,6 +737,66 @@ impl Default for ResumeConfig {
     }
 }
 
+/// `[asap]`: the broker as an ASAP server (docs/ASAP.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AsapConfig {
+    /// Serve `/asap/ws`, `POST /asap`, `POST /asap/stream` and the `/.well-known/asap/`
+    /// manifest and health.
+    pub enabled: bool,
+    /// The broker's own agent URN: the manifest's `id`, the sender of its answers.
+    pub agent_id: String,
+    /// The manifest's `name`.
+    pub name: String,
+    /// The manifest's `description`.
+    pub description: String,
+    /// The base URL the manifest advertises (`https://agents.example.com`); empty: the
+    /// scheme and host the manifest request came in on.
+    pub public_url: String,
+    /// Serve the built-in `echo` skill (for conformance runs and smoke tests).
+    pub echo_skill: bool,
+    /// How long a request forwarded to a connected agent waits for its reply.
+    #[serde(with = "duration")]
+    pub route_timeout: Duration,
+    /// A WebSocket connection that sends an envelope becomes the route to its `sender` URN
+    /// unless another connection already serves it, so agents on the real client are
+    /// reachable without a registration call.
+    pub learn_senders: bool,
+    /// Most requests in one `POST /asap` batch.
+    pub max_batch: usize,
+    /// Largest `POST /asap` body, after decompression.
+    pub max_request_bytes: usize,
+    /// Replay nonces remembered (the most recent ones, each for 10 minutes).
+    pub nonce_capacity: usize,
+    /// `X-Idempotency-Key` answers remembered.
+    pub idempotency_capacity: usize,
+    /// How long a remembered answer is given again for a retried request.
+    #[serde(with = "duration")]
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for AsapConfig {
+    fn default() -> Self {
+        AsapConfig {
+            enabled: true,
+            agent_id: "urn:asap:agent:switchboard".into(),
+            name: "switchboard".into(),
+            description: "switchboard message broker: routes ASAP envelopes between agents and \
+                          handler actors"
+                .into(),
+            public_url: String::new(),
+            echo_skill: false,
+            route_timeout: Duration::from_secs(30),
+            learn_senders: true,
+            max_batch: 50,
+            max_request_bytes: 1024 * 1024,
+            nonce_capacity: 100_000,
+            idempotency_capacity: 10_000,
+            idempotency_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
 impl Default for ConformanceConfig {
     fn default() -> Self {
         ConformanceConfig {
@@ -1018,11 +1080,52 @@ impl Config {
         self.validate_webhooks()?;
         self.validate_endpoints()?;
         self.validate_bridges()?;
+        self.validate_asap()?;
         if !self.conformance.echo_path.is_empty() && !self.conformance.echo_path.starts_with('/') {
             return Err(invalid(
                 "conformance.echo_path",
                 "must start with `/`".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_asap(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let asap = &self.asap;
+        if !crate::asap::envelope::valid_agent_urn(&asap.agent_id) {
+            return Err(invalid(
+                "asap.agent_id",
+                format!(
+                    "`{}` is not an agent URN: use urn:asap:agent:<name> (a-z 0-9 -)",
+                    asap.agent_id
+                ),
+            ));
+        }
+        if !asap.public_url.is_empty()
+            && !url::Url::parse(&asap.public_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(invalid(
+                "asap.public_url",
+                format!("`{}` is not an http(s) URL", asap.public_url),
+            ));
+        }
+        for (key, value) in [
+            ("asap.max_batch", asap.max_batch),
+            ("asap.max_request_bytes", asap.max_request_bytes),
+            ("asap.nonce_capacity", asap.nonce_capacity),
+            ("asap.idempotency_capacity", asap.idempotency_capacity),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if asap.route_timeout.is_zero() {
+            return Err(invalid("asap.route_timeout", "must be more than 0".into()));
         }
         Ok(())
     }
@@ -1430,8 +1533,9 @@ fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Sections that environment overrides may target.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "api",
+    "asap",
     "server",
     "auth",
     "heartbeat",

@@ -37,6 +37,10 @@ pub enum Framing {
     /// — a JSON payload to publish into the endpoint's room. The broker's own errors are
     /// `{"event":"error","source":"switchboard","code":…,"message":…}`.
     Raw,
+    /// ASAP agents (docs/ASAP.md): JSON-RPC 2.0 `asap.send` envelopes answered by handler
+    /// actors or forwarded to other agents; heartbeats are `{"type":"ping"}` frames. Joins
+    /// no rooms, so the endpoint takes no room template. `/asap/ws` is such an endpoint.
+    Asap,
 }
 
 /// How a connection that cannot be served is refused.
@@ -206,6 +210,12 @@ impl EndpointConfig {
         } else {
             Some(Template::parse(&self.room).map_err(|e| ("room", e))?)
         };
+        if self.framing == Framing::Asap && template.is_some() {
+            return Err((
+                "room",
+                "asap framing joins no rooms: agents exchange envelopes, not room messages".into(),
+            ));
+        }
         if self.framing == Framing::Raw && template.is_none() {
             return Err((
                 "room",

@@ -10,6 +10,8 @@
 //! - [`Config`] and [`config`]: settings, the same as the binary's config file.
 //! - [`endpoint`]: WebSocket endpoints bound to a room, raw or protocol v1 framing
 //!   (`Broker::endpoint`).
+//! - [`asap`]: the ASAP agent protocol (`/asap/ws`, `POST /asap`): envelopes, errors, and
+//!   skills as handler actors (`Broker::register_skill`).
 //! - [`server`]: run a broker as its own server on a listener (what the binary does).
 //! - [`auth`]: token claims and `mint_hs256` for tokens of your own.
 //! - [`protocol`]: the wire format's names: message types, error and close codes, frames.
@@ -28,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod actors;
+pub mod asap;
 pub mod auth;
 pub(crate) mod bridge;
 pub mod broker;
@@ -45,7 +48,7 @@ pub mod webhooks;
 
 pub use actors::registry::Counts;
 pub use actors::room::{History, PresenceInfo};
-pub use actors::router::{HandlerError, HandlerRequest, Reply};
+pub use actors::router::{HandlerError, HandlerRequest, Origin, Origins, Pusher, Reply};
 pub use actors::supervisor::ShutdownReport;
 pub use broker::rooms::{Receipt, RoomError, ServerMessage};
 pub use broker::{Broker, BrokerBuilder};

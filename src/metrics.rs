@@ -57,6 +57,11 @@ pub struct Metrics {
     /// 1 while a Redis bridge is subscribed and carrying messages in on this node, by bridge
     /// (with the Redis engine only the leader does).
     pub bridge_active: IntGaugeVec,
+    /// ASAP requests answered, by transport (`ws`, `http`, `stream`) and outcome (`ok`, or
+    /// the error's taxonomy name such as `handler_not_found`).
+    pub asap_requests: IntCounterVec,
+    /// Agent URNs that connected ASAP agents serve on this node.
+    pub asap_agents: IntGauge,
     /// Application handler latency by message type.
     pub handler_seconds: HistogramVec,
     /// HTTP requests by route pattern and status.
@@ -188,6 +193,19 @@ impl Metrics {
                 &["bridge"],
             )
             .expect("valid metric"),
+            asap_requests: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_asap_requests_total",
+                    "ASAP requests answered, by transport and outcome",
+                ),
+                &["transport", "outcome"],
+            )
+            .expect("valid metric"),
+            asap_agents: IntGauge::new(
+                "switchboard_asap_agents",
+                "Agent URNs served by ASAP agents connected to this node",
+            )
+            .expect("valid metric"),
             limit_refusals: IntCounterVec::new(
                 Opts::new(
                     "switchboard_limit_refusals_total",
@@ -305,7 +323,7 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 32] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 34] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -322,6 +340,8 @@ impl Metrics {
             Box::new(m.bridge_dropped.clone()),
             Box::new(m.bridge_reconnects.clone()),
             Box::new(m.bridge_active.clone()),
+            Box::new(m.asap_requests.clone()),
+            Box::new(m.asap_agents.clone()),
             Box::new(m.handler_seconds.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.webhook_attempts.clone()),

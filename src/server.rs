@@ -93,10 +93,23 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
         let framing = match endpoint.framing {
             crate::endpoint::Framing::V1 => "v1",
             crate::endpoint::Framing::Raw => "raw",
+            crate::endpoint::Framing::Asap => "asap",
         };
         lines.push(format!(
             "  endpoint   {ws}{}{room} ({framing})",
             endpoint.path
+        ));
+    }
+    if config.asap.enabled {
+        lines.push(format!(
+            "  ASAP       {ws}{} and POST /asap as {}{}",
+            crate::http::asap::WS_PATH,
+            config.asap.agent_id,
+            if config.asap.echo_skill {
+                " (echo skill on)"
+            } else {
+                ""
+            }
         ));
     }
     for (i, bridge) in config.bridge.redis.iter().enumerate() {

@@ -40,7 +40,7 @@ async fn host_app_routes_and_the_mounted_broker_share_one_server() {
                 .register_handler("task.request", Echo.start().recipient())
                 .await
                 .unwrap();
-            let (mounted, asap) = (broker.configure(), broker.websocket_route("/asap/ws"));
+            let (mounted, agents) = (broker.configure(), broker.websocket_route("/agents/ws"));
             let server = HttpServer::new(move || {
                 App::new()
                     .route(
@@ -48,7 +48,7 @@ async fn host_app_routes_and_the_mounted_broker_share_one_server() {
                         web::get().to(|| async { HttpResponse::Ok().body("host") }),
                     )
                     .configure(mounted.clone())
-                    .configure(asap.clone())
+                    .configure(agents.clone())
             })
             .workers(1)
             .disable_signals()
@@ -68,7 +68,7 @@ async fn host_app_routes_and_the_mounted_broker_share_one_server() {
         .unwrap();
     assert_eq!(resp.body().await.unwrap(), "host");
 
-    for path in ["/ws", "/asap/ws"] {
+    for path in ["/ws", "/agents/ws"] {
         let mut c = Client::connect(&format!("ws://{addr}{path}")).await;
         c.recv_type("system.connection.established").await;
         c.send_json(json!({"type": "task.request", "id": "t1", "payload": {"k": path}}))

@@ -204,6 +204,8 @@ impl Room {
                     Some(payload) => &*payload,
                     None => continue,
                 },
+                // ASAP sessions join no rooms (their endpoints take no room template).
+                Framing::Asap => continue,
             };
             if let Err(SendError::Overflow) = member.out.send(frame.clone()) {
                 overflowed.push(conn.clone());
@@ -573,6 +575,7 @@ impl Room {
                         Some(payload) => payload,
                         None => continue,
                     },
+                    Framing::Asap => break,
                 };
                 if msg.out.send(frame).is_err() {
                     break;

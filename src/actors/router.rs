@@ -14,8 +14,79 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 
 use super::ConnectionId;
+use crate::asap::{Envelope, Skill};
 use crate::middleware::Middleware;
 use crate::protocol::ErrorCode;
+
+/// The kind of endpoint a handler request came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A protocol v1 WebSocket (`/ws` and its endpoints), native or JSON-RPC frames.
+    Socket,
+    /// An ASAP agent on `/asap/ws`.
+    AsapSocket,
+    /// An ASAP `POST /asap` request (one answer, no later messages).
+    AsapHttp,
+    /// An ASAP `POST /asap/stream` request: later messages become server-sent events.
+    AsapStream,
+}
+
+/// The endpoints a handler serves. A handler for v1 application types is not reachable by
+/// ASAP agents unless it says so, and an ASAP skill is not a v1 message type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origins(u8);
+
+impl Origins {
+    /// Protocol v1 WebSockets only (what [`crate::Broker::register_handler`] gives).
+    pub const SOCKET: Origins = Origins(1);
+    /// ASAP over WebSocket, HTTP and the SSE stream.
+    pub const ASAP: Origins = Origins(2 | 4 | 8);
+    /// Every endpoint.
+    pub const ALL: Origins = Origins(1 | 2 | 4 | 8);
+
+    fn bit(origin: Origin) -> u8 {
+        match origin {
+            Origin::Socket => 1,
+            Origin::AsapSocket => 2,
+            Origin::AsapHttp => 4,
+            Origin::AsapStream => 8,
+        }
+    }
+
+    /// Whether requests from `origin` may reach the handler.
+    pub fn contains(self, origin: Origin) -> bool {
+        self.0 & Origins::bit(origin) != 0
+    }
+
+    /// These endpoints and `other`'s.
+    pub fn with(self, other: Origins) -> Origins {
+        Origins(self.0 | other.0)
+    }
+}
+
+/// Sends a handler's later messages to the caller, after (or instead of) its reply: a v1
+/// push frame, an ASAP result frame that matches no pending request (the client's
+/// `on_message`), or a server-sent event. Cheap to clone; keep it as long as needed.
+#[derive(Clone)]
+pub struct Pusher(Arc<dyn Fn(Reply) -> bool + Send + Sync>);
+
+impl Pusher {
+    pub(crate) fn new(send: impl Fn(Reply) -> bool + Send + Sync + 'static) -> Pusher {
+        Pusher(Arc::new(send))
+    }
+
+    /// Sends `message` to the caller; false once the caller is gone (or its queue is full,
+    /// which closes it), so a handler can stop producing.
+    pub fn push(&self, message: Reply) -> bool {
+        (self.0)(message)
+    }
+}
+
+impl std::fmt::Debug for Pusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pusher")
+    }
+}
 
 /// A request for an application handler.
 #[derive(Debug, Clone, Message)]
@@ -35,6 +106,13 @@ pub struct HandlerRequest {
     pub room: Option<String>,
     /// The payload (`null` when absent).
     pub payload: Value,
+    /// Which kind of endpoint the request came in through.
+    pub origin: Origin,
+    /// For ASAP requests: the whole envelope (sender, recipient, trace, extensions).
+    pub envelope: Option<Arc<Envelope>>,
+    /// Sends later messages to the caller; `None` where the caller can take only the reply
+    /// (`POST /asap`).
+    pub push: Option<Pusher>,
 }
 
 /// A handler's answer: sent back as `{type, correlation_id, payload}` (or a JSON-RPC result).
@@ -79,8 +157,15 @@ impl HandlerError {
 /// An immutable snapshot of handlers and middleware.
 #[derive(Default)]
 pub struct RouteTable {
-    handlers: HashMap<String, Recipient<HandlerRequest>>,
+    handlers: HashMap<String, Route>,
     middleware: Vec<Arc<dyn Middleware>>,
+}
+
+#[derive(Clone)]
+struct Route {
+    recipient: Recipient<HandlerRequest>,
+    origins: Origins,
+    skill: Option<Skill>,
 }
 
 /// The shared, swappable route table sessions read from.
@@ -106,12 +191,17 @@ impl RouteTable {
         req: &HandlerRequest,
         timeout: Duration,
     ) -> Result<Reply, HandlerError> {
-        let Some(handler) = self.handlers.get(&req.msg_type) else {
+        let Some(route) = self
+            .handlers
+            .get(&req.msg_type)
+            .filter(|r| r.origins.contains(req.origin))
+        else {
             return Err(HandlerError::new(
                 ErrorCode::UnknownType,
                 format!("no handler for message type `{}`", req.msg_type),
             ));
         };
+        let handler = &route.recipient;
         for mw in &self.middleware {
             mw.before(req)?;
         }
@@ -134,6 +224,24 @@ impl RouteTable {
     /// Whether a handler is registered for `msg_type`.
     pub fn has_handler(&self, msg_type: &str) -> bool {
         self.handlers.contains_key(msg_type)
+    }
+
+    /// Whether a handler for `msg_type` serves requests from `origin`.
+    pub fn serves(&self, msg_type: &str, origin: Origin) -> bool {
+        self.handlers
+            .get(msg_type)
+            .is_some_and(|r| r.origins.contains(origin))
+    }
+
+    /// The ASAP skills registered, for the manifest (sorted by id).
+    pub fn skills(&self) -> Vec<Skill> {
+        let mut skills: Vec<Skill> = self
+            .handlers
+            .values()
+            .filter_map(|r| r.skill.clone())
+            .collect();
+        skills.sort_by(|a, b| a.id.cmp(&b.id));
+        skills
     }
 }
 
@@ -175,6 +283,10 @@ pub struct RegisterHandler {
     pub msg_type: String,
     /// Where requests of that type go.
     pub recipient: Recipient<HandlerRequest>,
+    /// The endpoints it serves.
+    pub origins: Origins,
+    /// For an ASAP skill: what the manifest says about it.
+    pub skill: Option<Skill>,
 }
 
 impl Handler<RegisterHandler> for Router {
@@ -188,8 +300,13 @@ impl Handler<RegisterHandler> for Router {
             ));
         }
         log::info!("router: handler registered for `{}`", msg.msg_type);
+        let route = Route {
+            recipient: msg.recipient,
+            origins: msg.origins,
+            skill: msg.skill,
+        };
         self.republish(|t| {
-            t.handlers.insert(msg.msg_type, msg.recipient);
+            t.handlers.insert(msg.msg_type, route);
         });
         Ok(())
     }

@@ -21,14 +21,15 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::actors::registry::{Counts, GetCounts, Registry};
 use crate::actors::retry_queue::RetryQueue;
 use crate::actors::router::{
-    AddMiddleware, HandlerError, HandlerRequest, RegisterHandler, Router, Routes,
+    AddMiddleware, HandlerError, HandlerRequest, Origins, RegisterHandler, Router, Routes,
 };
 use crate::actors::supervisor::{Shutdown, ShutdownReport, Supervisor};
+use crate::asap::Skill;
 use crate::auth::Authenticator;
 use crate::bridge::redis::BridgeStop;
 use crate::config::EngineKind;
 use crate::config::{Config, ConfigError};
-use crate::endpoint::{Endpoint, EndpointConfig};
+use crate::endpoint::{Endpoint, EndpointConfig, Framing};
 use crate::engine::{Engine, MemoryEngine, RedisEngine};
 use crate::http;
 use crate::http::error::resource;
@@ -57,6 +58,8 @@ pub(crate) struct BrokerState {
     pub webhooks: Webhooks,
     /// Where rooms live.
     pub engine: Arc<dyn Engine>,
+    /// ASAP agents, nonces and idempotent answers.
+    pub asap: crate::asap::AsapState,
 }
 
 /// Starts a broker with choices the config file cannot express (an engine object).
@@ -211,6 +214,7 @@ impl Broker {
         let api_limiter = NonZeroU32::new(config.api.requests_per_second)
             .map(|n| RateLimiter::keyed(Quota::per_second(n)));
         let (bridges, bridges_stop) = BridgeStop::new();
+        let asap = crate::asap::AsapState::new(&config.asap);
         let broker = Broker {
             state: Arc::new(BrokerState {
                 config,
@@ -222,6 +226,7 @@ impl Broker {
                 metrics,
                 webhooks,
                 engine,
+                asap,
             }),
             router,
             supervisor,
@@ -230,6 +235,14 @@ impl Broker {
             bridges: Arc::new(bridges),
         };
         crate::bridge::redis::start(&broker, outgoing, bridges_stop);
+        if broker.config().asap.enabled && broker.config().asap.echo_skill {
+            broker.router.do_send(RegisterHandler {
+                msg_type: crate::asap::skill_key("echo"),
+                recipient: crate::asap::EchoSkill.start().recipient(),
+                origins: Origins::ASAP,
+                skill: Some(crate::asap::EchoSkill::skill()),
+            });
+        }
         Ok(broker)
     }
 
@@ -279,6 +292,14 @@ impl Broker {
                 let plain = Arc::new(Endpoint::plain(&config.server.ws_path));
                 cfg.service(endpoint_resource(&broker, plain));
             }
+            if config.asap.enabled {
+                let asap = EndpointConfig::new(crate::http::asap::WS_PATH).framing(Framing::Asap);
+                // The endpoint has no room template, so it always compiles.
+                if let Ok(endpoint) = asap.compile() {
+                    cfg.service(endpoint_resource(&broker, Arc::new(endpoint)));
+                }
+                http::asap::configure(cfg, config.asap.max_request_bytes);
+            }
             cfg.service(resource("/healthz", "GET").route(web::get().to(http::health::healthz)))
                 .service(resource("/metrics", "GET").route(web::get().to(metrics_mod::endpoint)));
             http::api::configure(cfg, &config.api);
@@ -292,7 +313,7 @@ impl Broker {
     }
 
     /// Mounts one more WebSocket endpoint that speaks protocol v1 at `path`
-    /// (e.g. `/asap/ws`). Use with `App::configure` next to [`Broker::configure`].
+    /// (e.g. `/agents/ws`). Use with `App::configure` next to [`Broker::configure`].
     pub fn websocket_route(
         &self,
         path: &str,
@@ -345,11 +366,49 @@ impl Broker {
         msg_type: &str,
         recipient: Recipient<HandlerRequest>,
     ) -> Result<(), HandlerError> {
+        self.register_handler_on(msg_type, recipient, Origins::SOCKET)
+            .await
+    }
+
+    /// Routes requests of `msg_type` from the endpoints in `origins` to `recipient`: with
+    /// [`Origins::ASAP`], ASAP envelopes whose payload type is `msg_type` (the protocol's own
+    /// types under their dotted names, `task.cancel`); with [`Origins::ALL`], v1 clients too.
+    /// The request says where it came from ([`HandlerRequest::origin`]).
+    pub async fn register_handler_on(
+        &self,
+        msg_type: &str,
+        recipient: Recipient<HandlerRequest>,
+        origins: Origins,
+    ) -> Result<(), HandlerError> {
+        self.register(RegisterHandler {
+            msg_type: msg_type.to_owned(),
+            recipient,
+            origins,
+            skill: None,
+        })
+        .await
+    }
+
+    /// Serves an ASAP skill: task requests whose `skill_id` is `skill.id` go to `recipient`,
+    /// and the manifest lists the skill. The reply's type and payload become the answering
+    /// envelope's (`task.response` with a `TaskResponse` payload, for a task).
+    pub async fn register_skill(
+        &self,
+        skill: Skill,
+        recipient: Recipient<HandlerRequest>,
+    ) -> Result<(), HandlerError> {
+        self.register(RegisterHandler {
+            msg_type: crate::asap::skill_key(&skill.id),
+            recipient,
+            origins: Origins::ASAP,
+            skill: Some(skill),
+        })
+        .await
+    }
+
+    async fn register(&self, registration: RegisterHandler) -> Result<(), HandlerError> {
         self.router
-            .send(RegisterHandler {
-                msg_type: msg_type.to_owned(),
-                recipient,
-            })
+            .send(registration)
             .await
             .map_err(|e| HandlerError::new(crate::protocol::ErrorCode::Internal, e.to_string()))?
     }

@@ -2,6 +2,7 @@
 //! request, calls into the actors, and maps errors through [`error::ApiError`].
 
 pub mod api;
+pub mod asap;
 pub mod body;
 pub mod echo;
 pub mod error;

@@ -154,6 +154,7 @@ impl Session {
             }),
             Framing::Raw if essential => None,
             Framing::Raw => Some(ReplyTo::Raw),
+            Framing::Asap => None,
         };
         let from = JoinFrom::Latest(self.binding.endpoint.config.replay);
         self.join_room(room.clone(), reply_to, from)

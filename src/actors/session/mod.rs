@@ -22,6 +22,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 use serde_json::value::RawValue;
 
+mod asap;
 mod join;
 mod leave;
 mod publish;
@@ -58,6 +59,8 @@ pub struct Session {
     assembler: Assembler,
     closing: bool,
     binding: Binding,
+    /// The agent URNs this connection serves (ASAP framing).
+    agents: Vec<String>,
 }
 
 /// What the endpoint a session came in through decides for it.
@@ -108,6 +111,7 @@ impl Session {
                 assembler: Assembler::new(max_frame),
                 closing: false,
                 binding,
+                agents: Vec::new(),
                 state,
             }
         })
@@ -129,10 +133,16 @@ impl Session {
                 correlation_id: None,
             },
             Framing::Raw => ReplyTo::Raw,
+            Framing::Asap => ReplyTo::JsonRpc {
+                id: frame::RpcId::null(),
+            },
         }
     }
 
     fn send_error(&self, reply_to: &ReplyTo, code: ErrorCode, message: &str) {
+        if self.framing() == Framing::Asap {
+            return self.send_asap_error(reply_to, code, message);
+        }
         if *reply_to != ReplyTo::JsonRpcNotification {
             self.send(frame::error(reply_to, code, message));
         }
@@ -150,8 +160,10 @@ impl Session {
     }
 
     fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
-        if self.framing() == Framing::Raw {
-            return self.on_raw_text(text, ctx);
+        match self.framing() {
+            Framing::Raw => return self.on_raw_text(text, ctx),
+            Framing::Asap => return self.on_asap_text(text, ctx),
+            Framing::V1 => {}
         }
         let inbound = match frame::parse(&text) {
             Ok(inbound) => inbound,
@@ -344,6 +356,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.state.metrics.connections.dec();
+        self.release_agents();
         let mut rooms = Vec::with_capacity(self.rooms.len());
         for (name, room) in std::mem::take(&mut self.rooms) {
             room.do_send(Leave {
@@ -452,6 +465,8 @@ impl Handler<Control> for Session {
                     self.close(ctx, close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                 } else if self.framing() == Framing::Raw {
                     self.out.ping();
+                } else if self.framing() == Framing::Asap {
+                    self.send(bytestring::ByteString::from_static(crate::asap::rpc::PING));
                 } else {
                     self.send(frame::push(types::SYSTEM_PING, None, None::<()>));
                 }

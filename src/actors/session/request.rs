@@ -5,11 +5,21 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use super::Session;
-use crate::actors::router::HandlerRequest;
+use crate::actors::router::{HandlerRequest, Origin, Pusher};
 use crate::protocol::frame::{self, Inbound, ReplyTo};
 use crate::protocol::ErrorCode;
 
 impl Session {
+    /// Later messages from a handler: v1 push frames of the handler's type (no correlation:
+    /// the reply already answered the request).
+    fn v1_pusher(&self) -> Pusher {
+        let out = self.out.clone();
+        Pusher::new(move |message| {
+            let frame = frame::push(&message.msg_type, None, Some(message.payload));
+            out.send(frame).is_ok()
+        })
+    }
+
     pub(super) fn request(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
         let payload = inbound
             .payload
@@ -24,6 +34,9 @@ impl Session {
             id: inbound.id,
             room: inbound.room,
             payload,
+            origin: Origin::Socket,
+            envelope: None,
+            push: Some(self.v1_pusher()),
         };
         let routes = self.state.routes.load_full();
         let timeout = self.state.config.router.handler_timeout;
