@@ -146,6 +146,10 @@ pub struct Claims {
     /// Whether the bearer may use the server HTTP API.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+    /// Glob patterns of the ASAP agent URNs the bearer may send as and serve
+    /// (`urn:asap:agent:billing-*`); absent: any URN no other connection serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<Vec<String>>,
 }
 
 /// The `aud` claim: a single audience or a list of them.
@@ -170,6 +174,7 @@ pub struct Identity {
     pub admin: bool,
     rooms: Vec<String>,
     publish: Vec<String>,
+    agents: Option<Vec<String>>,
 }
 
 impl Identity {
@@ -181,6 +186,7 @@ impl Identity {
             admin: false,
             rooms: vec!["*".into()],
             publish: vec!["*".into()],
+            agents: None,
         }
     }
 
@@ -194,7 +200,16 @@ impl Identity {
             admin: claims.admin,
             rooms,
             publish,
+            agents: claims.agents,
         }
+    }
+
+    /// Whether the session may send ASAP envelopes as, and serve, the agent `urn`: any URN
+    /// without an `agents` claim, else one its patterns match.
+    pub fn may_act_as(&self, urn: &str) -> bool {
+        self.agents
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| glob::matches(p, urn)))
     }
 
     /// The user's personal room, joined automatically (none for anonymous sessions, or
@@ -516,6 +531,7 @@ pub fn mint_hs256(
         iss: None,
         aud: None,
         admin: false,
+        agents: None,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -719,6 +735,7 @@ mod tests {
                 iss: None,
                 aud: None,
                 admin: false,
+                agents: None,
             },
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )

@@ -819,6 +819,8 @@ impl Config {
         config.server.allowed_origins = vec!["*".into()];
         config.api.keys = vec![DEV_API_KEY.into()];
         config.webhooks.mode = WebhookMode::Development;
+        // An agent trying the broker gets an answer without writing a handler first.
+        config.asap.echo_skill = true;
         config
     }
 

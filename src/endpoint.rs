@@ -653,6 +653,7 @@ mod tests {
             iss: None,
             aud: None,
             admin: false,
+            agents: None,
         };
         let alice = crate::auth::Identity::from_claims(claims);
         assert!(e.grants(&alice, "response:abc-1"));

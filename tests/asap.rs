@@ -561,3 +561,55 @@ async fn a_rate_limited_request_is_refused_under_its_own_id() {
         "asap:transport/rate_limited"
     );
 }
+
+#[actix_rt::test]
+async fn a_tokens_agents_claim_bounds_the_senders_and_urns_it_may_use() {
+    let broker = broker_with(test_config());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = switchboard::auth::Claims {
+        sub: "billing".into(),
+        rooms: None,
+        publish: None,
+        exp: now + 600,
+        nbf: None,
+        iat: None,
+        iss: None,
+        aud: None,
+        admin: false,
+        agents: Some(vec!["urn:asap:agent:billing-*".into()]),
+    };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(support::SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut ws = Client::try_connect(
+        awc::Client::new()
+            .ws(format!("ws://{}/asap/ws", broker.addr))
+            .bearer_auth(&token),
+    )
+    .await
+    .unwrap();
+    let as_other = task("count", json!({})).tap_sender("urn:asap:agent:payroll");
+    ws.send_json(send(json!(1), as_other)).await;
+    let refused = ws.recv().await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    let as_itself = task("count", json!({})).tap_sender("urn:asap:agent:billing-1");
+    ws.send_json(send(json!(2), as_itself)).await;
+    assert!(ws.recv().await.get("result").is_some());
+    ws.send_json(json!({"jsonrpc": "2.0", "method": "asap.register",
+        "params": {"agents": ["urn:asap:agent:payroll"]}, "id": 3}))
+        .await;
+    assert_eq!(ws.recv().await["error"]["code"], -32034);
+    ws.send_json(json!({"jsonrpc": "2.0", "method": "asap.register",
+        "params": {"agents": ["urn:asap:agent:billing-2"]}, "id": 4}))
+        .await;
+    assert_eq!(
+        ws.recv().await["result"]["registered"],
+        json!(["urn:asap:agent:billing-2"])
+    );
+}

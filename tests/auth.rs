@@ -29,6 +29,7 @@ fn claims(sub: &str, exp: u64) -> Claims {
         iss: None,
         aud: None,
         admin: false,
+        agents: None,
     }
 }
 

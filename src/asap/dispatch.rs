@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use super::{envelope::normalized_type, skill_key, AsapError, Envelope};
 use crate::actors::router::{HandlerRequest, Origin, Pusher};
 use crate::actors::ConnectionId;
+use crate::auth::Identity;
 use crate::broker::BrokerState;
 
 /// One envelope to handle, and who sent it.
@@ -27,9 +28,8 @@ pub(crate) struct Call {
     pub origin: Origin,
     /// The caller's connection (WebSocket); `None` over HTTP.
     pub connection_id: Option<ConnectionId>,
-    /// The caller (`sub`, or `anonymous:<id>`).
-    pub user: Arc<str>,
-    pub anonymous: bool,
+    /// Who is calling.
+    pub identity: Arc<Identity>,
     /// How a handler reaches the caller later.
     pub push: Option<Pusher>,
 }
@@ -44,6 +44,15 @@ pub(crate) async fn dispatch(state: Arc<BrokerState>, call: Call) -> Result<Enve
 
 async fn route(state: &Arc<BrokerState>, call: Call) -> Result<Envelope, AsapError> {
     let envelope = call.envelope;
+    if !call.identity.may_act_as(&envelope.sender) {
+        return Err(AsapError::InvalidParams {
+            message: format!(
+                "sender {} is not an agent this token may act as (its agents claim)",
+                envelope.sender
+            ),
+            details: Vec::new(),
+        });
+    }
     envelope.check_freshness(SystemTime::now())?;
     if let Some(nonce) = envelope.nonce()? {
         state.asap.check_nonce(nonce, Instant::now())?;
@@ -103,8 +112,8 @@ async fn route(state: &Arc<BrokerState>, call: Call) -> Result<Envelope, AsapErr
             .connection_id
             .clone()
             .unwrap_or_else(|| Arc::from("http")),
-        user: call.user,
-        anonymous: call.anonymous,
+        user: call.identity.user.clone(),
+        anonymous: call.identity.anonymous,
         msg_type,
         id: envelope.id.clone(),
         room: None,

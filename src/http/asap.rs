@@ -362,8 +362,7 @@ async fn one(
         envelope: *envelope,
         origin: Origin::AsapHttp,
         connection_id: None,
-        user: identity.user.clone(),
-        anonymous: identity.anonymous,
+        identity: identity.clone(),
         push: None,
     };
     let result = dispatch::dispatch(state.clone(), call).await;
@@ -424,8 +423,7 @@ async fn stream(
         envelope: *envelope,
         origin: Origin::AsapStream,
         connection_id: None,
-        user: identity.user.clone(),
-        anonymous: identity.anonymous,
+        identity: Arc::new(identity),
         push: Some(push),
     };
     actix_rt::spawn(async move {

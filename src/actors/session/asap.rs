@@ -84,8 +84,7 @@ impl Session {
             envelope,
             origin: Origin::AsapSocket,
             connection_id: Some(self.id.clone()),
-            user: self.identity.user.clone(),
-            anonymous: self.identity.anonymous,
+            identity: self.identity.clone(),
             push: Some(self.asap_pusher(request)),
         };
         let state = self.state.clone();
@@ -154,6 +153,11 @@ impl Session {
 
     /// Makes this connection the route to `urn`.
     fn claim(&mut self, urn: &str) -> Result<(), AsapError> {
+        if !self.identity.may_act_as(urn) {
+            return Err(AsapError::Handler(format!(
+                "this token may not serve {urn} (its agents claim)"
+            )));
+        }
         let claim = self.state.asap.directory.claim(urn, &self.id, &self.out)?;
         if claim == Claim::New {
             log::info!("conn={} serves {urn}", self.id);
