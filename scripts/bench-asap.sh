@@ -42,6 +42,8 @@ allow_anonymous = true
 [limits]
 messages_per_second = 1000000
 burst = 1000000
+[api]
+requests_per_second = 0
 [webhooks]
 outbox_path = ""
 [asap]
@@ -78,7 +80,8 @@ for round in $(seq "$ROUNDS"); do
       read -r transport concurrency <<<"$case"
       echo "round $round: $target $transport x$concurrency" >&2
       taskset -c 1 "$PY" scripts/bench/asap/bench.py "$target" "http://127.0.0.1:$port" \
-        "$transport" "$REQUESTS" "$concurrency" 2>>"$OUT/client.log" | tee -a "$OUT/results.jsonl"
+        "$transport" "$REQUESTS" "$concurrency" >"$OUT/client-last.log" 2>>"$OUT/client.log"
+      grep '^RESULT ' "$OUT/client-last.log" | cut -c8- | tee -a "$OUT/results.jsonl"
     done
   done
 done

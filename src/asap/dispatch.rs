@@ -72,17 +72,17 @@ async fn route(state: &Arc<BrokerState>, call: Call) -> Result<Envelope, AsapErr
     if envelope.recipient != own_id {
         if let Some(forwarded) = state.asap.directory.forward(&envelope) {
             let reply = forwarded?;
+            // However this wait ends (answer, deadline, or the caller going away and this
+            // future being dropped), the request stops waiting in the directory.
+            let _waiting = Waiting(state, envelope.id());
             let deadline = state.config.asap.route_timeout;
             return match tokio::time::timeout(deadline, reply).await {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(_)) => Err(AsapError::RecipientOffline(envelope.recipient.clone())),
-                Err(_) => {
-                    state.asap.directory.forget(envelope.id());
-                    Err(AsapError::Timeout(format!(
-                        "{} did not answer within {deadline:?} (asap.route_timeout)",
-                        envelope.recipient
-                    )))
-                }
+                Err(_) => Err(AsapError::Timeout(format!(
+                    "{} did not answer within {deadline:?} (asap.route_timeout)",
+                    envelope.recipient
+                ))),
             };
         }
     }
@@ -127,6 +127,15 @@ async fn route(state: &Arc<BrokerState>, call: Call) -> Result<Envelope, AsapErr
         .await
         .map_err(AsapError::from)?;
     Ok(envelope.answer(own_id, &reply.msg_type, as_object(reply.payload)))
+}
+
+/// Removes a forwarded request from the directory's waiting list when dropped.
+struct Waiting<'a>(&'a BrokerState, &'a str);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.asap.directory.forget(self.1);
+    }
 }
 
 /// The spelling handlers are registered under for the protocol's own payload types

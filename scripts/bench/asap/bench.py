@@ -4,7 +4,8 @@ Usage: python bench.py <label> <base URL> <transport: websocket|http> <requests>
 
 Sends `requests` echo task requests (after 10% as warm-up), `concurrency` in flight on one
 client (one WebSocket, or one HTTP connection pool), and prints one JSON line: p50, p99,
-mean (ms) and requests per second. Every answer is checked (correlation and echoed input),
+mean (ms) and requests per second, on a line starting with `RESULT ` (the package's
+logging writes to stdout too). Every answer is checked (correlation and echoed input),
 so a fast wrong answer cannot pass.
 """
 
@@ -66,7 +67,7 @@ async def main() -> None:
         wall = await phase(range(total), record=True)
 
     latencies.sort()
-    print(json.dumps({
+    print("RESULT " + json.dumps({
         "target": label,
         "transport": transport,
         "requests": len(latencies),

@@ -74,7 +74,7 @@ impl Session {
         if envelope.requires_ack {
             self.send(rpc::ack(&envelope, "received", None));
         }
-        if self.state.config.asap.learn_senders {
+        if self.state.config.asap.learn_senders && !self.agents.contains(&envelope.sender) {
             // Another live connection serving the sender keeps it: learning never steals.
             let sender = envelope.sender.clone();
             let _ = self.claim(&sender);
