@@ -459,6 +459,19 @@ async fn batches_limits_and_encodings() {
     assert_eq!(too_many["error"]["code"], -32600);
     assert_eq!(post(&broker, json!([])).await["error"]["code"], -32600);
 
+    let response = awc::Client::new()
+        .post(broker.http_url("/asap"))
+        .insert_header(("origin", "http://evil.example"))
+        .insert_header(("content-type", "text/plain"))
+        .send_body(send(json!(1), task("count", json!({}))).to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        403,
+        "a foreign page cannot make the broker act"
+    );
+
     let big = send(json!(1), task("count", json!({"pad": "x".repeat(5000)})));
     let response = awc::Client::new()
         .post(broker.http_url("/asap"))

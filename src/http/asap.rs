@@ -113,6 +113,21 @@ async fn admit(
 ) -> Result<(&'static str, Identity), HttpResponse> {
     let version =
         negotiate(req).map_err(|err| rpc_error(DEFAULT_TRANSPORT_VERSION, &RpcId::null(), &err))?;
+    // A page in a browser can POST here without a CORS preflight (a text/plain body), and
+    // the request would act (forward a task to an agent) even though the page cannot read
+    // the answer: browser origins are held to the same rule as WebSocket upgrades.
+    if !super::ws::origin_allowed(req, &state.config.server) {
+        log::warn!(
+            "audit: asap origin rejected origin={:?} peer={}",
+            req.headers().get(header::ORIGIN),
+            super::peer(req)
+        );
+        return Err(json_body(
+            StatusCode::FORBIDDEN,
+            version,
+            json!({"detail": "origin not allowed"}).to_string(),
+        ));
+    }
     let refuse = |status: StatusCode, error: AsapError| {
         let mut response = json_body(
             status,
