@@ -107,6 +107,8 @@ pub struct Config {
     pub bridge: BridgeConfig,
     /// The ASAP agent protocol: `/asap/ws`, `POST /asap`, the manifest.
     pub asap: AsapConfig,
+    /// Agent tasks: `/api/agent`, workers, approvals (docs/TASKS.md).
+    pub tasks: TasksConfig,
     /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -797,6 +799,52 @@ impl Default for AsapConfig {
     }
 }
 
+/// `[tasks]`: the agent task API (docs/TASKS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Serve `/api/agent` and the `task.*` worker protocol.
+    pub enabled: bool,
+    /// The SQLite file holding tasks, steps, approvals, logs and the audit trail; `""`
+    /// keeps them in memory (nothing survives a restart).
+    pub sqlite_path: String,
+    /// How long a worker holds a task without sending anything before it goes back to the
+    /// queue.
+    #[serde(with = "duration")]
+    pub lease: Duration,
+    /// How long an approval request waits for the user; then it is rejected.
+    #[serde(with = "duration")]
+    pub approval_timeout: Duration,
+    /// Unfinished tasks (pending, running, awaiting approval) one user may have.
+    pub max_active_per_user: usize,
+    /// Task API requests per second per user; 0 disables the limit.
+    pub requests_per_second: u32,
+    /// Events kept in a task's room, for late tabs, reconnects and polling.
+    pub history_size: usize,
+    /// How long a task's events are kept.
+    #[serde(with = "duration")]
+    pub history_ttl: Duration,
+    /// Tasks whose owner the join rule of `task:{id}` rooms remembers (every unfinished one
+    /// and the most recently finished).
+    pub owners_capacity: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            enabled: true,
+            sqlite_path: "switchboard-tasks.db".into(),
+            lease: Duration::from_secs(30),
+            approval_timeout: Duration::from_secs(300),
+            max_active_per_user: 10,
+            requests_per_second: 20,
+            history_size: 1000,
+            history_ttl: Duration::from_secs(7 * 24 * 3600),
+            owners_capacity: 100_000,
+        }
+    }
+}
+
 impl Default for ConformanceConfig {
     fn default() -> Self {
         ConformanceConfig {
@@ -1083,11 +1131,31 @@ impl Config {
         self.validate_endpoints()?;
         self.validate_bridges()?;
         self.validate_asap()?;
+        self.validate_tasks()?;
         if !self.conformance.echo_path.is_empty() && !self.conformance.echo_path.starts_with('/') {
             return Err(invalid(
                 "conformance.echo_path",
                 "must start with `/`".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_tasks(&self) -> Result<(), ConfigError> {
+        let tasks = &self.tasks;
+        for (key, zero) in [
+            ("tasks.lease", tasks.lease.is_zero()),
+            ("tasks.approval_timeout", tasks.approval_timeout.is_zero()),
+            ("tasks.max_active_per_user", tasks.max_active_per_user == 0),
+            ("tasks.history_size", tasks.history_size == 0),
+            ("tasks.owners_capacity", tasks.owners_capacity == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: "must be more than 0".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -1340,10 +1408,19 @@ impl Config {
     /// The options that apply to `room`.
     pub fn room_policy(&self, room: &str) -> RoomPolicy {
         let namespace = room.split_once(':').map(|(ns, _)| ns);
-        let ns = namespace
-            .and_then(|ns| self.namespaces.get(ns))
-            .cloned()
-            .unwrap_or_default();
+        let ns = match namespace.and_then(|ns| self.namespaces.get(ns)) {
+            Some(ns) => ns.clone(),
+            // A task's room holds its events: the broker writes them, owners read them, and
+            // late tabs need all of them.
+            None if namespace == Some(crate::tasks::NAMESPACE) => NamespaceConfig {
+                history_size: Some(self.tasks.history_size),
+                history_ttl: Some(self.tasks.history_ttl),
+                presence: false,
+                client_publish: false,
+                anonymous: false,
+            },
+            None => NamespaceConfig::default(),
+        };
         RoomPolicy {
             history_size: ns.history_size.unwrap_or(self.history.size),
             history_max_bytes: self.history.max_bytes,
@@ -1535,7 +1612,7 @@ fn parse_file(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Sections that environment overrides may target.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "api",
     "asap",
     "server",
@@ -1547,6 +1624,7 @@ const SECTIONS: [&str; 11] = [
     "resume",
     "conformance",
     "webhooks",
+    "tasks",
 ];
 
 type Override = (String, String, String, toml::Value);

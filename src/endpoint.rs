@@ -366,12 +366,24 @@ impl Endpoint {
     /// it, or the endpoint grants it ([`Endpoint::grants`]); and an anonymous client only
     /// where the room's namespace lets anonymous sessions in. The one rule for the upgrade
     /// and for every later join.
+    ///
+    /// A task's room (`task:{id}`) is its owner's, whatever the token's patterns say: only
+    /// the owner and admin tokens get in.
     pub fn allows_join(
         &self,
         identity: &crate::auth::Identity,
         room: &str,
         config: &crate::config::Config,
+        task_owners: &crate::tasks::manager::TaskOwners,
     ) -> bool {
+        if let Some(task_id) = room
+            .strip_prefix(crate::tasks::NAMESPACE)
+            .and_then(|r| r.strip_prefix(':'))
+        {
+            return !identity.anonymous
+                && (identity.admin
+                    || task_owners.owner(task_id).as_deref() == Some(&*identity.user));
+        }
         (identity.may_join(room) || self.grants(identity, room))
             && (!identity.anonymous || config.room_policy(room).anonymous)
     }

@@ -12,6 +12,7 @@
 //!   (`Broker::endpoint`).
 //! - [`asap`]: the ASAP agent protocol (`/asap/ws`, `POST /asap`): envelopes, errors, and
 //!   skills as handler actors (`Broker::register_skill`).
+//! - [`tasks`]: agent tasks (`/api/agent`): the state machine and the store contract.
 //! - [`server`]: run a broker as its own server on a listener (what the binary does).
 //! - [`auth`]: token claims and `mint_hs256` for tokens of your own.
 //! - [`protocol`]: the wire format's names: message types, error and close codes, frames.
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod protocol;
 pub mod server;
+pub mod tasks;
 pub(crate) mod transport;
 pub mod webhooks;
 

@@ -60,6 +60,8 @@ pub(crate) struct BrokerState {
     pub engine: Arc<dyn Engine>,
     /// ASAP agents, nonces and idempotent answers.
     pub asap: crate::asap::AsapState,
+    /// The agent task service.
+    pub tasks: crate::tasks::TasksState,
 }
 
 /// Starts a broker with choices the config file cannot express (an engine object).
@@ -215,6 +217,18 @@ impl Broker {
             .map(|n| RateLimiter::keyed(Quota::per_second(n)));
         let (bridges, bridges_stop) = BridgeStop::new();
         let asap = crate::asap::AsapState::new(&config.asap);
+        let tasks = crate::tasks::TasksState::new(&config.tasks);
+        let task_store = match config.tasks.enabled {
+            true => Some(
+                crate::tasks::store::SqliteStore::open(&config.tasks.sqlite_path).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: "tasks.sqlite_path".into(),
+                        message: format!("`{}`: {e}", config.tasks.sqlite_path),
+                    }
+                })?,
+            ),
+            false => None,
+        };
         let broker = Broker {
             state: Arc::new(BrokerState {
                 config,
@@ -227,6 +241,7 @@ impl Broker {
                 webhooks,
                 engine,
                 asap,
+                tasks,
             }),
             router,
             supervisor,
@@ -235,6 +250,9 @@ impl Broker {
             bridges: Arc::new(bridges),
         };
         crate::bridge::redis::start(&broker, outgoing, bridges_stop);
+        if let Some(store) = task_store {
+            broker.start_tasks(Box::new(store))?;
+        }
         if broker.config().asap.enabled && broker.config().asap.echo_skill {
             broker.router.do_send(RegisterHandler {
                 msg_type: crate::asap::skill_key("echo"),
@@ -244,6 +262,38 @@ impl Broker {
             });
         }
         Ok(broker)
+    }
+
+    /// Starts the TaskManager on an arbiter of its own (it calls its store synchronously)
+    /// and routes the worker protocol's message types to it.
+    fn start_tasks(
+        &self,
+        store: Box<dyn crate::tasks::store::TaskStore>,
+    ) -> Result<(), ConfigError> {
+        let manager = crate::tasks::manager::TaskManager::new(
+            store,
+            self.config().tasks.clone(),
+            self.state.tasks.owners.clone(),
+            self.clone(),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: "tasks.sqlite_path".into(),
+            message: e.to_string(),
+        })?;
+        let addr = crate::tasks::manager::TaskManager::start_in_arbiter(
+            &Arbiter::new().handle(),
+            move |_| manager,
+        );
+        for msg_type in crate::tasks::WORKER_TYPES {
+            self.router.do_send(RegisterHandler {
+                msg_type: msg_type.to_owned(),
+                recipient: addr.clone().recipient(),
+                origins: Origins::SOCKET,
+                skill: None,
+            });
+        }
+        let _ = self.state.tasks.manager.set(addr);
+        Ok(())
     }
 
     /// The configuration the broker runs with.
@@ -291,6 +341,16 @@ impl Broker {
             {
                 let plain = Arc::new(Endpoint::plain(&config.server.ws_path));
                 cfg.service(endpoint_resource(&broker, plain));
+            }
+            if config.tasks.enabled {
+                // A task's live events for its owner's tabs: protocol v1, so each event
+                // carries its seq, with the task's whole history replayed on connect.
+                let updates = EndpointConfig::new("/api/agent/{taskId}/updates")
+                    .room("task:{taskId}")
+                    .replay(config.tasks.history_size);
+                if let Ok(endpoint) = updates.compile() {
+                    cfg.service(endpoint_resource(&broker, Arc::new(endpoint)));
+                }
             }
             if config.asap.enabled {
                 let asap = EndpointConfig::new(crate::http::asap::WS_PATH).framing(Framing::Asap);

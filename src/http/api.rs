@@ -80,6 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
             .service(resource("/broadcast", "POST").route(web::post().to(broadcast)))
             .service(resource("/sessions/{id}", "DELETE").route(web::delete().to(disconnect)))
             .configure(super::webhooks::configure)
+            .configure(super::tasks::configure)
             .default_service(web::to(|| async {
                 Err::<HttpResponse, _>(ApiError::new(ErrorCode::NotFound, "no such API endpoint"))
             })),
@@ -499,6 +500,7 @@ impl utoipa::Modify for BearerAuth {
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::webhooks::WebhooksDoc::openapi());
+    doc.merge(super::tasks::TasksDoc::openapi());
     utoipa::Modify::modify(&StandardErrors, &mut doc);
     doc
 }

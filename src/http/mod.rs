@@ -8,6 +8,7 @@ pub mod echo;
 pub mod error;
 pub mod health;
 pub mod landing;
+pub mod tasks;
 pub mod webhooks;
 pub mod ws;
 

@@ -150,7 +150,7 @@ async fn admit(
         .await
         .map_err(Refusal::Auth)?;
     if let Some(room) = &room {
-        if !endpoint.allows_join(&identity, room, &state.config) {
+        if !endpoint.allows_join(&identity, room, &state.config, &state.tasks.owners) {
             return Err(Refusal::Forbidden(format!("not allowed to join `{room}`")));
         }
     }

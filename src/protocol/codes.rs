@@ -25,6 +25,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request conflicts with the target's state (HTTP API only).
     Conflict,
+    /// The request is well-formed JSON but its values are not acceptable (HTTP API only).
+    Unprocessable,
     /// The frame or body exceeds a configured size limit.
     TooLarge,
     /// The caller exceeded a rate limit.
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unprocessable => "unprocessable",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::LimitExceeded => "limit_exceeded",
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
+            ErrorCode::Unprocessable => 422,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             // Capacity, not the caller's pace: retrying elsewhere or later may work.
@@ -98,6 +102,7 @@ impl ErrorCode {
             ErrorCode::NotFound => -32004,
             ErrorCode::MethodNotAllowed => -32005,
             ErrorCode::Conflict => -32009,
+            ErrorCode::Unprocessable => -32022,
             ErrorCode::TooLarge => -32013,
             ErrorCode::RateLimited => -32029,
             ErrorCode::LimitExceeded => -32053,

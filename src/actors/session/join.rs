@@ -73,9 +73,12 @@ impl Session {
         let allowed = if self.is_automatic(room) {
             !self.identity.anonymous || config.room_policy(room).anonymous
         } else {
-            self.binding
-                .endpoint
-                .allows_join(&self.identity, room, config)
+            self.binding.endpoint.allows_join(
+                &self.identity,
+                room,
+                config,
+                &self.state.tasks.owners,
+            )
         };
         if !allowed {
             return Err((

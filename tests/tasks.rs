@@ -1,0 +1,591 @@
+//! The agent task API against real brokers: `/api/agent` over HTTP, a worker speaking the
+//! `task.*` protocol over WebSocket, the owner's tabs on `/api/agent/{id}/updates`, and the
+//! SQLite store across a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{test_config, token, Client, TestBroker};
+use switchboard::Config;
+
+const KEY: &str = "tasks-test-api-key-0123456789";
+
+fn config() -> Config {
+    let mut config = test_config();
+    config.api.keys = vec![KEY.into()];
+    config.tasks.sqlite_path = String::new();
+    config
+}
+
+struct Http {
+    base: String,
+}
+
+impl Http {
+    fn new(broker: &TestBroker) -> Http {
+        Http {
+            base: broker.http_url(""),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = awc::Client::new();
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "POST" => client.post(url),
+            "DELETE" => client.delete(url),
+            _ => client.get(url),
+        };
+        if let Some(bearer) = bearer {
+            req = req.bearer_auth(bearer);
+        }
+        let mut response = match body {
+            Some(body) => req.send_json(&body).await.unwrap(),
+            None => req.send().await.unwrap(),
+        };
+        let status = response.status().as_u16();
+        let body = response
+            .json::<Value>()
+            .limit(1 << 20)
+            .await
+            .unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+async fn worker(broker: &TestBroker, name: &str) -> Client {
+    let mut ws = Client::connect(&broker.ws_url(Some(&token(name, &[])))).await;
+    ws.recv_type("system.connection.established").await;
+    ws
+}
+
+/// Sends a worker request and returns its reply's payload.
+async fn ask(ws: &mut Client, msg_type: &str, payload: Value) -> Value {
+    let id = format!("{msg_type}-{}", rand_id());
+    ws.send_json(json!({"type": msg_type, "id": id, "payload": payload}))
+        .await;
+    loop {
+        let frame = ws.recv().await;
+        if frame["correlation_id"] == id {
+            assert_ne!(frame["type"], "system.error", "{msg_type}: {frame}");
+            return frame["payload"].clone();
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The next push of `msg_type` to a worker.
+async fn push(ws: &mut Client, msg_type: &str) -> Value {
+    ws.skip_until(msg_type).await["payload"].clone()
+}
+
+/// The event types a tab receives until (and including) `last`.
+async fn event_types_until(tab: &mut Client, last: &str) -> Vec<String> {
+    let mut types = Vec::new();
+    loop {
+        let frame = tab.skip_until("task.event").await;
+        let kind = frame["payload"]["type"].as_str().unwrap().to_owned();
+        assert_eq!(frame["payload"]["version"], 1);
+        assert!(frame["seq"].is_u64());
+        types.push(kind.clone());
+        if kind == last {
+            return types;
+        }
+    }
+}
+
+async fn submit(http: &Http, user: &str, body: Value) -> Value {
+    let (status, answer) = http
+        .call("POST", "/api/agent", Some(user), Some(body))
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    answer["data"]["task"].clone()
+}
+
+#[actix_rt::test]
+async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_events() {
+    let broker = TestBroker::start(config());
+    let http = Http::new(&broker);
+    let alice = token("alice", &[]);
+    let task = submit(
+        &http,
+        &alice,
+        json!({"task": "tidy the reports", "priority": "high"}),
+    )
+    .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(task["status"], "pending");
+    assert_eq!(task["priority"], 2);
+    let updates = format!("ws://{}/api/agent/{id}/updates?token={alice}", broker.addr);
+    let mut tab = Client::connect(&updates).await;
+
+    let mut w = worker(&broker, "worker-1").await;
+    let claimed = ask(&mut w, "task.claim", json!({})).await;
+    assert_eq!(claimed["task"]["id"], id.as_str());
+    let step = ask(
+        &mut w,
+        "task.step",
+        json!({"taskId": id, "action": "start", "name": "scan"}),
+    )
+    .await;
+    let step_id = step["stepId"].as_str().unwrap().to_owned();
+    ask(
+        &mut w,
+        "task.progress",
+        json!({"taskId": id, "progress": 50, "message": "half"}),
+    )
+    .await;
+    ask(
+        &mut w,
+        "task.step",
+        json!({"taskId": id, "action": "complete", "result": {"files": 3}}),
+    )
+    .await;
+    let asked = ask(
+        &mut w,
+        "task.approval_request",
+        json!({"taskId": id, "description": "delete 3 files", "parameters": {"n": 3}}),
+    )
+    .await;
+    let approval_id = asked["approvalId"].as_str().unwrap().to_owned();
+
+    let (status, detail) = http
+        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["success"], true);
+    assert_eq!(detail["data"]["task"]["status"], "awaiting_approval");
+    assert_eq!(detail["data"]["steps"][0]["status"], "completed");
+    assert_eq!(detail["data"]["approvals"][0]["status"], "pending");
+
+    let bob = token("bob", &[]);
+    let path = format!("/api/agent/{id}/approve");
+    let decision = json!({"approvalId": approval_id, "approved": true, "message": "ok"});
+    assert_eq!(
+        http.call("POST", &path, Some(&bob), Some(decision.clone()))
+            .await
+            .0,
+        403
+    );
+    let (status, answer) = http
+        .call("POST", &path, Some(&alice), Some(decision.clone()))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let told = push(&mut w, "task.approval_decision").await;
+    assert_eq!(told["approved"], true);
+    assert_eq!(told["approvalId"], approval_id.as_str());
+    assert_eq!(
+        http.call("POST", &path, Some(&alice), Some(decision))
+            .await
+            .0,
+        409
+    );
+
+    // Undo reaches the worker, which reports the step rolled back.
+    let (status, undo) = http
+        .call(
+            "POST",
+            &format!("/api/agent/{id}/undo"),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 202, "{undo}");
+    assert_eq!(
+        push(&mut w, "task.undo_request").await["stepId"],
+        step_id.as_str()
+    );
+    ask(
+        &mut w,
+        "task.undo",
+        json!({"taskId": id, "stepId": step_id, "ok": true}),
+    )
+    .await;
+    ask(
+        &mut w,
+        "task.complete",
+        json!({"taskId": id, "result": {"deleted": 3}}),
+    )
+    .await;
+
+    let expected = [
+        "status_change",
+        "queue_update",
+        "status_change",
+        "step_start",
+        "step_progress",
+        "step_complete",
+        "status_change",
+        "approval_request",
+        "status_change",
+        "status_change",
+        "step_complete",
+        "status_change",
+        "completed",
+    ];
+    assert_eq!(event_types_until(&mut tab, "completed").await, expected);
+    // A second tab, opened after the end, gets every event from the task's history.
+    let mut late = Client::connect(&updates).await;
+    assert_eq!(event_types_until(&mut late, "completed").await, expected);
+    let (_, polled) = http
+        .call(
+            "GET",
+            &format!("/api/agent/{id}/events?since=0"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    let polled: Vec<&str> = polled["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(polled, expected, "the polling fallback has the same events");
+
+    let (_, detail) = http
+        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(detail["data"]["task"]["status"], "completed");
+    assert_eq!(detail["data"]["task"]["result"], json!({"deleted": 3}));
+    assert_eq!(detail["data"]["steps"][0]["status"], "undone");
+    assert_eq!(
+        http.call("DELETE", &format!("/api/agent/{id}"), Some(&alice), None)
+            .await
+            .0,
+        409
+    );
+    let (_, mine) = http
+        .call(
+            "GET",
+            "/api/agent/history?status=completed",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(mine["data"]["total"], 1);
+    let (_, theirs) = http
+        .call("GET", "/api/agent/history", Some(&bob), None)
+        .await;
+    assert_eq!(theirs["data"]["total"], 0);
+    let (_, all) = http
+        .call("GET", "/api/agent/history", Some(KEY), None)
+        .await;
+    assert_eq!(all["data"]["total"], 1, "a system sees every task");
+}
+
+#[actix_rt::test]
+async fn errors_are_401_403_404_409_422_and_429() {
+    let mut config = config();
+    config.tasks.max_active_per_user = 1;
+    config.tasks.requests_per_second = 20;
+    let broker = TestBroker::start(config);
+    let http = Http::new(&broker);
+    let alice = token("alice", &[]);
+    assert_eq!(
+        http.call("POST", "/api/agent", None, Some(json!({"task": "x"})))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http.call(
+            "POST",
+            "/api/agent",
+            Some("forged"),
+            Some(json!({"task": "x"}))
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, body) = http
+        .call(
+            "POST",
+            "/api/agent",
+            Some(&alice),
+            Some(json!({"task": " "})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("unprocessable"))
+    );
+    assert_eq!(
+        http.call(
+            "POST",
+            "/api/agent",
+            Some(&alice),
+            Some(json!({"task": "x", "priority": "asap"}))
+        )
+        .await
+        .0,
+        422
+    );
+    assert_eq!(
+        http.call(
+            "POST",
+            "/api/agent",
+            Some(&alice),
+            Some(json!({"task": "x", "userId": "bob"}))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        http.call(
+            "POST",
+            "/api/agent",
+            Some(&alice),
+            Some(json!({"tsak": "x"}))
+        )
+        .await
+        .0,
+        400
+    );
+    let task = submit(&http, &alice, json!({"task": "one"})).await;
+    let (status, body) = http
+        .call(
+            "POST",
+            "/api/agent",
+            Some(&alice),
+            Some(json!({"task": "two"})),
+        )
+        .await;
+    assert_eq!(status, 429, "max_active_per_user: {body}");
+    let id = task["id"].as_str().unwrap();
+    assert_eq!(
+        http.call(
+            "GET",
+            &format!("/api/agent/{id}"),
+            Some(&token("bob", &[])),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        http.call("GET", "/api/agent/task_nope", Some(&alice), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http.call("GET", "/api/agent/history?limit=500", Some(&alice), None)
+            .await
+            .0,
+        422
+    );
+    let dave = token("dave", &[]);
+    let mut refused = 0;
+    for _ in 0..30 {
+        if http
+            .call("GET", "/api/agent/history", Some(&dave), None)
+            .await
+            .0
+            == 429
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "tasks.requests_per_second per user");
+    // A system may submit for a user.
+    let (status, body) = http
+        .call(
+            "POST",
+            "/api/agent",
+            Some(KEY),
+            Some(json!({"task": "for carol", "userId": "carol"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["data"]["task"]["owner"], "carol");
+}
+
+#[actix_rt::test]
+async fn a_worker_that_goes_silent_loses_the_task_and_cancel_tells_the_next_one() {
+    let mut config = config();
+    config.tasks.lease = Duration::from_millis(300);
+    let broker = TestBroker::start(config);
+    let http = Http::new(&broker);
+    let alice = token("alice", &[]);
+    let task = submit(&http, &alice, json!({"task": "long"})).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let mut first = worker(&broker, "worker-1").await;
+    assert_eq!(
+        ask(&mut first, "task.claim", json!({})).await["task"]["attempts"],
+        1
+    );
+    // A second worker waits for work: the task comes back to it when the lease lapses.
+    let mut second = worker(&broker, "worker-2").await;
+    let waiting = ask(&mut second, "task.claim", json!({"wait": true})).await;
+    assert_eq!(waiting["waiting"], true);
+    let assigned = push(&mut second, "task.assigned").await;
+    assert_eq!(assigned["task"]["id"], id.as_str());
+    assert_eq!(assigned["task"]["attempts"], 2);
+    // The first worker no longer holds it.
+    first
+        .send_json(json!({"type": "task.complete", "id": "late", "payload": {"taskId": id}}))
+        .await;
+    assert_eq!(
+        first.skip_until("system.error").await["payload"]["code"],
+        "forbidden"
+    );
+    let (status, _) = http
+        .call("DELETE", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        push(&mut second, "task.cancel").await["taskId"],
+        id.as_str()
+    );
+    let (_, detail) = http
+        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(detail["data"]["task"]["status"], "cancelled");
+}
+
+#[actix_rt::test]
+async fn an_unanswered_approval_is_rejected_at_its_deadline_and_the_long_poll_wakes() {
+    let mut config = config();
+    config.tasks.approval_timeout = Duration::from_millis(300);
+    let broker = TestBroker::start(config);
+    let http = Http::new(&broker);
+    let alice = token("alice", &[]);
+    let task = submit(&http, &alice, json!({"task": "risky"})).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let (_, first) = http
+        .call(
+            "GET",
+            &format!("/api/agent/{id}/events?since=0"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    let last = first["data"]["lastSeq"].as_u64().unwrap();
+    let poll = {
+        let (base, id, alice) = (broker.http_url(""), id.clone(), alice.clone());
+        actix_rt::spawn(async move {
+            let http = Http { base };
+            http.call(
+                "GET",
+                &format!("/api/agent/{id}/events?since={last}&wait=10000"),
+                Some(&alice),
+                None,
+            )
+            .await
+        })
+    };
+    let mut w = worker(&broker, "worker-1").await;
+    ask(&mut w, "task.claim", json!({})).await;
+    let (status, woke) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    let events = woke["data"]["events"].as_array().unwrap();
+    assert!(
+        !events.is_empty(),
+        "the long poll answered with the claim's events"
+    );
+    assert!(events[0]["seq"].as_u64().unwrap() > last);
+    ask(
+        &mut w,
+        "task.approval_request",
+        json!({"taskId": id, "description": "wipe"}),
+    )
+    .await;
+    let told = push(&mut w, "task.approval_decision").await;
+    assert_eq!(told["approved"], false);
+    assert_eq!(told["status"], "expired");
+    let (_, detail) = http
+        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(detail["data"]["task"]["status"], "running");
+}
+
+#[actix_rt::test]
+async fn only_the_owner_watches_a_task_room() {
+    let broker = TestBroker::start(config());
+    let http = Http::new(&broker);
+    let alice = token("alice", &[]);
+    let task = submit(&http, &alice, json!({"task": "private"})).await;
+    let id = task["id"].as_str().unwrap();
+    let bob = token("bob", &["*"]);
+    let refused = Client::try_connect(awc::Client::new().ws(format!(
+        "ws://{}/api/agent/{id}/updates?token={bob}",
+        broker.addr
+    )))
+    .await;
+    if let Ok(mut ws) = refused {
+        assert!(ws.expect_close().await.code.is_some());
+    }
+    // Over protocol v1 too, whatever the token's room patterns say.
+    let mut v1 = broker.client("bob", &["*"]).await;
+    v1.send_json(json!({"type": "room.join", "room": format!("task:{id}")}))
+        .await;
+    assert_eq!(
+        v1.skip_until("system.error").await["payload"]["code"],
+        "forbidden"
+    );
+    let mut owner = broker.client("alice", &[]).await;
+    owner
+        .send_json(
+            json!({"type": "room.join", "room": format!("task:{id}"), "payload": {"since_seq": 0}}),
+        )
+        .await;
+    owner.recv_type("room.joined").await;
+    assert_eq!(
+        owner.skip_until("task.event").await["payload"]["type"],
+        "status_change"
+    );
+}
+
+#[actix_rt::test]
+async fn tasks_survive_a_restart_and_a_running_one_goes_back_to_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config();
+    config.tasks.sqlite_path = dir.path().join("tasks.db").to_str().unwrap().into();
+    let alice = token("alice", &[]);
+    let (queued, running) = {
+        let broker = TestBroker::start(config.clone());
+        let http = Http::new(&broker);
+        let queued = submit(&http, &alice, json!({"task": "later", "priority": "low"})).await;
+        let running = submit(&http, &alice, json!({"task": "now", "priority": "urgent"})).await;
+        let mut w = worker(&broker, "worker-1").await;
+        let claimed = ask(&mut w, "task.claim", json!({})).await;
+        assert_eq!(claimed["task"]["id"], running["id"], "urgent first");
+        broker.shutdown().await;
+        (queued, running)
+    };
+    let broker = TestBroker::start(config);
+    let http = Http::new(&broker);
+    for task in [&queued, &running] {
+        let (status, detail) = http
+            .call(
+                "GET",
+                &format!("/api/agent/{}", task["id"].as_str().unwrap()),
+                Some(&alice),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(detail["data"]["task"]["status"], "pending", "{detail}");
+    }
+    let mut w = worker(&broker, "worker-2").await;
+    let claimed = ask(&mut w, "task.claim", json!({})).await;
+    assert_eq!(claimed["task"]["id"], running["id"]);
+    assert_eq!(claimed["task"]["attempts"], 2);
+}
