@@ -805,6 +805,11 @@ impl Default for AsapConfig {
 pub struct TasksConfig {
     /// Serve `/api/agent` and the `task.*` worker protocol.
     pub enabled: bool,
+    /// Where tasks live: `sqlite` (embedded, `sqlite_path`) or `postgres` (`postgres_url`).
+    pub store: TaskStoreKind,
+    /// PostgreSQL connection (`postgres://user:password@host/db` or `host=… dbname=…`),
+    /// for `store = "postgres"`.
+    pub postgres_url: String,
     /// The SQLite file holding tasks, steps, approvals, logs and the audit trail; `""`
     /// keeps them in memory (nothing survives a restart).
     pub sqlite_path: String,
@@ -829,10 +834,23 @@ pub struct TasksConfig {
     pub owners_capacity: usize,
 }
 
+/// `[tasks] store`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStoreKind {
+    /// An SQLite file (or memory) in this process.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database, which several brokers can share.
+    Postgres,
+}
+
 impl Default for TasksConfig {
     fn default() -> Self {
         TasksConfig {
             enabled: true,
+            store: TaskStoreKind::Sqlite,
+            postgres_url: String::new(),
             sqlite_path: "switchboard-tasks.db".into(),
             lease: Duration::from_secs(30),
             approval_timeout: Duration::from_secs(300),
@@ -1143,6 +1161,13 @@ impl Config {
 
     fn validate_tasks(&self) -> Result<(), ConfigError> {
         let tasks = &self.tasks;
+        if tasks.enabled && tasks.store == TaskStoreKind::Postgres && tasks.postgres_url.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "tasks.postgres_url".into(),
+                message: "store = \"postgres\" needs a connection URL".into(),
+            });
+        }
         for (key, zero) in [
             ("tasks.lease", tasks.lease.is_zero()),
             ("tasks.approval_timeout", tasks.approval_timeout.is_zero()),

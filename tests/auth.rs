@@ -175,7 +175,7 @@ async fn joining_or_publishing_outside_the_token_is_forbidden() {
     let mut c = Client::connect(&broker.ws_url(Some(&t))).await;
     c.recv_type("system.connection.established").await;
 
-    c.send_json(json!({"type": "room.join", "room": "task:1", "id": "j"}))
+    c.send_json(json!({"type": "room.join", "room": "job:1", "id": "j"}))
         .await;
     let err = c.recv_type("system.error").await;
     assert_eq!(err["payload"]["code"], "forbidden");

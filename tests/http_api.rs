@@ -98,21 +98,21 @@ impl Api {
 #[actix_rt::test]
 async fn publish_reaches_members_and_retries_are_idempotent() {
     let broker = TestBroker::start(api_config());
-    let mut member = broker.client("m", &["task:*"]).await;
-    member.join("task:1").await;
+    let mut member = broker.client("m", &["job:*"]).await;
+    member.join("job:1").await;
     let api = Api::new(&broker);
 
     let (status, body) = api
         .call(
             "POST",
-            "/api/rooms/task:1/publish",
+            "/api/rooms/job:1/publish",
             Some(json!({"payload": {"state": "running"}, "id": "u1"})),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"room": "task:1", "seq": 1, "id": "u1", "duplicate": false})
+        json!({"room": "job:1", "seq": 1, "id": "u1", "duplicate": false})
     );
     let msg = member.recv_type("room.message").await;
     assert_eq!(msg["payload"]["state"], "running");
@@ -120,7 +120,7 @@ async fn publish_reaches_members_and_retries_are_idempotent() {
     let (_, body) = api
         .call(
             "POST",
-            "/api/rooms/task:1/publish",
+            "/api/rooms/job:1/publish",
             Some(json!({"payload": {"state": "running"}, "id": "u1"})),
         )
         .await;
@@ -130,7 +130,7 @@ async fn publish_reaches_members_and_retries_are_idempotent() {
     let (_, body) = api
         .call(
             "POST",
-            "/api/rooms/task:1/publish",
+            "/api/rooms/job:1/publish",
             Some(json!({"type": "task.update", "payload": 2})),
         )
         .await;

@@ -558,6 +558,125 @@ async fn tasks_survive_a_restart_and_a_running_one_goes_back_to_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config();
     config.tasks.sqlite_path = dir.path().join("tasks.db").to_str().unwrap().into();
+    restart_keeps_tasks(config).await;
+}
+
+#[actix_rt::test]
+async fn on_postgres_too() {
+    let Some(db) = ScratchDb::create() else {
+        return;
+    };
+    let mut config = config();
+    config.tasks.store = switchboard::config::TaskStoreKind::Postgres;
+    config.tasks.postgres_url = db.url();
+    restart_keeps_tasks(config.clone()).await;
+    // The rest of the flow on the same database.
+    let broker = TestBroker::start(config);
+    let http = Http::new(&broker);
+    let alice = token("alice", &[]);
+    let (_, page) = http
+        .call(
+            "GET",
+            "/api/agent/history?limit=1&offset=1",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(page["data"]["total"], 2);
+    assert_eq!(page["data"]["tasks"].as_array().unwrap().len(), 1);
+    let task = submit(&http, &alice, json!({"task": "on postgres"})).await;
+    let id = task["id"].as_str().unwrap();
+    let mut w = worker(&broker, "worker-3").await;
+    // Two tasks are queued from before; the urgent one comes first.
+    for _ in 0..3 {
+        let claimed = ask(&mut w, "task.claim", json!({})).await;
+        let claimed_id = claimed["task"]["id"].as_str().unwrap().to_owned();
+        ask(
+            &mut w,
+            "task.step",
+            json!({"taskId": claimed_id, "action": "start", "name": "s"}),
+        )
+        .await;
+        ask(
+            &mut w,
+            "task.complete",
+            json!({"taskId": claimed_id, "result": {"ok": true}}),
+        )
+        .await;
+    }
+    let (_, detail) = http
+        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(detail["data"]["task"]["status"], "completed");
+    assert_eq!(detail["data"]["steps"].as_array().unwrap().len(), 1);
+    broker.shutdown().await;
+}
+
+/// A PostgreSQL database of its own for one test, dropped at the end. The server is
+/// `SWITCHBOARD_POSTGRES` (libpq key/values without `dbname`; default `host=127.0.0.1
+/// user=postgres`). Without one the test prints SKIP and passes, unless
+/// `SWITCHBOARD_REQUIRE_POSTGRES=1` (CI).
+struct ScratchDb {
+    server: String,
+    name: String,
+}
+
+impl ScratchDb {
+    fn create() -> Option<ScratchDb> {
+        let server = std::env::var("SWITCHBOARD_POSTGRES")
+            .unwrap_or_else(|_| "host=127.0.0.1 user=postgres".into());
+        let name = format!(
+            "switchboard_test_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let db = ScratchDb { server, name };
+        match db.admin(&format!("CREATE DATABASE {}", db.name)) {
+            Ok(()) => Some(db),
+            Err(err) if std::env::var("SWITCHBOARD_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("SWITCHBOARD_REQUIRE_POSTGRES=1 but PostgreSQL is not usable: {err}")
+            }
+            Err(err) => {
+                eprintln!("SKIP: no PostgreSQL at `{}`: {err}", db.server);
+                std::mem::forget(db);
+                None
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{} dbname={}", self.server, self.name)
+    }
+
+    /// Runs `sql` on the server's `postgres` database, on a thread of its own (the
+    /// synchronous client cannot run inside the test's runtime).
+    fn admin(&self, sql: &str) -> Result<(), String> {
+        let (url, sql) = (format!("{} dbname=postgres", self.server), sql.to_owned());
+        std::thread::spawn(move || {
+            let mut client =
+                postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
+            client.batch_execute(&sql).map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| "admin thread panicked".to_string())?
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        if let Err(err) = self.admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )) {
+            eprintln!("could not drop {}: {err}", self.name);
+        }
+    }
+}
+
+async fn restart_keeps_tasks(config: Config) {
     let alice = token("alice", &[]);
     let (queued, running) = {
         let broker = TestBroker::start(config.clone());

@@ -219,14 +219,7 @@ impl Broker {
         let asap = crate::asap::AsapState::new(&config.asap);
         let tasks = crate::tasks::TasksState::new(&config.tasks);
         let task_store = match config.tasks.enabled {
-            true => Some(
-                crate::tasks::store::SqliteStore::open(&config.tasks.sqlite_path).map_err(|e| {
-                    ConfigError::Invalid {
-                        key: "tasks.sqlite_path".into(),
-                        message: format!("`{}`: {e}", config.tasks.sqlite_path),
-                    }
-                })?,
-            ),
+            true => Some(crate::tasks::open_store(&config.tasks)?),
             false => None,
         };
         let broker = Broker {

@@ -1,6 +1,7 @@
 //! The TaskManager actor: the one owner of every unfinished task.
 //!
-//! It runs on an arbiter of its own and calls the store synchronously, so each command is
+//! It runs on an arbiter of its own and waits for each store call (the store has a thread
+//! of its own), so each command is
 //! handled whole — checked, stored, then applied and announced — before the next one: the
 //! state machine never sees two changes interleave. What it owns:
 //!

@@ -14,7 +14,34 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub(crate) mod manager;
+pub mod postgres;
 pub mod store;
+
+/// Opens the configured store on its own thread; the error names the config key.
+pub(crate) fn open_store(
+    config: &crate::config::TasksConfig,
+) -> Result<postgres::StoreThread, crate::config::ConfigError> {
+    use crate::config::{ConfigError, TaskStoreKind};
+    let (key, opened) = match config.store {
+        TaskStoreKind::Sqlite => {
+            let path = config.sqlite_path.clone();
+            let opened =
+                postgres::StoreThread::spawn("sqlite", move || store::SqliteStore::open(&path));
+            ("tasks.sqlite_path", opened)
+        }
+        TaskStoreKind::Postgres => {
+            let url = config.postgres_url.clone();
+            let opened = postgres::StoreThread::spawn("postgres", move || {
+                postgres::PostgresStore::open(&url)
+            });
+            ("tasks.postgres_url", opened)
+        }
+    };
+    opened.map_err(|e| ConfigError::Invalid {
+        key: key.into(),
+        message: e.to_string(),
+    })
+}
 
 /// The task service as the broker holds it: the owners (for the join rule of task rooms)
 /// and, once started, the manager.

@@ -1,7 +1,8 @@
 //! Where tasks live: the [`TaskStore`] contract and its SQLite implementation.
 //!
-//! The TaskManager runs the store on a thread of its own (a `SyncArbiter`), so an
-//! implementation may block: rusqlite, or a synchronous PostgreSQL client.
+//! The TaskManager runs the store on a thread of its own
+//! ([`super::postgres::StoreThread`]), so an implementation may block: rusqlite, or a
+//! synchronous PostgreSQL client.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -84,50 +85,70 @@ pub trait TaskStore: Send {
     ) -> Result<(), StoreError>;
 }
 
-/// Migrations, in order; `PRAGMA user_version` is how many have run.
-const MIGRATIONS: [&str; 1] = ["
+/// Schema version 1, for every store: `{int}` is the 64-bit integer type, `{serial}` an
+/// auto-incrementing 64-bit key (which orders steps and approvals as they came).
+pub(crate) fn schema_v1(int: &str, serial: &str) -> String {
+    "
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     status TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
+    created_at {int} NOT NULL,
     body TEXT NOT NULL
 );
 CREATE INDEX tasks_owner_created ON tasks (owner, created_at DESC);
 CREATE INDEX tasks_created ON tasks (created_at DESC);
-CREATE INDEX tasks_unfinished ON tasks (status) WHERE status IN ('pending', 'running', 'awaiting_approval');
+CREATE INDEX tasks_unfinished ON tasks (status)
+    WHERE status IN ('pending', 'running', 'awaiting_approval');
 CREATE TABLE steps (
+    seq {serial},
     task_id TEXT NOT NULL,
     id TEXT NOT NULL,
-    started_at INTEGER NOT NULL,
     body TEXT NOT NULL,
-    PRIMARY KEY (task_id, id)
+    UNIQUE (task_id, id)
 );
 CREATE TABLE approvals (
+    seq {serial},
     task_id TEXT NOT NULL,
     id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
     body TEXT NOT NULL,
-    PRIMARY KEY (task_id, id)
+    UNIQUE (task_id, id)
 );
 CREATE TABLE logs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq {serial},
     task_id TEXT NOT NULL,
-    at INTEGER NOT NULL,
+    at {int} NOT NULL,
     level TEXT NOT NULL,
     message TEXT NOT NULL
 );
 CREATE INDEX logs_task ON logs (task_id, seq);
 CREATE TABLE audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq {serial},
     task_id TEXT NOT NULL,
-    at INTEGER NOT NULL,
+    at {int} NOT NULL,
     actor TEXT NOT NULL,
     action TEXT NOT NULL,
     detail TEXT NOT NULL
 );
 CREATE INDEX audit_task ON audit (task_id, seq);
-"];
+"
+    .replace("{int}", int)
+    .replace("{serial}", serial)
+}
+
+/// How many migrations exist: `PRAGMA user_version` (SQLite) or
+/// `switchboard_tasks_schema` (PostgreSQL) holds how many have run.
+pub(crate) const SCHEMA_VERSION: usize = 1;
+
+/// The SQL that brings an SQLite store from `version - 1` to `version`.
+fn sqlite_migration(version: usize) -> Result<String, StoreError> {
+    match version {
+        1 => Ok(schema_v1("INTEGER", "INTEGER PRIMARY KEY AUTOINCREMENT")),
+        _ => Err(StoreError(format!(
+            "no migration to schema version {version}"
+        ))),
+    }
+}
 
 /// The SQLite store: one file in WAL mode (or memory, for tests).
 pub struct SqliteStore {
@@ -158,16 +179,16 @@ impl SqliteStore {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
         let version = usize::try_from(version).unwrap_or(usize::MAX);
-        if version > MIGRATIONS.len() {
+        if version > SCHEMA_VERSION {
             return Err(StoreError(format!(
-                "the database is at schema version {version}, newer than this broker's {}",
-                MIGRATIONS.len()
+                "the database is at schema version {version}, newer than this broker's \
+                 {SCHEMA_VERSION}"
             )));
         }
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        for next in version + 1..=SCHEMA_VERSION {
             let tx = self.conn.transaction()?;
-            tx.execute_batch(migration)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.execute_batch(&sqlite_migration(next)?)?;
+            tx.pragma_update(None, "user_version", next as i64)?;
             tx.commit()?;
         }
         Ok(())
@@ -193,6 +214,24 @@ impl SqliteStore {
         if changed != 1 {
             return Err(StoreError(format!("task {} not stored", task.id)));
         }
+        Ok(())
+    }
+
+    /// Stores or replaces a step's or approval's body, keeping its place in the order.
+    fn put_body(
+        &mut self,
+        table: &str,
+        task_id: &str,
+        id: &str,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO {table} (task_id, id, body) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (task_id, id) DO UPDATE SET body = excluded.body"
+            ),
+            params![task_id, id, body],
+        )?;
         Ok(())
     }
 
@@ -258,42 +297,28 @@ impl TaskStore for SqliteStore {
     }
 
     fn put_step(&mut self, task_id: &str, step: &Step) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO steps (task_id, id, started_at, body) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                task_id,
-                step.id,
-                step.started_at,
-                serde_json::to_string(step)?
-            ],
-        )?;
-        Ok(())
+        self.put_body("steps", task_id, &step.id, &serde_json::to_string(step)?)
     }
 
     fn steps(&mut self, task_id: &str) -> Result<Vec<Step>, StoreError> {
         self.bodies(
-            "SELECT body FROM steps WHERE task_id = ?1 ORDER BY started_at, rowid",
+            "SELECT body FROM steps WHERE task_id = ?1 ORDER BY seq",
             &[&task_id],
         )
     }
 
     fn put_approval(&mut self, task_id: &str, approval: &Approval) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO approvals (task_id, id, created_at, body) \
-             VALUES (?1, ?2, ?3, ?4)",
-            params![
-                task_id,
-                approval.id,
-                approval.created_at,
-                serde_json::to_string(approval)?
-            ],
-        )?;
-        Ok(())
+        self.put_body(
+            "approvals",
+            task_id,
+            &approval.id,
+            &serde_json::to_string(approval)?,
+        )
     }
 
     fn approvals(&mut self, task_id: &str) -> Result<Vec<Approval>, StoreError> {
         self.bodies(
-            "SELECT body FROM approvals WHERE task_id = ?1 ORDER BY created_at, rowid",
+            "SELECT body FROM approvals WHERE task_id = ?1 ORDER BY seq",
             &[&task_id],
         )
     }
