@@ -686,6 +686,13 @@ async fn restart_keeps_tasks(config: Config) {
         let mut w = worker(&broker, "worker-1").await;
         let claimed = ask(&mut w, "task.claim", json!({})).await;
         assert_eq!(claimed["task"]["id"], running["id"], "urgent first");
+        let running_id = running["id"].as_str().unwrap();
+        ask(
+            &mut w,
+            "task.approval_request",
+            json!({"taskId": running_id, "description": "x"}),
+        )
+        .await;
         broker.shutdown().await;
         (queued, running)
     };
@@ -703,6 +710,18 @@ async fn restart_keeps_tasks(config: Config) {
         assert_eq!(status, 200);
         assert_eq!(detail["data"]["task"]["status"], "pending", "{detail}");
     }
+    let (_, detail) = http
+        .call(
+            "GET",
+            &format!("/api/agent/{}", running["id"].as_str().unwrap()),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(
+        detail["data"]["approvals"][0]["status"], "expired",
+        "an approval asked before the restart is void: {detail}"
+    );
     let mut w = worker(&broker, "worker-2").await;
     let claimed = ask(&mut w, "task.claim", json!({})).await;
     assert_eq!(claimed["task"]["id"], running["id"]);

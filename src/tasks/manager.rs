@@ -189,6 +189,7 @@ impl TaskManager {
             manager.owners.set(&task.id, &task.owner);
             let steps = manager.store.steps(&task.id)?;
             if task.status != TaskStatus::Pending {
+                let previous = task.status;
                 task.status = TaskStatus::Pending;
                 task.worker = None;
                 task.updated_at = now_ms();
@@ -196,6 +197,23 @@ impl TaskManager {
                 manager
                     .store
                     .audit(&task.id, "broker", "requeue", &json!({"why": "restart"}))?;
+                // The worker that asked is gone; the next one asks again if it needs to.
+                for mut approval in manager.store.approvals(&task.id)? {
+                    if approval.status == "pending" {
+                        approval.status = "expired".into();
+                        approval.message = Some("the broker restarted".into());
+                        approval.decided_at = Some(task.updated_at);
+                        manager.store.put_approval(&task.id, &approval)?;
+                    }
+                }
+                let mut data = Map::new();
+                data.insert("status".into(), json!("pending"));
+                data.insert("previousStatus".into(), json!(previous.as_str()));
+                data.insert(
+                    "message".into(),
+                    json!("the broker restarted; task re-queued"),
+                );
+                manager.emit(&task.id, "status_change", data);
             }
             manager.enqueue(&task);
             manager.live.insert(
