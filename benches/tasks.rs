@@ -11,7 +11,8 @@
 //! temporary SQLite file (WAL), or in the given PostgreSQL database; the clients on the main
 //! thread.
 //!
-//! 1. **Operations**: U users (each their own token), each running R rounds of: submit a
+//! 1. **Operations**: U users (each their own token and keep-alive connection, opened before
+//!    the clock starts; then all start at once), each running R rounds of: submit a
 //!    task (`POST /api/agent`), read it (`GET /api/agent/{id}`), wait for the worker's
 //!    approval request (a long poll on `/events`, not timed), approve it (`POST …/approve`).
 //!    One worker connection claims every task (`task.claim` with `wait`), asks for one
@@ -222,11 +223,23 @@ async fn call(
     )
 }
 
-async fn user(base: String, name: String, rounds: usize, timings: Rc<RefCell<Timings>>) {
+async fn user(
+    base: String,
+    name: String,
+    rounds: usize,
+    timings: Rc<RefCell<Timings>>,
+    start: Rc<tokio::sync::Barrier>,
+) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish();
     let bearer = token(&name);
+    // A user's browser holds a keep-alive connection: open it before the clock starts, so
+    // the figures are the operations' and not 200 simultaneous TCP handshakes'.
+    let url = format!("{base}/api/agent/history");
+    let (status, _, _) = call(&client, "GET", &url, &bearer, None).await;
+    assert_eq!(status, 200);
+    start.wait().await;
     for _ in 0..rounds {
         let (status, body, us) = call(
             &client,
@@ -314,7 +327,7 @@ async fn run(args: Args) {
         get: Vec::new(),
         approve: Vec::new(),
     }));
-    let started = Instant::now();
+    let start = Rc::new(tokio::sync::Barrier::new(args.users + 1));
     let users: Vec<_> = (0..args.users)
         .map(|i| {
             actix_rt::spawn(user(
@@ -322,9 +335,12 @@ async fn run(args: Args) {
                 format!("user-{i}"),
                 args.rounds,
                 timings.clone(),
+                start.clone(),
             ))
         })
         .collect();
+    start.wait().await;
+    let started = Instant::now();
     for u in users {
         u.await.expect("user");
     }

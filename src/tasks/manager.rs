@@ -155,6 +155,10 @@ pub struct TaskManager {
     queue: BTreeSet<(Reverse<i64>, i64, String)>,
     waiters: VecDeque<Waiter>,
     durations: VecDeque<i64>,
+    /// The queue changed since its positions were last announced.
+    queue_dirty: bool,
+    /// Ticks so far (waiting workers are probed every tenth).
+    ticks: u64,
     events: mpsc::UnboundedSender<(String, Value)>,
     /// Taken by `started`, which runs the publisher on the manager's arbiter.
     publisher: Option<(Broker, mpsc::UnboundedReceiver<(String, Value)>)>,
@@ -181,6 +185,8 @@ impl TaskManager {
             queue: BTreeSet::new(),
             waiters: VecDeque::new(),
             durations: VecDeque::new(),
+            queue_dirty: false,
+            ticks: 0,
             events,
             publisher: Some((broker, rx)),
             watchers,
@@ -215,6 +221,13 @@ impl TaskManager {
                 );
                 manager.emit(&task.id, "status_change", data);
             }
+            // Every approval is decided by now (those asked of a lost worker just expired).
+            let approvals = manager
+                .store
+                .approvals(&task.id)?
+                .into_iter()
+                .map(|a| (a, Instant::now()))
+                .collect();
             manager.enqueue(&task);
             manager.live.insert(
                 task.id.clone(),
@@ -222,7 +235,7 @@ impl TaskManager {
                     task,
                     held: None,
                     steps,
-                    approvals: Vec::new(),
+                    approvals,
                     position: None,
                 },
             );
@@ -237,11 +250,13 @@ impl TaskManager {
     }
 
     fn enqueue(&mut self, task: &Task) {
+        self.queue_dirty = true;
         self.queue
             .insert((Reverse(task.priority), task.created_at, task.id.clone()));
     }
 
     fn dequeue(&mut self, task: &Task) {
+        self.queue_dirty = true;
         self.queue
             .remove(&(Reverse(task.priority), task.created_at, task.id.clone()));
     }
@@ -308,8 +323,24 @@ impl TaskManager {
     }
 
     /// Positions and estimated waits of queued tasks, announced where they changed (the
-    /// first 100 positions: further back, a change of one place says nothing).
+    /// first 100 positions: further back, a change of one place says nothing). Called from
+    /// the tick, not on every change: one claim moves every queued task up one place, and
+    /// announcing each move at once would multiply a burst of submits and claims by the
+    /// queue's length.
     fn announce_queue(&mut self) {
+        let ids: Vec<String> = self
+            .queue
+            .iter()
+            .take(100)
+            .map(|(_, _, id)| id.clone())
+            .collect();
+        for (position, id) in ids.into_iter().enumerate() {
+            self.announce_position(&id, position);
+        }
+    }
+
+    /// A `queue_update` for `id` at `position`, unless that was the last one announced.
+    fn announce_position(&mut self, id: &str, position: usize) {
         let average = match self.durations.len() {
             0 => 30_000,
             n => self.durations.iter().sum::<i64>() / n as i64,
@@ -321,28 +352,20 @@ impl TaskManager {
             .count()
             .max(self.waiters.len())
             .max(1) as i64;
-        let ids: Vec<String> = self
-            .queue
-            .iter()
-            .take(100)
-            .map(|(_, _, id)| id.clone())
-            .collect();
-        for (position, id) in ids.into_iter().enumerate() {
-            let Some(live) = self.live.get_mut(&id) else {
-                continue;
-            };
-            if live.position == Some(position) {
-                continue;
-            }
-            live.position = Some(position);
-            let mut data = Map::new();
-            data.insert("queuePosition".into(), json!(position));
-            data.insert(
-                "estimatedWaitTime".into(),
-                json!(average * (position as i64 + 1) / workers),
-            );
-            self.emit(&id, "queue_update", data);
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        if live.position == Some(position) {
+            return;
         }
+        live.position = Some(position);
+        let mut data = Map::new();
+        data.insert("queuePosition".into(), json!(position));
+        data.insert(
+            "estimatedWaitTime".into(),
+            json!(average * (position as i64 + 1) / workers),
+        );
+        self.emit(id, "queue_update", data);
     }
 
     fn position(&self, task_id: &str) -> Option<usize> {
@@ -375,7 +398,7 @@ impl TaskManager {
                 lease_until: Instant::now() + self.config.lease,
             });
         }
-        self.announce_queue();
+        self.queue_dirty = true;
         Ok(Some(task))
     }
 
@@ -459,6 +482,9 @@ impl TaskManager {
                         .store
                         .audit(&id, "broker", "requeue", &json!({"why": "lease"}));
                     let _ = self.log(&id, "warn", "worker lease lapsed; task re-queued".into());
+                    if let Err(err) = self.void_approvals(&id, "the worker was lost") {
+                        log::warn!("tasks: {id}: {err}");
+                    }
                     self.enqueue(&task);
                 }
                 Err(err) => log::warn!("tasks: requeue {id}: {err}"),
@@ -485,10 +511,16 @@ impl TaskManager {
                 log::warn!("tasks: expiring approval on {task_id}: {err}");
             }
         }
-        self.waiters
-            .retain(|w| w.push.push(Reply::new("task.waiting", json!({}))));
+        // A waiting worker that went away is found by pushing to it.
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(10) {
+            self.waiters
+                .retain(|w| w.push.push(Reply::new("task.waiting", json!({}))));
+        }
         self.feed_waiters();
-        self.announce_queue();
+        if std::mem::take(&mut self.queue_dirty) {
+            self.announce_queue();
+        }
     }
 
     /// Records a decision on a pending approval, tells the worker, and resumes the task
@@ -567,6 +599,25 @@ impl TaskManager {
             self.transition(task_id, TaskStatus::Running, |_| {})?;
         }
         Ok(decided)
+    }
+
+    /// Expires the pending approvals of a task whose worker is gone: the next worker asks
+    /// again if it needs to.
+    fn void_approvals(&mut self, task_id: &str, why: &str) -> Result<(), StoreError> {
+        let Some(live) = self.live.get_mut(task_id) else {
+            return Ok(());
+        };
+        for (approval, _) in live
+            .approvals
+            .iter_mut()
+            .filter(|(a, _)| a.status == "pending")
+        {
+            approval.status = "expired".into();
+            approval.message = Some(why.into());
+            approval.decided_at = Some(now_ms());
+            self.store.put_approval(task_id, approval)?;
+        }
+        Ok(())
     }
 
     fn load(&mut self, id: &str) -> Result<Task, TaskError> {
@@ -690,8 +741,12 @@ impl Handler<Submit> for TaskManager {
         data.insert("status".into(), json!("pending"));
         self.emit(&task.id, "status_change", data);
         self.feed_waiters();
-        self.announce_queue();
         let position = self.position(&task.id);
+        // The new task learns its place at once; the rest of the queue at the next tick.
+        if let Some(position) = position {
+            self.announce_position(&task.id, position);
+        }
+        self.queue_dirty = true;
         let task = self.live.get(&task.id).map_or(task, |l| l.task.clone());
         Ok((task, position))
     }
@@ -725,13 +780,20 @@ impl Handler<Get> for TaskManager {
     fn handle(&mut self, msg: Get, _: &mut Self::Context) -> Self::Result {
         let task = self.load(&msg.id)?;
         msg.caller.check(&task)?;
-        let steps = self.store.steps(&task.id)?;
+        // A live task's steps and approvals are here; only a finished one's are read back.
+        let (steps, approvals) = match self.live.get(&task.id) {
+            Some(live) => (
+                live.steps.clone(),
+                live.approvals.iter().map(|(a, _)| a.clone()).collect(),
+            ),
+            None => (self.store.steps(&task.id)?, self.store.approvals(&task.id)?),
+        };
         let current_execution =
             steps.iter().rev().find(|s| s.status == "running").map(
                 |s| json!({"step": s, "progress": s.progress, "status": task.status.as_str()}),
             );
         Ok(Detail {
-            approvals: self.store.approvals(&task.id)?,
+            approvals,
             logs: self.store.logs(&task.id, 100)?,
             queue_position: self.position(&task.id),
             task,
@@ -790,7 +852,7 @@ impl Handler<Cancel> for TaskManager {
         self.store
             .audit(&task.id, &msg.caller.name, "cancel", &json!({}))?;
         self.emit(&task.id, "cancelled", Map::new());
-        self.announce_queue();
+        self.queue_dirty = true;
         Ok(task)
     }
 }
