@@ -92,6 +92,7 @@ fn start_broker(args: &Args, dir: &std::path::Path) -> std::net::SocketAddr {
     config.limits.burst = 100_000;
     config.tasks.requests_per_second = 0;
     config.tasks.max_active_per_user = 1000;
+    config.tasks.worker_subjects = vec!["*-worker".into()];
     config.api.requests_per_second = 0;
     match &args.postgres {
         Some(url) => {

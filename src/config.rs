@@ -813,6 +813,10 @@ pub struct TasksConfig {
     /// The SQLite file holding tasks, steps, approvals, logs and the audit trail; `""`
     /// keeps them in memory (nothing survives a restart).
     pub sqlite_path: String,
+    /// Token subjects (`sub` glob patterns) that may work on tasks (`task.*` messages)
+    /// besides admin tokens. A worker sees and answers every user's tasks, so by default
+    /// only admin tokens may (dev mode: any token).
+    pub worker_subjects: Vec<String>,
     /// How long a worker holds a task without sending anything before it goes back to the
     /// queue.
     #[serde(with = "duration")]
@@ -851,6 +855,7 @@ impl Default for TasksConfig {
             enabled: true,
             store: TaskStoreKind::Sqlite,
             postgres_url: String::new(),
+            worker_subjects: Vec::new(),
             sqlite_path: "switchboard-tasks.db".into(),
             lease: Duration::from_secs(30),
             approval_timeout: Duration::from_secs(300),
@@ -885,8 +890,10 @@ impl Config {
         config.server.allowed_origins = vec!["*".into()];
         config.api.keys = vec![DEV_API_KEY.into()];
         config.webhooks.mode = WebhookMode::Development;
-        // An agent trying the broker gets an answer without writing a handler first.
+        // An agent trying the broker gets an answer without writing a handler first, and
+        // the demo task worker may work with a plain token.
         config.asap.echo_skill = true;
+        config.tasks.worker_subjects = vec!["*".into()];
         config
     }
 

@@ -16,6 +16,7 @@ fn config() -> Config {
     let mut config = test_config();
     config.api.keys = vec![KEY.into()];
     config.tasks.sqlite_path = String::new();
+    config.tasks.worker_subjects = vec!["worker-*".into()];
     config
 }
 
@@ -404,6 +405,13 @@ async fn errors_are_401_403_404_409_422_and_429() {
         }
     }
     assert!(refused > 0, "tasks.requests_per_second per user");
+    // A user's token cannot work on tasks: a worker sees every user's.
+    let mut not_a_worker = worker(&broker, "alice").await;
+    not_a_worker
+        .send_json(json!({"type": "task.claim", "id": "c", "payload": {}}))
+        .await;
+    let refused = not_a_worker.skip_until("system.error").await;
+    assert_eq!(refused["payload"]["code"], "forbidden", "{refused}");
     // A system may submit for a user.
     let (status, body) = http
         .call(

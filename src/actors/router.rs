@@ -98,6 +98,8 @@ pub struct HandlerRequest {
     pub user: Arc<str>,
     /// Whether the caller has no token.
     pub anonymous: bool,
+    /// Whether the caller's token carries `admin: true`.
+    pub admin: bool,
     /// The message type (e.g. `task.request`).
     pub msg_type: String,
     /// The request id, echoed as `correlation_id` in the reply.

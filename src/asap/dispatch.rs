@@ -114,6 +114,7 @@ async fn route(state: &Arc<BrokerState>, call: Call) -> Result<Envelope, AsapErr
             .unwrap_or_else(|| Arc::from("http")),
         user: call.identity.user.clone(),
         anonymous: call.identity.anonymous,
+        admin: call.identity.admin,
         msg_type,
         id: envelope.id.clone(),
         room: None,

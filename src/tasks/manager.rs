@@ -1030,6 +1030,20 @@ impl Handler<HandlerRequest> for TaskManager {
                 "workers need a token",
             ));
         }
+        // A worker reads and answers every user's tasks: admin tokens, and the subjects
+        // `tasks.worker_subjects` names.
+        let worker = req.admin
+            || self
+                .config
+                .worker_subjects
+                .iter()
+                .any(|p| crate::glob::matches(p, &req.user));
+        if !worker {
+            return Err(HandlerError::new(
+                ErrorCode::Forbidden,
+                "this token may not work on tasks (an admin token, or a subject in tasks.worker_subjects)",
+            ));
+        }
         let conn = req.connection_id.clone();
         if req.msg_type == "task.claim" {
             return Ok(match self.assign(conn.clone(), req.push.clone())? {

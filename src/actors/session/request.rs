@@ -30,6 +30,7 @@ impl Session {
             connection_id: self.id.clone(),
             user: self.identity.user.clone(),
             anonymous: self.identity.anonymous,
+            admin: self.identity.admin,
             msg_type: inbound.msg_type,
             id: inbound.id,
             room: inbound.room,
