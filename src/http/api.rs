@@ -129,70 +129,92 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .app_data::<web::Data<Broker>>()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "broker not mounted"))?;
     let state = broker.state();
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer_token);
-    let audit = |outcome: &str, caller: &str| {
-        log::info!(
-            "audit: api {} {} caller={caller} {outcome} peer={}",
-            req.method(),
-            req.path(),
-            peer(req)
-        );
-    };
-    let Some(token) = token else {
-        audit("rejected: no credentials", "-");
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "send an API key or admin token as Authorization: Bearer",
-        ));
-    };
-    let caller = if let Some(i) = state
-        .config
-        .api
-        .keys
-        .iter()
-        .position(|k| constant_time_eq(k.as_bytes(), token.as_bytes()))
-    {
-        format!("key#{i}")
-    } else {
-        match state.auth.verify_refreshing(token).await {
-            Ok(claims) if claims.admin => format!("admin:{}", claims.sub),
-            Ok(claims) => {
-                audit("rejected: token is not an admin token", &claims.sub);
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "token is not an admin token",
-                ));
-            }
-            Err(err) => {
-                state
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[&format!("api_{}", err.reason())])
-                    .inc();
-                audit(&format!("rejected: {}", err.reason()), "-");
-                return Err(ApiError::new(
-                    ErrorCode::Unauthorized,
-                    "unknown API key or invalid token",
-                ));
-            }
+    let caller = match credential(req, state, "api").await? {
+        Credential::Key(i) => format!("key#{i}"),
+        Credential::Token(claims) if claims.admin => format!("admin:{}", claims.sub),
+        Credential::Token(claims) => {
+            audit(req, "api", &claims.sub, "rejected: token is not an admin token");
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "token is not an admin token",
+            ));
         }
     };
     if let Some(limiter) = &state.api_limiter {
         if limiter.check_key(&caller).is_err() {
             state.metrics.rate_limited.with_label_values(&["api"]).inc();
-            audit("rejected: rate limited", &caller);
+            audit(req, "api", &caller, "rejected: rate limited");
             return Err(ApiError::new(
                 ErrorCode::RateLimited,
                 "too many API requests; slow down",
             ));
         }
     }
-    audit("ok", &caller);
+    audit(req, "api", &caller, "ok");
     Ok(Caller(caller))
+}
+
+/// A bearer credential: an API key from `[api] keys` (its index) or a verified token.
+pub(crate) enum Credential {
+    /// `[api] keys[i]`.
+    Key(usize),
+    /// A token the broker's verifier accepted.
+    Token(crate::auth::Claims),
+}
+
+/// Reads `Authorization: Bearer` and resolves it against `[api] keys` (compared in constant
+/// time) and the token verifier. A refusal is logged as an audit line of `scope`, counted
+/// in `switchboard_auth_failures_total` as `<scope>_<reason>`, and answered 401.
+pub(crate) async fn credential(
+    req: &HttpRequest,
+    state: &crate::broker::BrokerState,
+    scope: &str,
+) -> Result<Credential, ApiError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer_token);
+    let Some(token) = token else {
+        audit(req, scope, "-", "rejected: no credentials");
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "send an API key or a token as Authorization: Bearer",
+        ));
+    };
+    if let Some(i) = state
+        .config
+        .api
+        .keys
+        .iter()
+        .position(|k| constant_time_eq(k.as_bytes(), token.as_bytes()))
+    {
+        return Ok(Credential::Key(i));
+    }
+    state
+        .auth
+        .verify_refreshing(token)
+        .await
+        .map(Credential::Token)
+        .map_err(|err| {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[&format!("{scope}_{}", err.reason())])
+                .inc();
+            audit(req, scope, "-", &format!("rejected: {}", err.reason()));
+            ApiError::new(ErrorCode::Unauthorized, "unknown API key or invalid token")
+        })
+}
+
+/// One audit line: `audit: <scope> METHOD PATH caller=… <outcome> peer=…`.
+pub(crate) fn audit(req: &HttpRequest, scope: &str, caller: &str, outcome: &str) {
+    log::info!(
+        "audit: {scope} {} {} caller={caller} {outcome} peer={}",
+        req.method(),
+        req.path(),
+        peer(req)
+    );
 }
 
 /// Compares secrets without leaking where they differ through timing.

@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
+use super::api::Credential;
 use super::error::{resource, ApiError};
 use crate::protocol::ErrorCode;
 use crate::tasks::manager::{
@@ -69,49 +69,19 @@ async fn admit(
             "the task API is off ([tasks] enabled = false)",
         ));
     };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer_token)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "send a token as Authorization: Bearer",
-            )
-        })?;
-    let key = state.config.api.keys.iter().position(|k| {
-        k.len() == token.len()
-            && k.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    let caller = match key {
-        Some(i) => Caller {
+    let caller = match super::api::credential(req, state, "tasks").await? {
+        Credential::Key(i) => Caller {
             name: format!("key#{i}"),
             system: true,
         },
-        None => {
-            let claims = state.auth.verify_refreshing(token).await.map_err(|err| {
-                state
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[&format!("tasks_{}", err.reason())])
-                    .inc();
-                ApiError::new(ErrorCode::Unauthorized, "invalid token")
-            })?;
-            match claims.admin {
-                true => Caller {
-                    name: format!("admin:{}", claims.sub),
-                    system: true,
-                },
-                false => Caller {
-                    name: claims.sub,
-                    system: false,
-                },
-            }
-        }
+        Credential::Token(claims) if claims.admin => Caller {
+            name: format!("admin:{}", claims.sub),
+            system: true,
+        },
+        Credential::Token(claims) => Caller {
+            name: claims.sub,
+            system: false,
+        },
     };
     if let Some(limiter) = &state.tasks.limiter {
         if limiter.check_key(&caller.name).is_err() {
