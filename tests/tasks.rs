@@ -2,10 +2,13 @@
 //! `task.*` protocol over WebSocket, the owner's tabs on `/api/agent/{id}/updates`, and the
 //! SQLite store across a restart.
 
+#[path = "support/receiver.rs"]
+mod receiver;
 mod support;
 
 use std::time::Duration;
 
+use receiver::Api;
 use serde_json::{json, Value};
 use support::{test_config, token, Client, TestBroker};
 use switchboard::Config;
@@ -18,48 +21,6 @@ fn config() -> Config {
     config.tasks.sqlite_path = String::new();
     config.tasks.worker_subjects = vec!["worker-*".into()];
     config
-}
-
-struct Http {
-    base: String,
-}
-
-impl Http {
-    fn new(broker: &TestBroker) -> Http {
-        Http {
-            base: broker.http_url(""),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        bearer: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let client = awc::Client::new();
-        let url = format!("{}{path}", self.base);
-        let mut req = match method {
-            "POST" => client.post(url),
-            "DELETE" => client.delete(url),
-            _ => client.get(url),
-        };
-        if let Some(bearer) = bearer {
-            req = req.bearer_auth(bearer);
-        }
-        let mut response = match body {
-            Some(body) => req.send_json(&body).await.unwrap(),
-            None => req.send().await.unwrap(),
-        };
-        let status = response.status().as_u16();
-        let body = response
-            .json::<Value>()
-            .limit(1 << 20)
-            .await
-            .unwrap_or(Value::Null);
-        (status, body)
-    }
 }
 
 async fn worker(broker: &TestBroker, name: &str) -> Client {
@@ -108,9 +69,9 @@ async fn event_types_until(tab: &mut Client, last: &str) -> Vec<String> {
     }
 }
 
-async fn submit(http: &Http, user: &str, body: Value) -> Value {
+async fn submit(http: &Api, user: &str, body: Value) -> Value {
     let (status, answer) = http
-        .call("POST", "/api/agent", Some(user), Some(body))
+        .call_as("POST", "/api/agent", Some(user), Some(body))
         .await;
     assert_eq!(status, 201, "{answer}");
     answer["data"]["task"].clone()
@@ -119,7 +80,7 @@ async fn submit(http: &Http, user: &str, body: Value) -> Value {
 #[actix_rt::test]
 async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_events() {
     let broker = TestBroker::start(config());
-    let http = Http::new(&broker);
+    let http = Api::new(broker.http_url(""), KEY);
     let alice = token("alice", &[]);
     let task = submit(
         &http,
@@ -164,7 +125,7 @@ async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_e
     let approval_id = asked["approvalId"].as_str().unwrap().to_owned();
 
     let (status, detail) = http
-        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .call_as("GET", &format!("/api/agent/{id}"), Some(&alice), None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(detail["success"], true);
@@ -176,20 +137,20 @@ async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_e
     let path = format!("/api/agent/{id}/approve");
     let decision = json!({"approvalId": approval_id, "approved": true, "message": "ok"});
     assert_eq!(
-        http.call("POST", &path, Some(&bob), Some(decision.clone()))
+        http.call_as("POST", &path, Some(&bob), Some(decision.clone()))
             .await
             .0,
         403
     );
     let (status, answer) = http
-        .call("POST", &path, Some(&alice), Some(decision.clone()))
+        .call_as("POST", &path, Some(&alice), Some(decision.clone()))
         .await;
     assert_eq!(status, 200, "{answer}");
     let told = push(&mut w, "task.approval_decision").await;
     assert_eq!(told["approved"], true);
     assert_eq!(told["approvalId"], approval_id.as_str());
     assert_eq!(
-        http.call("POST", &path, Some(&alice), Some(decision))
+        http.call_as("POST", &path, Some(&alice), Some(decision))
             .await
             .0,
         409
@@ -197,7 +158,7 @@ async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_e
 
     // Undo reaches the worker, which reports the step rolled back.
     let (status, undo) = http
-        .call(
+        .call_as(
             "POST",
             &format!("/api/agent/{id}/undo"),
             Some(&alice),
@@ -242,7 +203,7 @@ async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_e
     let mut late = Client::connect(&updates).await;
     assert_eq!(event_types_until(&mut late, "completed").await, expected);
     let (_, polled) = http
-        .call(
+        .call_as(
             "GET",
             &format!("/api/agent/{id}/events?since=0"),
             Some(&alice),
@@ -258,19 +219,19 @@ async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_e
     assert_eq!(polled, expected, "the polling fallback has the same events");
 
     let (_, detail) = http
-        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .call_as("GET", &format!("/api/agent/{id}"), Some(&alice), None)
         .await;
     assert_eq!(detail["data"]["task"]["status"], "completed");
     assert_eq!(detail["data"]["task"]["result"], json!({"deleted": 3}));
     assert_eq!(detail["data"]["steps"][0]["status"], "undone");
     assert_eq!(
-        http.call("DELETE", &format!("/api/agent/{id}"), Some(&alice), None)
+        http.call_as("DELETE", &format!("/api/agent/{id}"), Some(&alice), None)
             .await
             .0,
         409
     );
     let (_, mine) = http
-        .call(
+        .call_as(
             "GET",
             "/api/agent/history?status=completed",
             Some(&alice),
@@ -279,11 +240,11 @@ async fn a_task_runs_through_steps_and_an_approval_and_every_tab_sees_the_same_e
         .await;
     assert_eq!(mine["data"]["total"], 1);
     let (_, theirs) = http
-        .call("GET", "/api/agent/history", Some(&bob), None)
+        .call_as("GET", "/api/agent/history", Some(&bob), None)
         .await;
     assert_eq!(theirs["data"]["total"], 0);
     let (_, all) = http
-        .call("GET", "/api/agent/history", Some(KEY), None)
+        .call_as("GET", "/api/agent/history", Some(KEY), None)
         .await;
     assert_eq!(all["data"]["total"], 1, "a system sees every task");
 }
@@ -294,16 +255,16 @@ async fn errors_are_401_403_404_409_422_and_429() {
     config.tasks.max_active_per_user = 1;
     config.tasks.requests_per_second = 20;
     let broker = TestBroker::start(config);
-    let http = Http::new(&broker);
+    let http = Api::new(broker.http_url(""), KEY);
     let alice = token("alice", &[]);
     assert_eq!(
-        http.call("POST", "/api/agent", None, Some(json!({"task": "x"})))
+        http.call_as("POST", "/api/agent", None, Some(json!({"task": "x"})))
             .await
             .0,
         401
     );
     assert_eq!(
-        http.call(
+        http.call_as(
             "POST",
             "/api/agent",
             Some("forged"),
@@ -314,7 +275,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
         401
     );
     let (status, body) = http
-        .call(
+        .call_as(
             "POST",
             "/api/agent",
             Some(&alice),
@@ -326,7 +287,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
         (422, Some("unprocessable"))
     );
     assert_eq!(
-        http.call(
+        http.call_as(
             "POST",
             "/api/agent",
             Some(&alice),
@@ -337,7 +298,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
         422
     );
     assert_eq!(
-        http.call(
+        http.call_as(
             "POST",
             "/api/agent",
             Some(&alice),
@@ -348,7 +309,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
         403
     );
     assert_eq!(
-        http.call(
+        http.call_as(
             "POST",
             "/api/agent",
             Some(&alice),
@@ -360,7 +321,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
     );
     let task = submit(&http, &alice, json!({"task": "one"})).await;
     let (status, body) = http
-        .call(
+        .call_as(
             "POST",
             "/api/agent",
             Some(&alice),
@@ -370,7 +331,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
     assert_eq!(status, 429, "max_active_per_user: {body}");
     let id = task["id"].as_str().unwrap();
     assert_eq!(
-        http.call(
+        http.call_as(
             "GET",
             &format!("/api/agent/{id}"),
             Some(&token("bob", &[])),
@@ -381,13 +342,13 @@ async fn errors_are_401_403_404_409_422_and_429() {
         403
     );
     assert_eq!(
-        http.call("GET", "/api/agent/task_nope", Some(&alice), None)
+        http.call_as("GET", "/api/agent/task_nope", Some(&alice), None)
             .await
             .0,
         404
     );
     assert_eq!(
-        http.call("GET", "/api/agent/history?limit=500", Some(&alice), None)
+        http.call_as("GET", "/api/agent/history?limit=500", Some(&alice), None)
             .await
             .0,
         422
@@ -396,7 +357,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
     let mut refused = 0;
     for _ in 0..30 {
         if http
-            .call("GET", "/api/agent/history", Some(&dave), None)
+            .call_as("GET", "/api/agent/history", Some(&dave), None)
             .await
             .0
             == 429
@@ -414,7 +375,7 @@ async fn errors_are_401_403_404_409_422_and_429() {
     assert_eq!(refused["payload"]["code"], "forbidden", "{refused}");
     // A system may submit for a user.
     let (status, body) = http
-        .call(
+        .call_as(
             "POST",
             "/api/agent",
             Some(KEY),
@@ -430,7 +391,7 @@ async fn a_worker_that_goes_silent_loses_the_task_and_cancel_tells_the_next_one(
     let mut config = config();
     config.tasks.lease = Duration::from_millis(300);
     let broker = TestBroker::start(config);
-    let http = Http::new(&broker);
+    let http = Api::new(broker.http_url(""), KEY);
     let alice = token("alice", &[]);
     let task = submit(&http, &alice, json!({"task": "long"})).await;
     let id = task["id"].as_str().unwrap().to_owned();
@@ -455,7 +416,7 @@ async fn a_worker_that_goes_silent_loses_the_task_and_cancel_tells_the_next_one(
         "forbidden"
     );
     let (status, _) = http
-        .call("DELETE", &format!("/api/agent/{id}"), Some(&alice), None)
+        .call_as("DELETE", &format!("/api/agent/{id}"), Some(&alice), None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -463,7 +424,7 @@ async fn a_worker_that_goes_silent_loses_the_task_and_cancel_tells_the_next_one(
         id.as_str()
     );
     let (_, detail) = http
-        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .call_as("GET", &format!("/api/agent/{id}"), Some(&alice), None)
         .await;
     assert_eq!(detail["data"]["task"]["status"], "cancelled");
 }
@@ -473,12 +434,12 @@ async fn an_unanswered_approval_is_rejected_at_its_deadline_and_the_long_poll_wa
     let mut config = config();
     config.tasks.approval_timeout = Duration::from_millis(300);
     let broker = TestBroker::start(config);
-    let http = Http::new(&broker);
+    let http = Api::new(broker.http_url(""), KEY);
     let alice = token("alice", &[]);
     let task = submit(&http, &alice, json!({"task": "risky"})).await;
     let id = task["id"].as_str().unwrap().to_owned();
     let (_, first) = http
-        .call(
+        .call_as(
             "GET",
             &format!("/api/agent/{id}/events?since=0"),
             Some(&alice),
@@ -489,8 +450,8 @@ async fn an_unanswered_approval_is_rejected_at_its_deadline_and_the_long_poll_wa
     let poll = {
         let (base, id, alice) = (broker.http_url(""), id.clone(), alice.clone());
         actix_rt::spawn(async move {
-            let http = Http { base };
-            http.call(
+            let http = Api::new(base, KEY);
+            http.call_as(
                 "GET",
                 &format!("/api/agent/{id}/events?since={last}&wait=10000"),
                 Some(&alice),
@@ -519,7 +480,7 @@ async fn an_unanswered_approval_is_rejected_at_its_deadline_and_the_long_poll_wa
     assert_eq!(told["approved"], false);
     assert_eq!(told["status"], "expired");
     let (_, detail) = http
-        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .call_as("GET", &format!("/api/agent/{id}"), Some(&alice), None)
         .await;
     assert_eq!(detail["data"]["task"]["status"], "running");
 }
@@ -527,7 +488,7 @@ async fn an_unanswered_approval_is_rejected_at_its_deadline_and_the_long_poll_wa
 #[actix_rt::test]
 async fn only_the_owner_watches_a_task_room() {
     let broker = TestBroker::start(config());
-    let http = Http::new(&broker);
+    let http = Api::new(broker.http_url(""), KEY);
     let alice = token("alice", &[]);
     let task = submit(&http, &alice, json!({"task": "private"})).await;
     let id = task["id"].as_str().unwrap();
@@ -580,10 +541,10 @@ async fn on_postgres_too() {
     restart_keeps_tasks(config.clone()).await;
     // The rest of the flow on the same database.
     let broker = TestBroker::start(config);
-    let http = Http::new(&broker);
+    let http = Api::new(broker.http_url(""), KEY);
     let alice = token("alice", &[]);
     let (_, page) = http
-        .call(
+        .call_as(
             "GET",
             "/api/agent/history?limit=1&offset=1",
             Some(&alice),
@@ -613,7 +574,7 @@ async fn on_postgres_too() {
         .await;
     }
     let (_, detail) = http
-        .call("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .call_as("GET", &format!("/api/agent/{id}"), Some(&alice), None)
         .await;
     assert_eq!(detail["data"]["task"]["status"], "completed");
     assert_eq!(detail["data"]["steps"].as_array().unwrap().len(), 1);
@@ -688,7 +649,7 @@ async fn restart_keeps_tasks(config: Config) {
     let alice = token("alice", &[]);
     let (queued, running) = {
         let broker = TestBroker::start(config.clone());
-        let http = Http::new(&broker);
+        let http = Api::new(broker.http_url(""), KEY);
         let queued = submit(&http, &alice, json!({"task": "later", "priority": "low"})).await;
         let running = submit(&http, &alice, json!({"task": "now", "priority": "urgent"})).await;
         let mut w = worker(&broker, "worker-1").await;
@@ -705,10 +666,10 @@ async fn restart_keeps_tasks(config: Config) {
         (queued, running)
     };
     let broker = TestBroker::start(config);
-    let http = Http::new(&broker);
+    let http = Api::new(broker.http_url(""), KEY);
     for task in [&queued, &running] {
         let (status, detail) = http
-            .call(
+            .call_as(
                 "GET",
                 &format!("/api/agent/{}", task["id"].as_str().unwrap()),
                 Some(&alice),
@@ -719,7 +680,7 @@ async fn restart_keeps_tasks(config: Config) {
         assert_eq!(detail["data"]["task"]["status"], "pending", "{detail}");
     }
     let (_, detail) = http
-        .call(
+        .call_as(
             "GET",
             &format!("/api/agent/{}", running["id"].as_str().unwrap()),
             Some(&alice),

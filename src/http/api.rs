@@ -133,7 +133,12 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         Credential::Key(i) => format!("key#{i}"),
         Credential::Token(claims) if claims.admin => format!("admin:{}", claims.sub),
         Credential::Token(claims) => {
-            audit(req, "api", &claims.sub, "rejected: token is not an admin token");
+            audit(
+                req,
+                "api",
+                &claims.sub,
+                "rejected: token is not an admin token",
+            );
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "token is not an admin token",

@@ -491,6 +491,17 @@ impl Api {
     /// `method path` with an optional JSON body; returns the status and the JSON body
     /// (`Value::Null` when empty). Panics on a transport error or a non-JSON body.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(method, path, Some(&self.key), body).await
+    }
+
+    /// [`Api::call`] with `bearer` as the credential instead of the API key (`None`: none).
+    pub async fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let client = awc::Client::builder()
             .timeout(Duration::from_secs(15))
             .finish();
@@ -501,8 +512,11 @@ impl Api {
             "PATCH" => client.patch(&url),
             "DELETE" => client.delete(&url),
             other => panic!("unsupported method {other}"),
-        }
-        .bearer_auth(&self.key);
+        };
+        let req = match bearer {
+            Some(bearer) => req.bearer_auth(bearer),
+            None => req,
+        };
         let mut resp = match body {
             Some(b) => req.send_json(&b).await,
             None => req.send().await,
