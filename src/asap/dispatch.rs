@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::{Map, Value};
 
 use super::{envelope::normalized_type, skill_key, AsapError, Envelope};
-use crate::actors::router::{HandlerRequest, Origin, Pusher};
+use crate::actors::router::{HandlerRequest, Origin, Pusher, Reply};
 use crate::actors::ConnectionId;
 use crate::auth::Identity;
 use crate::broker::BrokerState;
@@ -127,7 +127,7 @@ async fn route(state: &Arc<BrokerState>, call: Call) -> Result<Envelope, AsapErr
         .call(req, state.config.router.handler_timeout)
         .await
         .map_err(AsapError::from)?;
-    Ok(envelope.answer(own_id, &reply.msg_type, as_object(reply.payload)))
+    Ok(answer_with(&envelope, own_id, reply))
 }
 
 /// Removes a forwarded request from the directory's waiting list when dropped.
@@ -156,6 +156,12 @@ fn canonical_type(payload_type: &str) -> String {
         _ => return payload_type.to_owned(),
     };
     canonical.to_owned()
+}
+
+/// A handler's reply (or later message) as the envelope answering `request`, from the
+/// broker's agent id.
+pub(crate) fn answer_with(request: &Envelope, own_id: &str, reply: Reply) -> Envelope {
+    request.answer(own_id, &reply.msg_type, as_object(reply.payload))
 }
 
 /// An ASAP payload is an object; a handler's other JSON goes under `result`.

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::actors::router::{Origin, Pusher};
-use crate::asap::dispatch::{self, as_object, Call};
+use crate::asap::dispatch::{self, Call};
 use crate::asap::rpc::{self, Incoming, Refused};
 use crate::asap::{
     AsapError, Envelope, DEFAULT_TRANSPORT_VERSION, PROTOCOL_VERSION, SUPPORTED_TRANSPORT_VERSIONS,
@@ -431,7 +431,7 @@ async fn stream(
     let request = Arc::new(Envelope::clone(&envelope));
     let events = tx.clone();
     let push = Pusher::new(move |message| {
-        let envelope = request.answer(&own_id, &message.msg_type, as_object(message.payload));
+        let envelope = dispatch::answer_with(&request, &own_id, message);
         events.try_send(sse_event(None, &envelope)).is_ok()
     });
     let call = Call {

@@ -17,7 +17,7 @@ use bytestring::ByteString;
 use super::Session;
 use crate::actors::router::{HandlerError, Origin, Pusher};
 use crate::asap::directory::Claim;
-use crate::asap::dispatch::{self, as_object, Call};
+use crate::asap::dispatch::{self, Call};
 use crate::asap::envelope::valid_agent_urn;
 use crate::asap::rpc::{self, Incoming, Refused};
 use crate::asap::{AsapError, Envelope};
@@ -121,7 +121,7 @@ impl Session {
         let out = self.out.clone();
         let own_id = self.state.config.asap.agent_id.clone();
         Pusher::new(move |message| {
-            let envelope = request.answer(&own_id, &message.msg_type, as_object(message.payload));
+            let envelope = dispatch::answer_with(&request, &own_id, message);
             out.send(rpc::push(&envelope)).is_ok()
         })
     }
