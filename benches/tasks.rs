@@ -3,21 +3,23 @@
 //!
 //! ```sh
 //! cargo bench --bench tasks -- [--users U] [--rounds R] [--watchers W] [--events E]
+//!                              [--client-threads T]
 //!                              [--postgres "host=127.0.0.1 user=postgres dbname=…"]
 //! ```
 //!
 //! Everything runs in this process on 127.0.0.1: a broker in its own thread and actix
 //! system (`Broker::start` + `server::serve` on `127.0.0.1:0`) with its task store in a
-//! temporary SQLite file (WAL), or in the given PostgreSQL database; the clients on the main
-//! thread.
+//! temporary SQLite file (WAL), or in the given PostgreSQL database; the users on T client
+//! threads (default 2), the worker and the watchers on the main thread.
 //!
 //! 1. **Operations**: U users (each their own token and keep-alive connection, opened before
 //!    the clock starts; then all start at once), each running R rounds of: submit a
 //!    task (`POST /api/agent`), read it (`GET /api/agent/{id}`), wait for the worker's
 //!    approval request (a long poll on `/events`, not timed), approve it (`POST …/approve`).
 //!    One worker connection claims every task (`task.claim` with `wait`), asks for one
-//!    approval and completes the task once approved. Reported: p50 / p99 / max of submit,
-//!    get and approve, and operations per second over the whole phase.
+//!    approval and completes the task once approved. Then all users read their R tasks
+//!    back at once (gets with no writes around them). Reported: p50 / p99 / max of submit,
+//!    get, approve and the read-back gets, and operations per second over the whole phase.
 //! 2. **Fan-out**: W watchers of one task on `/api/agent/{id}/updates` (the owner's tabs);
 //!    the worker sends E `task.progress` messages, each carrying its send time; reported:
 //!    deliveries, p50 / p99 / max of send → receipt, and deliveries per second.
@@ -27,6 +29,7 @@
 use std::cell::RefCell;
 use std::net::TcpListener;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_codec::Framed;
@@ -45,6 +48,7 @@ struct Args {
     watchers: usize,
     events: usize,
     postgres: Option<String>,
+    client_threads: usize,
 }
 
 fn args() -> Args {
@@ -54,6 +58,7 @@ fn args() -> Args {
         watchers: 500,
         events: 200,
         postgres: None,
+        client_threads: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +69,9 @@ fn args() -> Args {
             "--watchers" => args.watchers = value().parse().unwrap_or(args.watchers),
             "--events" => args.events = value().parse().unwrap_or(args.events),
             "--postgres" => args.postgres = Some(value()),
+            "--client-threads" => {
+                args.client_threads = value().parse().unwrap_or(2).max(1);
+            }
             _ => {} // `cargo bench` passes `--bench`
         }
     }
@@ -193,6 +201,10 @@ struct Timings {
     submit: Vec<u64>,
     get: Vec<u64>,
     approve: Vec<u64>,
+    /// Gets once every user's tasks are done: reads with no writes around them.
+    get_only: Vec<u64>,
+    /// When the read-back began (the first user past the barrier) and ended (the last get).
+    reads_span: Option<(Instant, Instant)>,
 }
 
 async fn call(
@@ -228,8 +240,9 @@ async fn user(
     base: String,
     name: String,
     rounds: usize,
-    timings: Rc<RefCell<Timings>>,
-    start: Rc<tokio::sync::Barrier>,
+    timings: Arc<Mutex<Timings>>,
+    start: Arc<tokio::sync::Barrier>,
+    reads: Arc<tokio::sync::Barrier>,
 ) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -241,6 +254,7 @@ async fn user(
     let (status, _, _) = call(&client, "GET", &url, &bearer, None).await;
     assert_eq!(status, 200);
     start.wait().await;
+    let mut ids = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let (status, body, us) = call(
             &client,
@@ -251,8 +265,9 @@ async fn user(
         )
         .await;
         assert_eq!(status, 201, "submit: {body}");
-        timings.borrow_mut().submit.push(us);
+        timings.lock().unwrap().submit.push(us);
         let id = body["data"]["task"]["id"].as_str().unwrap().to_owned();
+        ids.push(id.clone());
         let (status, _, us) = call(
             &client,
             "GET",
@@ -262,7 +277,7 @@ async fn user(
         )
         .await;
         assert_eq!(status, 200);
-        timings.borrow_mut().get.push(us);
+        timings.lock().unwrap().get.push(us);
         // Wait (long poll) for the approval request; not timed.
         let mut since = 0;
         let approval = loop {
@@ -295,8 +310,20 @@ async fn user(
         )
         .await;
         assert_eq!(status, 200, "approve: {body}");
-        timings.borrow_mut().approve.push(us);
+        timings.lock().unwrap().approve.push(us);
     }
+    // Then every user reads their tasks back, all at once.
+    reads.wait().await;
+    let began = Instant::now();
+    for id in ids {
+        let url = format!("{base}/api/agent/{id}");
+        let (status, _, us) = call(&client, "GET", &url, &bearer, None).await;
+        assert_eq!(status, 200);
+        timings.lock().unwrap().get_only.push(us);
+    }
+    let mut t = timings.lock().unwrap();
+    let (first, last) = t.reads_span.unwrap_or((began, began));
+    t.reads_span = Some((first.min(began), last.max(Instant::now())));
 }
 
 fn summary(name: &str, mut v: Vec<u64>) -> String {
@@ -323,42 +350,69 @@ async fn run(args: Args) {
     actix_rt::spawn(worker(addr, deadline));
 
     // 1. Operations.
-    let timings = Rc::new(RefCell::new(Timings {
+    let timings = Arc::new(Mutex::new(Timings {
         submit: Vec::new(),
         get: Vec::new(),
         approve: Vec::new(),
+        get_only: Vec::new(),
+        reads_span: None,
     }));
-    let start = Rc::new(tokio::sync::Barrier::new(args.users + 1));
-    let users: Vec<_> = (0..args.users)
-        .map(|i| {
-            actix_rt::spawn(user(
-                base.clone(),
-                format!("user-{i}"),
-                args.rounds,
-                timings.clone(),
-                start.clone(),
-            ))
+    let start = Arc::new(tokio::sync::Barrier::new(args.users + 1));
+    let reads = Arc::new(tokio::sync::Barrier::new(args.users));
+    // The users are spread over client threads, as over browsers: one thread parsing every
+    // answer would add its own queue to the figures.
+    let threads: Vec<_> = (0..args.client_threads)
+        .map(|t| {
+            let (base, timings) = (base.clone(), timings.clone());
+            let (start, reads) = (start.clone(), reads.clone());
+            let (users, rounds, threads) = (args.users, args.rounds, args.client_threads);
+            std::thread::spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    let mine: Vec<_> = (t..users)
+                        .step_by(threads)
+                        .map(|i| {
+                            actix_rt::spawn(user(
+                                base.clone(),
+                                format!("user-{i}"),
+                                rounds,
+                                timings.clone(),
+                                start.clone(),
+                                reads.clone(),
+                            ))
+                        })
+                        .collect();
+                    for u in mine {
+                        u.await.expect("user");
+                    }
+                })
+            })
         })
         .collect();
     start.wait().await;
     let started = Instant::now();
-    for u in users {
-        u.await.expect("user");
+    for thread in threads {
+        // Joined off this thread: the worker runs here and the users wait on it.
+        tokio::task::spawn_blocking(move || thread.join().expect("client thread"))
+            .await
+            .expect("join");
     }
     let elapsed = started.elapsed().as_secs_f64();
     let t = std::mem::replace(
-        &mut *timings.borrow_mut(),
+        &mut *timings.lock().unwrap(),
         Timings {
             submit: vec![],
             get: vec![],
             approve: vec![],
+            get_only: vec![],
+            reads_span: None,
         },
     );
-    let ops = (t.submit.len() + t.get.len() + t.approve.len()) as f64;
+    let ops = (t.submit.len() + t.get.len() + t.approve.len() + t.get_only.len()) as f64;
     println!(
-        "\n{} users x {} rounds, store: {}",
+        "\n{} users x {} rounds on {} client threads, store: {}",
         args.users,
         args.rounds,
+        args.client_threads,
         if args.postgres.is_some() {
             "postgres"
         } else {
@@ -370,10 +424,22 @@ async fn run(args: Args) {
     println!("{}", summary("submit", t.submit));
     println!("{}", summary("get", t.get));
     println!("{}", summary("approve", t.approve));
+    let reads = t.get_only.len() as f64;
+    println!(
+        "{}",
+        summary("get, all users at once, no writes", t.get_only)
+    );
     println!(
         "timed operations per second: {:.0} ({elapsed:.1} s, with the untimed long polls)",
         ops / elapsed
     );
+    if let Some((first, last)) = t.reads_span {
+        println!(
+            "read-back: {:.0} gets per second with {} users waiting on one each",
+            reads / (last - first).as_secs_f64(),
+            args.users
+        );
+    }
 
     // 2. Fan-out to the watchers of one task, on a broker of its own (no other worker to
     // take the task).

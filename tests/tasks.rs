@@ -69,6 +69,16 @@ async fn event_types_until(tab: &mut Client, last: &str) -> Vec<String> {
     }
 }
 
+/// The next event that says the task is now `status`.
+async fn status_change_to(tab: &mut Client, status: &str) -> Value {
+    loop {
+        let event = tab.skip_until("task.event").await["payload"].clone();
+        if event["type"] == "status_change" && event["data"]["status"] == status {
+            return event;
+        }
+    }
+}
+
 async fn submit(http: &Api, user: &str, body: Value) -> Value {
     let (status, answer) = http
         .call_as("POST", "/api/agent", Some(user), Some(body))
@@ -530,6 +540,128 @@ async fn tasks_survive_a_restart_and_a_running_one_goes_back_to_the_queue() {
     restart_keeps_tasks(config).await;
 }
 
+/// A store that refuses a write (here a trigger; in production a full disk or a lost
+/// database) fails that command alone with 503: nothing half-done is kept in memory, the
+/// task is read back from the store and carries on from what was stored.
+#[actix_rt::test]
+async fn a_refused_write_answers_503_and_the_task_carries_on_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let mut config = config();
+    config.tasks.sqlite_path = path.to_str().unwrap().into();
+    let db = || rusqlite::Connection::open(&path).unwrap();
+    refused_writes(
+        config,
+        || {
+            db().execute_batch(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON tasks \
+                 WHEN NEW.body LIKE '%poison%' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
+                 CREATE TRIGGER refuse_completion BEFORE UPDATE OF status ON tasks \
+                 WHEN NEW.status = 'completed' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .unwrap()
+        },
+        || {
+            db().execute_batch("DROP TRIGGER refuse_completion;")
+                .unwrap()
+        },
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_refused_write_on_postgres_too() {
+    let Some(db) = ScratchDb::create() else {
+        return;
+    };
+    let mut config = config();
+    config.tasks.store = switchboard::config::TaskStoreKind::Postgres;
+    config.tasks.postgres_url = db.url();
+    refused_writes(
+        config,
+        || {
+            db.run(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON tasks FOR EACH ROW \
+                 WHEN (NEW.body LIKE '%poison%') EXECUTE FUNCTION refuse();
+                 CREATE TRIGGER refuse_completion BEFORE UPDATE ON tasks FOR EACH ROW \
+                 WHEN (NEW.status = 'completed') EXECUTE FUNCTION refuse();",
+            )
+            .unwrap()
+        },
+        || db.run("DROP TRIGGER refuse_completion ON tasks;").unwrap(),
+    )
+    .await;
+}
+
+/// The flow of the refused-write tests: `refuse` makes the store refuse to insert a task
+/// whose text is "poison" and to mark any task completed; `allow` lifts the second.
+async fn refused_writes(config: Config, refuse: impl FnOnce(), allow: impl FnOnce()) {
+    let broker = TestBroker::start(config);
+    let http = Api::new(broker.http_url(""), KEY);
+    let alice = token("alice", &[]);
+    refuse();
+
+    let (status, answer) = http
+        .call_as(
+            "POST",
+            "/api/agent",
+            Some(&alice),
+            Some(json!({"task": "poison"})),
+        )
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
+    let (_, page) = http
+        .call_as("GET", "/api/agent/history", Some(&alice), None)
+        .await;
+    assert_eq!(
+        page["data"]["total"], 0,
+        "a refused submit leaves nothing: {page}"
+    );
+
+    let task = submit(&http, &alice, json!({"task": "fine"})).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let updates = format!("ws://{}/api/agent/{id}/updates?token={alice}", broker.addr);
+    let mut tab = Client::connect(&updates).await;
+    let mut w = worker(&broker, "worker-1").await;
+    assert_eq!(
+        ask(&mut w, "task.claim", json!({})).await["task"]["id"],
+        id.as_str()
+    );
+    status_change_to(&mut tab, "running").await;
+    w.send_json(json!({"type": "task.complete", "id": "done", "payload": {"taskId": id}}))
+        .await;
+    let refused = w.skip_until("system.error").await;
+    assert_eq!(refused["correlation_id"], "done");
+    assert_eq!(refused["payload"]["code"], "unavailable", "{refused}");
+    // Read back from the store: running, with its worker gone from memory, so it is
+    // queued again, and every tab is told.
+    let requeued = tab.skip_until("task.event").await;
+    assert_eq!(
+        requeued["payload"]["data"]["status"], "pending",
+        "{requeued}"
+    );
+    let (_, detail) = http
+        .call_as("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(detail["data"]["task"]["status"], "pending", "{detail}");
+
+    allow();
+    let claimed = ask(&mut w, "task.claim", json!({})).await;
+    assert_eq!(claimed["task"]["id"], id.as_str());
+    assert_eq!(claimed["task"]["attempts"], 2);
+    ask(&mut w, "task.complete", json!({"taskId": id})).await;
+    let (_, detail) = http
+        .call_as("GET", &format!("/api/agent/{id}"), Some(&alice), None)
+        .await;
+    assert_eq!(detail["data"]["task"]["status"], "completed", "{detail}");
+    broker.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn on_postgres_too() {
     let Some(db) = ScratchDb::create() else {
@@ -620,10 +752,20 @@ impl ScratchDb {
         format!("{} dbname={}", self.server, self.name)
     }
 
-    /// Runs `sql` on the server's `postgres` database, on a thread of its own (the
-    /// synchronous client cannot run inside the test's runtime).
+    /// Runs `sql` in this database.
+    fn run(&self, sql: &str) -> Result<(), String> {
+        Self::exec(self.url(), sql)
+    }
+
+    /// Runs `sql` on the server's `postgres` database.
     fn admin(&self, sql: &str) -> Result<(), String> {
-        let (url, sql) = (format!("{} dbname=postgres", self.server), sql.to_owned());
+        Self::exec(format!("{} dbname=postgres", self.server), sql)
+    }
+
+    /// Runs `sql` at `url` on a thread of its own (the synchronous client cannot run inside
+    /// the test's runtime).
+    fn exec(url: String, sql: &str) -> Result<(), String> {
+        let sql = sql.to_owned();
         std::thread::spawn(move || {
             let mut client =
                 postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;

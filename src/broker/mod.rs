@@ -243,8 +243,9 @@ impl Broker {
             bridges: Arc::new(bridges),
         };
         crate::bridge::redis::start(&broker, outgoing, bridges_stop);
-        if let Some(store) = task_store {
-            broker.start_tasks(Box::new(store))?;
+        if let Some((writer, reader)) = task_store {
+            broker.start_tasks(writer)?;
+            let _ = broker.state.tasks.reader.set(reader);
         }
         if broker.config().asap.enabled && broker.config().asap.echo_skill {
             broker.router.do_send(RegisterHandler {
@@ -257,12 +258,9 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Starts the TaskManager on an arbiter of its own (it calls its store synchronously)
-    /// and routes the worker protocol's message types to it.
-    fn start_tasks(
-        &self,
-        store: Box<dyn crate::tasks::store::TaskStore>,
-    ) -> Result<(), ConfigError> {
+    /// Starts the TaskManager on an arbiter of its own (its start-up and re-reads wait for
+    /// the store) and routes the worker protocol's message types to it.
+    fn start_tasks(&self, store: crate::tasks::StoreThread) -> Result<(), ConfigError> {
         let manager = crate::tasks::manager::TaskManager::new(
             store,
             self.config().tasks.clone(),

@@ -19,7 +19,8 @@ use super::api::Credential;
 use super::error::{resource, ApiError};
 use crate::protocol::ErrorCode;
 use crate::tasks::manager::{
-    Approve, Caller, Cancel, Decision, Get, History, Submit, TaskError, TaskManager, Undo, Watch,
+    Approve, Caller, Cancel, Decision, Detail, Position, Submit, TaskError, TaskManager, Undo,
+    Watch,
 };
 use crate::tasks::store::HistoryQuery;
 use crate::tasks::{parse_priority, room_of, TaskStatus};
@@ -97,6 +98,16 @@ async fn admit(
         }
     }
     Ok((caller, manager))
+}
+
+/// The store's read side: reads do not queue behind the manager's commands.
+fn reader(broker: &Broker) -> Result<&crate::tasks::ReadPool, ApiError> {
+    broker
+        .state()
+        .tasks
+        .reader
+        .get()
+        .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "the task store is not open"))
 }
 
 async fn ask<M>(manager: &Addr<TaskManager>, msg: M) -> Result<M::Result, ApiError>
@@ -200,15 +211,19 @@ async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (caller, manager) = admit(&req, &broker).await?;
-    let detail = ask(
-        &manager,
-        Get {
-            caller,
-            id: path.into_inner(),
-        },
-    )
-    .await??;
-    Ok(ok(json!(detail)))
+    let id = path.into_inner();
+    let wanted = id.clone();
+    let stored = reader(&broker)?
+        .read(move |s| s.snapshot(&wanted, 100))
+        .await
+        .map_err(TaskError::from)?
+        .ok_or_else(|| TaskError::NotFound(format!("no task {id}")))?;
+    caller.check(&stored.task)?;
+    let position = match stored.task.status {
+        TaskStatus::Pending => ask(&manager, Position(id)).await?,
+        _ => None,
+    };
+    Ok(ok(json!(Detail::of(stored, position))))
 }
 
 /// `GET /api/agent/history` query.
@@ -238,7 +253,7 @@ async fn history(
     broker: web::Data<Broker>,
     params: web::Query<HistoryParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let (caller, manager) = admit(&req, &broker).await?;
+    let (caller, _) = admit(&req, &broker).await?;
     let params = params.into_inner();
     let status = match params.status.as_deref() {
         None => None,
@@ -255,14 +270,18 @@ async fn history(
     }
     let offset = params.offset.unwrap_or(0);
     let query = HistoryQuery {
-        owner: None,
+        // A user sees their own tasks; a system everyone's.
+        owner: (!caller.system).then_some(caller.name),
         status,
         from: params.date_from,
         to: params.date_to,
         limit,
         offset,
     };
-    let (tasks, total) = ask(&manager, History { caller, query }).await??;
+    let (tasks, total) = reader(&broker)?
+        .read(move |s| s.history(&query))
+        .await
+        .map_err(TaskError::from)?;
     Ok(ok(
         json!({"tasks": tasks, "total": total, "limit": limit, "offset": offset}),
     ))

@@ -1,9 +1,15 @@
 //! The TaskManager actor: the one owner of every unfinished task.
 //!
-//! It runs on an arbiter of its own and waits for each store call (the store has a thread
-//! of its own), so each command is
-//! handled whole — checked, stored, then applied and announced — before the next one: the
-//! state machine never sees two changes interleave. What it owns:
+//! It runs on an arbiter of its own and handles each command whole — checked against the
+//! state machine and applied in memory — before the next one, so no two changes
+//! interleave. A command's writes go to the store as one transaction ([`Commit`]), after
+//! those of every earlier command; its caller is answered, and its events and messages to
+//! workers are sent, only once that transaction is durable. The manager never waits for a
+//! write, so a burst of commands is stored by one transaction, not one each.
+//!
+//! A commit that fails (the store is down) fails its command with 503, and the tasks it
+//! touched are read back from the store, as after a restart; until the store answers,
+//! commands on those tasks get 503 too. What it owns:
 //!
 //! - the queue (priority, then age), with positions and estimated waits;
 //! - the workers: who holds which task, their leases (any `task.*` message renews one; a
@@ -24,8 +30,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify};
 
-use super::store::{HistoryQuery, StoreError, TaskStore};
-use super::{now_ms, room_of, Approval, LogEntry, Step, Task, TaskStatus};
+use super::store::{StoreError, Stored, Write};
+use super::{now_ms, room_of, Approval, Commit, LogEntry, Step, StoreThread, Task, TaskStatus};
 use crate::actors::router::{HandlerError, HandlerRequest, Pusher, Reply};
 use crate::actors::ConnectionId;
 use crate::config::TasksConfig;
@@ -91,7 +97,8 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn check(&self, task: &Task) -> Result<(), TaskError> {
+    /// Whether the caller may see and act on `task`.
+    pub fn check(&self, task: &Task) -> Result<(), TaskError> {
         if self.system || task.owner == self.name {
             Ok(())
         } else {
@@ -148,7 +155,12 @@ struct Waiter {
 
 /// The actor.
 pub struct TaskManager {
-    store: Box<dyn TaskStore>,
+    store: StoreThread,
+    /// The current command's writes and effects, committed when it is done.
+    batch: Commit,
+    /// Tasks a failed commit touched: forgotten in memory, read back from the store once it
+    /// answers.
+    unsynced: BTreeSet<String>,
     config: TasksConfig,
     owners: TaskOwners,
     live: HashMap<String, Live>,
@@ -169,16 +181,25 @@ impl TaskManager {
     /// A manager over `store`, publishing events through `broker`; puts every unfinished
     /// task back in the queue (a restart loses no task; running ones lost their worker).
     pub fn new(
-        mut store: Box<dyn TaskStore>,
+        store: StoreThread,
         config: TasksConfig,
         owners: TaskOwners,
         broker: Broker,
     ) -> Result<TaskManager, StoreError> {
         let watchers: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
         let (events, rx) = mpsc::unbounded_channel();
-        let unfinished = store.unfinished()?;
+        let unfinished = store.call(|s| {
+            let tasks = s.unfinished()?;
+            let mut stored = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                stored.extend(s.snapshot(&task.id, 0)?);
+            }
+            Ok(stored)
+        })?;
         let mut manager = TaskManager {
             store,
+            batch: Commit::default(),
+            unsynced: BTreeSet::new(),
             config,
             owners,
             live: HashMap::new(),
@@ -191,55 +212,11 @@ impl TaskManager {
             publisher: Some((broker, rx)),
             watchers,
         };
-        for mut task in unfinished {
-            manager.owners.set(&task.id, &task.owner);
-            let steps = manager.store.steps(&task.id)?;
-            if task.status != TaskStatus::Pending {
-                let previous = task.status;
-                task.status = TaskStatus::Pending;
-                task.worker = None;
-                task.updated_at = now_ms();
-                manager.store.update_task(&task)?;
-                manager
-                    .store
-                    .audit(&task.id, "broker", "requeue", &json!({"why": "restart"}))?;
-                // The worker that asked is gone; the next one asks again if it needs to.
-                for mut approval in manager.store.approvals(&task.id)? {
-                    if approval.status == "pending" {
-                        approval.status = "expired".into();
-                        approval.message = Some("the broker restarted".into());
-                        approval.decided_at = Some(task.updated_at);
-                        manager.store.put_approval(&task.id, &approval)?;
-                    }
-                }
-                let mut data = Map::new();
-                data.insert("status".into(), json!("pending"));
-                data.insert("previousStatus".into(), json!(previous.as_str()));
-                data.insert(
-                    "message".into(),
-                    json!("the broker restarted; task re-queued"),
-                );
-                manager.emit(&task.id, "status_change", data);
-            }
-            // Every approval is decided by now (those asked of a lost worker just expired).
-            let approvals = manager
-                .store
-                .approvals(&task.id)?
-                .into_iter()
-                .map(|a| (a, Instant::now()))
-                .collect();
-            manager.enqueue(&task);
-            manager.live.insert(
-                task.id.clone(),
-                Live {
-                    task,
-                    held: None,
-                    steps,
-                    approvals,
-                    position: None,
-                },
-            );
+        for stored in unfinished {
+            manager.requeue(stored, "the broker restarted");
         }
+        // Stored before the broker serves: if this fails, the broker does not start.
+        manager.commit_now()?;
         if !manager.live.is_empty() {
             log::info!(
                 "tasks: {} unfinished task(s) back in the queue",
@@ -247,6 +224,189 @@ impl TaskManager {
             );
         }
         Ok(manager)
+    }
+
+    /// Puts a stored unfinished task back in the queue, as a restart does: one that was
+    /// running lost its worker (and the approvals it asked for: the next worker asks again).
+    fn requeue(&mut self, stored: Stored, why: &str) {
+        let Stored {
+            mut task,
+            steps,
+            mut approvals,
+            ..
+        } = stored;
+        self.owners.set(&task.id, &task.owner);
+        if task.status != TaskStatus::Pending {
+            let previous = task.status;
+            task.status = TaskStatus::Pending;
+            task.worker = None;
+            task.updated_at = now_ms();
+            self.write(Write::UpdateTask(task.clone()));
+            self.audit(&task.id, "broker", "requeue", json!({ "why": why }));
+            for approval in approvals.iter_mut().filter(|a| a.status == "pending") {
+                approval.status = "expired".into();
+                approval.message = Some(why.into());
+                approval.decided_at = Some(task.updated_at);
+                self.write(Write::Approval {
+                    task_id: task.id.clone(),
+                    approval: approval.clone(),
+                });
+            }
+            let mut data = Map::new();
+            data.insert("status".into(), json!("pending"));
+            data.insert("previousStatus".into(), json!(previous.as_str()));
+            data.insert("message".into(), json!(format!("{why}; task re-queued")));
+            self.emit(&task.id, "status_change", data);
+        }
+        self.enqueue(&task);
+        self.live.insert(
+            task.id.clone(),
+            Live {
+                approvals: approvals.into_iter().map(|a| (a, Instant::now())).collect(),
+                task,
+                held: None,
+                steps,
+                position: None,
+            },
+        );
+    }
+
+    fn write(&mut self, write: Write) {
+        self.batch.writes.push(write);
+    }
+
+    fn audit(&mut self, task_id: &str, actor: &str, action: &str, detail: Value) {
+        self.write(Write::Audit {
+            task_id: task_id.to_owned(),
+            at: now_ms(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            detail,
+        });
+    }
+
+    /// Runs `effect` once the current command's writes are durable.
+    fn after_commit(&mut self, effect: impl FnOnce() + Send + 'static) {
+        self.batch.effects.push(Box::new(effect));
+    }
+
+    /// Commits the current command's batch and waits for it (start-up and re-reads, where
+    /// nothing else may happen in between); the effects run if it is stored.
+    fn commit_now(&mut self) -> Result<(), StoreError> {
+        let Commit { writes, effects } = std::mem::take(&mut self.batch);
+        if !writes.is_empty() {
+            self.store
+                .call(move |s| s.apply(&writes.iter().collect::<Vec<_>>()))?;
+        }
+        for effect in effects {
+            effect();
+        }
+        Ok(())
+    }
+
+    /// Commits the current command's batch without waiting, and answers `result` once it is
+    /// durable, or 503 if it fails.
+    fn answer<T, E>(&mut self, result: Result<T, E>) -> ResponseActFuture<Self, Result<T, E>>
+    where
+        T: 'static,
+        E: From<TaskError> + 'static,
+    {
+        let Some((committed, touched)) = self.commit() else {
+            return Box::pin(fut::ready(result));
+        };
+        Box::pin(committed.into_actor(self).map(move |outcome, act, _| {
+            match outcome.unwrap_or_else(|_| Err(StoreError("the store thread has stopped".into())))
+            {
+                Ok(()) => result,
+                Err(err) => {
+                    act.lost(touched, &err);
+                    Err(TaskError::from(err).into())
+                }
+            }
+        }))
+    }
+
+    /// Like [`answer`](Self::answer), for work nobody waits on (the tick).
+    fn commit_in_background(&mut self, ctx: &mut Context<Self>) {
+        if let Some((committed, touched)) = self.commit() {
+            ctx.spawn(committed.into_actor(self).map(move |outcome, act, _| {
+                if let Err(err) = outcome
+                    .unwrap_or_else(|_| Err(StoreError("the store thread has stopped".into())))
+                {
+                    act.lost(touched, &err);
+                }
+            }));
+        }
+    }
+
+    /// Sends the batch to the store: how it went, and the tasks it touches.
+    fn commit(&mut self) -> Option<(super::Committed, BTreeSet<String>)> {
+        if self.batch.is_empty() {
+            return None;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let touched = batch
+            .writes
+            .iter()
+            .map(|w| w.task_id().to_owned())
+            .collect();
+        Some((self.store.commit(batch), touched))
+    }
+
+    /// A commit failed: what memory holds of the tasks it touched may never have been
+    /// stored, so it is dropped and read back from the store.
+    fn lost(&mut self, touched: BTreeSet<String>, err: &StoreError) {
+        log::error!(
+            "tasks: a commit failed ({err}); re-reading {} task(s) from the store",
+            touched.len()
+        );
+        for id in touched {
+            if let Some(live) = self.live.remove(&id) {
+                self.dequeue(&live.task);
+            }
+            self.unsynced.insert(id);
+        }
+        self.resync();
+    }
+
+    /// Reads the tasks a failed commit touched back from the store and puts the unfinished
+    /// ones back in the queue; tries again on a later tick while the store does not answer.
+    fn resync(&mut self) {
+        if self.unsynced.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = self.unsynced.iter().cloned().collect();
+        let read = self.store.call(move |s| {
+            let mut found = Vec::new();
+            for id in ids {
+                found.extend(s.snapshot(&id, 0)?);
+            }
+            Ok(found)
+        });
+        let found = match read {
+            Ok(found) => found,
+            Err(err) => {
+                log::warn!(
+                    "tasks: {} task(s) wait for the store to answer: {err}",
+                    self.unsynced.len()
+                );
+                return;
+            }
+        };
+        let unsynced = std::mem::take(&mut self.unsynced);
+        for stored in found.into_iter().filter(|s| !s.task.status.is_terminal()) {
+            self.requeue(stored, "a store write failed");
+        }
+        if let Err(err) = self.commit_now() {
+            log::warn!("tasks: re-queueing after a failed write: {err}");
+            for id in &unsynced {
+                if let Some(live) = self.live.remove(id) {
+                    self.dequeue(&live.task);
+                }
+            }
+            self.unsynced = unsynced;
+        }
+        self.queue_dirty = true;
     }
 
     fn enqueue(&mut self, task: &Task) {
@@ -262,7 +422,7 @@ impl TaskManager {
     }
 
     /// Publishes an event `{version, id, type, data: {taskId, …}, timestamp}`.
-    fn emit(&self, task_id: &str, kind: &str, mut data: Map<String, Value>) {
+    fn emit(&mut self, task_id: &str, kind: &str, mut data: Map<String, Value>) {
         data.insert("taskId".into(), json!(task_id));
         let event = json!({
             "version": EVENT_VERSION,
@@ -271,20 +431,26 @@ impl TaskManager {
             "data": data,
             "timestamp": frame::now_rfc3339(),
         });
-        let _ = self.events.send((task_id.to_owned(), event));
+        let (events, task_id) = (self.events.clone(), task_id.to_owned());
+        self.after_commit(move || {
+            let _ = events.send((task_id, event));
+        });
     }
 
-    fn log(&mut self, task_id: &str, level: &str, message: String) -> Result<(), StoreError> {
+    fn log(&mut self, task_id: &str, level: &str, message: String) {
         let entry = LogEntry {
             at: now_ms(),
             level: level.into(),
             message,
         };
-        self.store.log(task_id, &entry)
+        self.write(Write::Log {
+            task_id: task_id.to_owned(),
+            entry,
+        });
     }
 
-    /// Moves a live task to `next`, stored first; refused with 409 when the state machine
-    /// does not allow it.
+    /// Moves a live task to `next` (stored with the command); refused with 409 when the
+    /// state machine does not allow it.
     fn transition(
         &mut self,
         task_id: &str,
@@ -307,9 +473,8 @@ impl TaskManager {
         task.status = next;
         task.updated_at = now_ms();
         change(&mut task);
-        self.store.update_task(&task)?;
-        let live = self.live.get_mut(task_id).expect("checked above");
         live.task = task.clone();
+        self.write(Write::UpdateTask(task.clone()));
         if next.is_terminal() {
             if let Some(live) = self.live.remove(task_id) {
                 self.dequeue(&live.task);
@@ -388,8 +553,7 @@ impl TaskManager {
             t.started_at.get_or_insert(t.updated_at);
         })?;
         self.dequeue(&task);
-        self.store
-            .audit(&id, &format!("worker:{connection}"), "claim", &json!({}))?;
+        self.audit(&id, &format!("worker:{connection}"), "claim", json!({}));
         if let Some(live) = self.live.get_mut(&id) {
             live.position = None;
             live.held = Some(Held {
@@ -409,15 +573,16 @@ impl TaskManager {
                 return;
             };
             match self.assign(waiter.connection, Some(waiter.push.clone())) {
-                Ok(Some(task)) => {
+                Ok(Some(task)) => self.after_commit(move || {
+                    let id = task.id.clone();
                     if !waiter
                         .push
                         .push(Reply::new("task.assigned", json!({ "task": task })))
                     {
                         // The worker is gone: the lease will put the task back.
-                        log::info!("tasks: worker for {} left before assignment", task.id);
+                        log::info!("tasks: worker for {id} left before assignment");
                     }
-                }
+                }),
                 Ok(None) => return,
                 Err(err) => {
                     log::warn!("tasks: assignment failed: {err}");
@@ -430,6 +595,7 @@ impl TaskManager {
     /// The live task `id` held by `connection` (worker messages), lease renewed.
     fn held_by(&mut self, id: &str, connection: &ConnectionId) -> Result<&mut Live, TaskError> {
         let lease = self.config.lease;
+        self.check_synced(id)?;
         let live = self
             .live
             .get_mut(id)
@@ -445,12 +611,16 @@ impl TaskManager {
         }
     }
 
-    fn push_to_worker(&self, task_id: &str, reply: Reply) {
+    /// Sends `reply` to the worker holding `task_id`, once the command is stored.
+    fn push_to_worker(&mut self, task_id: &str, reply: Reply) {
         if let Some(Held {
             push: Some(push), ..
         }) = self.live.get(task_id).and_then(|l| l.held.as_ref())
         {
-            push.push(reply);
+            let push = push.clone();
+            self.after_commit(move || {
+                push.push(reply);
+            });
         }
     }
 
@@ -464,7 +634,11 @@ impl TaskManager {
     }
 
     /// Lapsed leases go back to the queue; expired approvals are rejected.
-    fn tick(&mut self) {
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(4) {
+            self.resync();
+        }
         let now = Instant::now();
         let lapsed: Vec<String> = self
             .live
@@ -478,13 +652,9 @@ impl TaskManager {
                     if let Some(live) = self.live.get_mut(&id) {
                         live.held = None;
                     }
-                    let _ = self
-                        .store
-                        .audit(&id, "broker", "requeue", &json!({"why": "lease"}));
-                    let _ = self.log(&id, "warn", "worker lease lapsed; task re-queued".into());
-                    if let Err(err) = self.void_approvals(&id, "the worker was lost") {
-                        log::warn!("tasks: {id}: {err}");
-                    }
+                    self.audit(&id, "broker", "requeue", json!({"why": "lease"}));
+                    self.log(&id, "warn", "worker lease lapsed; task re-queued".into());
+                    self.void_approvals(&id, "the worker was lost");
                     self.enqueue(&task);
                 }
                 Err(err) => log::warn!("tasks: requeue {id}: {err}"),
@@ -512,7 +682,6 @@ impl TaskManager {
             }
         }
         // A waiting worker that went away is found by pushing to it.
-        self.ticks += 1;
         if self.ticks.is_multiple_of(10) {
             self.waiters
                 .retain(|w| w.push.push(Reply::new("task.waiting", json!({}))));
@@ -521,6 +690,7 @@ impl TaskManager {
         if std::mem::take(&mut self.queue_dirty) {
             self.announce_queue();
         }
+        self.commit_in_background(ctx);
     }
 
     /// Records a decision on a pending approval, tells the worker, and resumes the task
@@ -557,13 +727,16 @@ impl TaskManager {
         decided.message = decision.message.clone();
         decided.modified_parameters = decision.modified_parameters.clone();
         decided.decided_at = Some(now_ms());
-        self.store.put_approval(task_id, &decided)?;
-        self.store.audit(
+        self.write(Write::Approval {
+            task_id: task_id.to_owned(),
+            approval: decided.clone(),
+        });
+        self.audit(
             task_id,
             actor,
             "approval",
-            &json!({"approvalId": decided.id, "status": status}),
-        )?;
+            json!({"approvalId": decided.id, "status": status}),
+        );
         let live = self.live.get_mut(task_id).expect("found above");
         if let Some((a, _)) = live.approvals.iter_mut().find(|(a, _)| a.id == decided.id) {
             *a = decided.clone();
@@ -603,10 +776,11 @@ impl TaskManager {
 
     /// Expires the pending approvals of a task whose worker is gone: the next worker asks
     /// again if it needs to.
-    fn void_approvals(&mut self, task_id: &str, why: &str) -> Result<(), StoreError> {
+    fn void_approvals(&mut self, task_id: &str, why: &str) {
         let Some(live) = self.live.get_mut(task_id) else {
-            return Ok(());
+            return;
         };
+        let mut voided = Vec::new();
         for (approval, _) in live
             .approvals
             .iter_mut()
@@ -615,18 +789,35 @@ impl TaskManager {
             approval.status = "expired".into();
             approval.message = Some(why.into());
             approval.decided_at = Some(now_ms());
-            self.store.put_approval(task_id, approval)?;
+            voided.push(approval.clone());
         }
-        Ok(())
+        for approval in voided {
+            self.write(Write::Approval {
+                task_id: task_id.to_owned(),
+                approval,
+            });
+        }
     }
 
+    /// A task, live or finished; 503 while a failed commit's task waits to be re-read.
     fn load(&mut self, id: &str) -> Result<Task, TaskError> {
         if let Some(live) = self.live.get(id) {
             return Ok(live.task.clone());
         }
+        self.check_synced(id)?;
+        let owned = id.to_owned();
         self.store
-            .task(id)?
+            .call(move |s| s.task(&owned))?
             .ok_or_else(|| TaskError::NotFound(format!("no task {id}")))
+    }
+
+    fn check_synced(&self, id: &str) -> Result<(), TaskError> {
+        match self.unsynced.contains(id) {
+            true => Err(TaskError::Unavailable(format!(
+                "task {id} is being read back from the store after a failed write; try again"
+            ))),
+            false => Ok(()),
+        }
     }
 }
 
@@ -637,7 +828,7 @@ impl Actor for TaskManager {
         if let Some((broker, rx)) = self.publisher.take() {
             ctx.spawn(publish_events(broker, rx, self.watchers.clone()).into_actor(self));
         }
-        ctx.run_interval(Duration::from_millis(500), |act, _| act.tick());
+        ctx.run_interval(Duration::from_millis(500), |act, ctx| act.tick(ctx));
         self.announce_queue();
     }
 }
@@ -686,9 +877,16 @@ pub struct Submit {
 }
 
 impl Handler<Submit> for TaskManager {
-    type Result = Result<(Task, Option<usize>), TaskError>;
+    type Result = ResponseActFuture<Self, Result<(Task, Option<usize>), TaskError>>;
 
     fn handle(&mut self, msg: Submit, _: &mut Self::Context) -> Self::Result {
+        let result = self.submit(msg);
+        self.answer(result)
+    }
+}
+
+impl TaskManager {
+    fn submit(&mut self, msg: Submit) -> Result<(Task, Option<usize>), TaskError> {
         let active = self
             .live
             .values()
@@ -718,13 +916,13 @@ impl Handler<Submit> for TaskManager {
             finished_at: None,
             attempts: 0,
         };
-        self.store.insert_task(&task)?;
-        self.store.audit(
+        self.write(Write::InsertTask(task.clone()));
+        self.audit(
             &task.id,
             &msg.caller.name,
             "submit",
-            &json!({"priority": task.priority}),
-        )?;
+            json!({"priority": task.priority}),
+        );
         self.owners.set(&task.id, &task.owner);
         self.enqueue(&task);
         self.live.insert(
@@ -766,59 +964,40 @@ pub struct Detail {
     pub queue_position: Option<usize>,
 }
 
-/// `GET /api/agent/{id}`.
-#[derive(Message)]
-#[rtype(result = "Result<Detail, TaskError>")]
-pub struct Get {
-    pub caller: Caller,
-    pub id: String,
-}
-
-impl Handler<Get> for TaskManager {
-    type Result = Result<Detail, TaskError>;
-
-    fn handle(&mut self, msg: Get, _: &mut Self::Context) -> Self::Result {
-        let task = self.load(&msg.id)?;
-        msg.caller.check(&task)?;
-        // A live task's steps and approvals are here; only a finished one's are read back.
-        let (steps, approvals) = match self.live.get(&task.id) {
-            Some(live) => (
-                live.steps.clone(),
-                live.approvals.iter().map(|(a, _)| a.clone()).collect(),
-            ),
-            None => (self.store.steps(&task.id)?, self.store.approvals(&task.id)?),
-        };
+impl Detail {
+    /// What the API shows of a stored task, at `queue_position` if it is queued.
+    pub fn of(stored: Stored, queue_position: Option<usize>) -> Detail {
+        let Stored {
+            task,
+            steps,
+            approvals,
+            logs,
+        } = stored;
         let current_execution =
             steps.iter().rev().find(|s| s.status == "running").map(
                 |s| json!({"step": s, "progress": s.progress, "status": task.status.as_str()}),
             );
-        Ok(Detail {
-            approvals,
-            logs: self.store.logs(&task.id, 100)?,
-            queue_position: self.position(&task.id),
+        Detail {
             task,
             steps,
+            approvals,
+            logs,
             current_execution,
-        })
+            queue_position,
+        }
     }
 }
 
-/// `GET /api/agent/history`.
+/// Where a task is in the queue (`None`: not queued).
 #[derive(Message)]
-#[rtype(result = "Result<(Vec<Task>, u64), TaskError>")]
-pub struct History {
-    pub caller: Caller,
-    pub query: HistoryQuery,
-}
+#[rtype(result = "Option<usize>")]
+pub struct Position(pub String);
 
-impl Handler<History> for TaskManager {
-    type Result = Result<(Vec<Task>, u64), TaskError>;
+impl Handler<Position> for TaskManager {
+    type Result = Option<usize>;
 
-    fn handle(&mut self, mut msg: History, _: &mut Self::Context) -> Self::Result {
-        if !msg.caller.system {
-            msg.query.owner = Some(msg.caller.name.clone());
-        }
-        Ok(self.store.history(&msg.query)?)
+    fn handle(&mut self, msg: Position, _: &mut Self::Context) -> Self::Result {
+        self.position(&msg.0)
     }
 }
 
@@ -831,9 +1010,16 @@ pub struct Cancel {
 }
 
 impl Handler<Cancel> for TaskManager {
-    type Result = Result<Task, TaskError>;
+    type Result = ResponseActFuture<Self, Result<Task, TaskError>>;
 
     fn handle(&mut self, msg: Cancel, _: &mut Self::Context) -> Self::Result {
+        let result = self.cancel(msg);
+        self.answer(result)
+    }
+}
+
+impl TaskManager {
+    fn cancel(&mut self, msg: Cancel) -> Result<Task, TaskError> {
         let task = self.load(&msg.id)?;
         msg.caller.check(&task)?;
         let held = self.live.get(&msg.id).is_some_and(|l| l.held.is_some());
@@ -849,8 +1035,7 @@ impl Handler<Cancel> for TaskManager {
             t.worker = None;
             t.error = Some(format!("cancelled by {by}"));
         })?;
-        self.store
-            .audit(&task.id, &msg.caller.name, "cancel", &json!({}))?;
+        self.audit(&task.id, &msg.caller.name, "cancel", json!({}));
         self.emit(&task.id, "cancelled", Map::new());
         self.queue_dirty = true;
         Ok(task)
@@ -884,9 +1069,16 @@ pub struct Approve {
 }
 
 impl Handler<Approve> for TaskManager {
-    type Result = Result<Vec<Approval>, TaskError>;
+    type Result = ResponseActFuture<Self, Result<Vec<Approval>, TaskError>>;
 
     fn handle(&mut self, msg: Approve, _: &mut Self::Context) -> Self::Result {
+        let result = self.approve(msg);
+        self.answer(result)
+    }
+}
+
+impl TaskManager {
+    fn approve(&mut self, msg: Approve) -> Result<Vec<Approval>, TaskError> {
         let task = self.load(&msg.id)?;
         msg.caller.check(&task)?;
         // All checked before any is applied: a batch is decided whole or not at all.
@@ -931,9 +1123,16 @@ pub struct Undo {
 }
 
 impl Handler<Undo> for TaskManager {
-    type Result = Result<String, TaskError>;
+    type Result = ResponseActFuture<Self, Result<String, TaskError>>;
 
     fn handle(&mut self, msg: Undo, _: &mut Self::Context) -> Self::Result {
+        let result = self.undo(msg);
+        self.answer(result)
+    }
+}
+
+impl TaskManager {
+    fn undo(&mut self, msg: Undo) -> Result<String, TaskError> {
         let task = self.load(&msg.id)?;
         msg.caller.check(&task)?;
         let live = self
@@ -959,12 +1158,12 @@ impl Handler<Undo> for TaskManager {
             )));
         }
         let step_id = step.id.clone();
-        self.store.audit(
+        self.audit(
             &msg.id,
             &msg.caller.name,
             "undo",
-            &json!({"stepId": step_id}),
-        )?;
+            json!({"stepId": step_id}),
+        );
         self.push_to_worker(
             &msg.id,
             Reply::new(
@@ -1018,9 +1217,16 @@ struct WorkerMessage {
 /// The worker protocol: `task.claim`, `task.step`, `task.progress`,
 /// `task.approval_request`, `task.complete`, `task.fail`, `task.undo` (docs/TASKS.md).
 impl Handler<HandlerRequest> for TaskManager {
-    type Result = Result<Reply, HandlerError>;
+    type Result = ResponseActFuture<Self, Result<Reply, HandlerError>>;
 
     fn handle(&mut self, req: HandlerRequest, _: &mut Self::Context) -> Self::Result {
+        let result = self.work(req);
+        self.answer(result)
+    }
+}
+
+impl TaskManager {
+    fn work(&mut self, req: HandlerRequest) -> Result<Reply, HandlerError> {
         let msg: WorkerMessage = serde_json::from_value(req.payload.clone()).map_err(|e| {
             HandlerError::new(ErrorCode::BadRequest, format!("invalid payload: {e}"))
         })?;
@@ -1081,7 +1287,10 @@ impl Handler<HandlerRequest> for TaskManager {
                 };
                 step.progress = progress;
                 let step = step.clone();
-                self.store.put_step(&id, &step).map_err(TaskError::from)?;
+                self.write(Write::Step {
+                    task_id: id.clone(),
+                    step: step.clone(),
+                });
                 let mut data = Map::new();
                 data.insert("step".into(), json!(step));
                 data.insert("progress".into(), json!(progress));
@@ -1105,9 +1314,10 @@ impl Handler<HandlerRequest> for TaskManager {
                     expires_at: now_ms() + self.config.approval_timeout.as_millis() as i64,
                     decided_at: None,
                 };
-                self.store
-                    .put_approval(&id, &approval)
-                    .map_err(TaskError::from)?;
+                self.write(Write::Approval {
+                    task_id: id.clone(),
+                    approval: approval.clone(),
+                });
                 let deadline = Instant::now() + self.config.approval_timeout;
                 if let Some(live) = self.live.get_mut(&id) {
                     live.approvals.push((approval.clone(), deadline));
@@ -1131,9 +1341,7 @@ impl Handler<HandlerRequest> for TaskManager {
                     t.worker = None;
                 })?;
                 self.finish(&task);
-                self.store
-                    .audit(&id, &worker, "complete", &json!({}))
-                    .map_err(TaskError::from)?;
+                self.audit(&id, &worker, "complete", json!({}));
                 let mut data = Map::new();
                 data.insert("result".into(), result);
                 self.emit(&id, "completed", data);
@@ -1147,10 +1355,8 @@ impl Handler<HandlerRequest> for TaskManager {
                     t.worker = None;
                 })?;
                 self.finish(&task);
-                self.store
-                    .audit(&id, &worker, "fail", &json!({"error": error}))
-                    .map_err(TaskError::from)?;
-                let _ = self.log(&id, "error", error.clone());
+                self.audit(&id, &worker, "fail", json!({"error": error}));
+                self.log(&id, "error", error.clone());
                 let mut data = Map::new();
                 data.insert("message".into(), json!(error));
                 self.emit(&id, "error", data);
@@ -1170,15 +1376,16 @@ impl Handler<HandlerRequest> for TaskManager {
                     step.status = "undone".into();
                 }
                 let step = step.clone();
-                self.store.put_step(&id, &step).map_err(TaskError::from)?;
-                self.store
-                    .audit(
-                        &id,
-                        &worker,
-                        "undone",
-                        &json!({"stepId": step_id, "ok": msg.ok != Some(false)}),
-                    )
-                    .map_err(TaskError::from)?;
+                self.write(Write::Step {
+                    task_id: id.clone(),
+                    step: step.clone(),
+                });
+                self.audit(
+                    &id,
+                    &worker,
+                    "undone",
+                    json!({"stepId": step_id, "ok": msg.ok != Some(false)}),
+                );
                 let mut data = Map::new();
                 data.insert("step".into(), json!(step));
                 if let Some(message) = msg.message {
@@ -1263,7 +1470,10 @@ impl TaskManager {
                 ))
             }
         };
-        self.store.put_step(id, &step).map_err(TaskError::from)?;
+        self.write(Write::Step {
+            task_id: id.to_owned(),
+            step: step.clone(),
+        });
         let mut data = Map::new();
         data.insert("step".into(), json!(step));
         if let Some(message) = msg.message {

@@ -2,7 +2,7 @@
 //! asks the user to approve risky steps, and the user watches it live.
 //!
 //! - [`TaskStatus`]: the state machine; every change goes through [`TaskStatus::can_become`].
-//! - [`store::TaskStore`]: where tasks, steps, approvals, logs and the audit trail live
+//! - `store::TaskStore`: where tasks, steps, approvals, logs and the audit trail live
 //!   (SQLite by default).
 //! - `manager`: the TaskManager actor: the queue, worker leases, approval deadlines, and
 //!   the task's events, published into its room `task:{id}` (so history, resume,
@@ -14,33 +14,66 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub(crate) mod manager;
-pub mod postgres;
-pub mod store;
+pub(crate) mod postgres;
+pub(crate) mod store;
+mod store_thread;
 
-/// Opens the configured store on its own thread; the error names the config key.
+pub(crate) use store_thread::{Commit, Committed, ReadPool, StoreThread};
+
+/// How many read connections the API's reads use (each on a thread of its own).
+fn read_connections() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
+
+/// The configured store, opened on a thread of its own for the TaskManager's writes, and
+/// read connections on threads of their own for the API's reads (so a read never waits
+/// behind the manager's queue of commands, nor behind a burst of other reads). An
+/// in-memory SQLite store (`sqlite_path = ""`) cannot be opened twice: its reads share the
+/// writer's thread. The error names the config key.
 pub(crate) fn open_store(
     config: &crate::config::TasksConfig,
-) -> Result<postgres::StoreThread, crate::config::ConfigError> {
-    use crate::config::{ConfigError, TaskStoreKind};
-    let (key, opened) = match config.store {
+) -> Result<(StoreThread, ReadPool), crate::config::ConfigError> {
+    use crate::config::TaskStoreKind;
+    let in_memory = config.store == TaskStoreKind::Sqlite && config.sqlite_path.is_empty();
+    let opened = open_one(config, "writer").and_then(|writer| {
+        let readers = match in_memory {
+            true => vec![writer.clone()],
+            false => (0..read_connections())
+                .map(|i| open_one(config, &format!("reader-{i}")))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok((writer, ReadPool::new(readers)))
+    });
+    opened.map_err(|e| crate::config::ConfigError::Invalid {
+        key: match config.store {
+            TaskStoreKind::Sqlite => "tasks.sqlite_path",
+            TaskStoreKind::Postgres => "tasks.postgres_url",
+        }
+        .into(),
+        message: e.to_string(),
+    })
+}
+
+/// One connection to the configured store, on a thread named after its `role`.
+fn open_one(
+    config: &crate::config::TasksConfig,
+    role: &str,
+) -> Result<StoreThread, store::StoreError> {
+    use crate::config::TaskStoreKind;
+    match config.store {
         TaskStoreKind::Sqlite => {
             let path = config.sqlite_path.clone();
-            let opened =
-                postgres::StoreThread::spawn("sqlite", move || store::SqliteStore::open(&path));
-            ("tasks.sqlite_path", opened)
+            StoreThread::spawn(&format!("sqlite-{role}"), move || {
+                store::SqliteStore::open(&path)
+            })
         }
         TaskStoreKind::Postgres => {
             let url = config.postgres_url.clone();
-            let opened = postgres::StoreThread::spawn("postgres", move || {
+            StoreThread::spawn(&format!("postgres-{role}"), move || {
                 postgres::PostgresStore::open(&url)
-            });
-            ("tasks.postgres_url", opened)
+            })
         }
-    };
-    opened.map_err(|e| ConfigError::Invalid {
-        key: key.into(),
-        message: e.to_string(),
-    })
+    }
 }
 
 /// The task service as the broker holds it: the owners (for the join rule of task rooms)
@@ -48,6 +81,8 @@ pub(crate) fn open_store(
 pub(crate) struct TasksState {
     pub owners: manager::TaskOwners,
     pub manager: std::sync::OnceLock<actix::Addr<manager::TaskManager>>,
+    /// Once started, the store's read side (`GET /api/agent/{id}`, history).
+    pub reader: std::sync::OnceLock<ReadPool>,
     /// `tasks.requests_per_second`, per user.
     pub limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
@@ -57,6 +92,7 @@ impl TasksState {
         TasksState {
             owners: manager::TaskOwners::new(config.owners_capacity),
             manager: std::sync::OnceLock::new(),
+            reader: std::sync::OnceLock::new(),
             limiter: std::num::NonZeroU32::new(config.requests_per_second)
                 .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
         }

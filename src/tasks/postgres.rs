@@ -1,17 +1,18 @@
-//! The PostgreSQL task store, and the thread every store runs on.
+//! The PostgreSQL task store.
 //!
 //! Same schema and contract as the SQLite store ([`super::store::TaskStore`]). The
 //! synchronous client must not run inside an async runtime (it drives one of its own), so
-//! the TaskManager never calls a store directly: [`StoreThread`] owns the store on a plain
-//! thread and the manager's calls go there and wait for the answer.
+//! nothing calls it directly: [`super::StoreThread`] owns it on a plain thread.
 
-use std::sync::mpsc;
+use std::collections::HashMap;
 
-use postgres::{Client, NoTls};
-use serde_json::Value;
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, IsolationLevel, NoTls, Statement, Transaction};
 
-use super::store::{schema_v1, HistoryQuery, StoreError, TaskStore, SCHEMA_VERSION};
-use super::{Approval, LogEntry, Step, Task};
+use super::store::{
+    migrations_after, schema_v1, HistoryQuery, StoreError, Stored, TaskStore, Write, SCHEMA_VERSION,
+};
+use super::Task;
 
 impl From<postgres::Error> for StoreError {
     fn from(err: postgres::Error) -> StoreError {
@@ -29,140 +30,370 @@ fn postgres_migration(version: usize) -> Result<String, StoreError> {
     }
 }
 
+/// The statements every call uses, prepared once per connection (a prepared statement costs
+/// one round trip per use, an unprepared one two). Writes take arrays (`UNNEST`): a commit
+/// of any size is one statement per kind of row, so a group of 200 commands costs a handful
+/// of round trips, not a thousand.
+struct Statements {
+    insert_tasks: Statement,
+    update_tasks: Statement,
+    put_steps: Statement,
+    put_approvals: Statement,
+    logs: Statement,
+    audit: Statement,
+    task: Statement,
+    snapshot: Statement,
+}
+
+impl Statements {
+    fn prepare(client: &mut Client) -> Result<Statements, StoreError> {
+        // Rows are inserted in the order given (ORDINALITY), so the serial keys that order
+        // steps, approvals, logs and audit lines follow the order of the writes.
+        let put_bodies = |table: &str| {
+            format!(
+                "INSERT INTO {table} (task_id, id, body) \
+                 SELECT task_id, id, body FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) \
+                 WITH ORDINALITY AS u(task_id, id, body, n) ORDER BY n \
+                 ON CONFLICT (task_id, id) DO UPDATE SET body = EXCLUDED.body"
+            )
+        };
+        Ok(Statements {
+            insert_tasks: client.prepare(
+                "INSERT INTO tasks (id, owner, status, created_at, body) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], \
+                 $5::TEXT[])",
+            )?,
+            update_tasks: client.prepare(
+                "UPDATE tasks SET owner = u.owner, status = u.status, \
+                 created_at = u.created_at, body = u.body \
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[]) \
+                 AS u(id, owner, status, created_at, body) WHERE tasks.id = u.id",
+            )?,
+            put_steps: client.prepare(&put_bodies("steps"))?,
+            put_approvals: client.prepare(&put_bodies("approvals"))?,
+            logs: client.prepare(
+                "INSERT INTO logs (task_id, at, level, message) \
+                 SELECT task_id, at, level, message \
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) \
+                 WITH ORDINALITY AS u(task_id, at, level, message, n) ORDER BY n",
+            )?,
+            audit: client.prepare(
+                "INSERT INTO audit (task_id, at, actor, action, detail) \
+                 SELECT task_id, at, actor, action, detail \
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[]) \
+                 WITH ORDINALITY AS u(task_id, at, actor, action, detail, n) ORDER BY n",
+            )?,
+            task: client.prepare("SELECT body FROM tasks WHERE id = $1")?,
+            // One statement, so one round trip and one view of the database.
+            snapshot: client.prepare(
+                "SELECT t.body, \
+                 (SELECT COALESCE(json_agg(s.body::JSON ORDER BY s.seq), '[]')::TEXT \
+                  FROM steps s WHERE s.task_id = t.id), \
+                 (SELECT COALESCE(json_agg(a.body::JSON ORDER BY a.seq), '[]')::TEXT \
+                  FROM approvals a WHERE a.task_id = t.id), \
+                 (SELECT COALESCE(json_agg(json_build_object('at', l.at, 'level', l.level, \
+                  'message', l.message) ORDER BY l.seq), '[]')::TEXT \
+                  FROM (SELECT seq, at, level, message FROM logs WHERE task_id = t.id \
+                  ORDER BY seq DESC LIMIT $2) l) \
+                 FROM tasks t WHERE t.id = $1",
+            )?,
+        })
+    }
+}
+
+/// Task rows as columns, one entry per task: a later write of the same task replaces an
+/// earlier one (its last state is what counts).
+#[derive(Default)]
+struct TaskColumns {
+    at: HashMap<String, usize>,
+    id: Vec<String>,
+    owner: Vec<String>,
+    status: Vec<String>,
+    created_at: Vec<i64>,
+    body: Vec<String>,
+}
+
+impl TaskColumns {
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.id,
+            &self.owner,
+            &self.status,
+            &self.created_at,
+            &self.body,
+        ]
+    }
+
+    fn put(&mut self, task: &Task) -> Result<(), StoreError> {
+        let body = serde_json::to_string(task)?;
+        match self.at.get(&task.id) {
+            Some(&i) => {
+                self.owner[i] = task.owner.clone();
+                self.status[i] = task.status.as_str().into();
+                self.created_at[i] = task.created_at;
+                self.body[i] = body;
+            }
+            None => {
+                self.at.insert(task.id.clone(), self.id.len());
+                self.id.push(task.id.clone());
+                self.owner.push(task.owner.clone());
+                self.status.push(task.status.as_str().into());
+                self.created_at.push(task.created_at);
+                self.body.push(body);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Step or approval rows as columns: a later write of the same row replaces the body and
+/// keeps the place of the first (its place in the task's order).
+#[derive(Default)]
+struct BodyColumns {
+    at: HashMap<(String, String), usize>,
+    task_id: Vec<String>,
+    id: Vec<String>,
+    body: Vec<String>,
+}
+
+impl BodyColumns {
+    fn put(&mut self, task_id: &str, id: &str, body: String) {
+        let key = (task_id.to_owned(), id.to_owned());
+        match self.at.get(&key) {
+            Some(&i) => self.body[i] = body,
+            None => {
+                self.at.insert(key, self.id.len());
+                self.task_id.push(task_id.to_owned());
+                self.id.push(id.to_owned());
+                self.body.push(body);
+            }
+        }
+    }
+}
+
+/// A commit's writes as columns, one statement per kind.
+#[derive(Default)]
+struct Columns {
+    inserted: TaskColumns,
+    updated: TaskColumns,
+    steps: BodyColumns,
+    approvals: BodyColumns,
+    log_task: Vec<String>,
+    log_at: Vec<i64>,
+    log_level: Vec<String>,
+    log_message: Vec<String>,
+    audit_task: Vec<String>,
+    audit_at: Vec<i64>,
+    audit_actor: Vec<String>,
+    audit_action: Vec<String>,
+    audit_detail: Vec<String>,
+}
+
+impl Columns {
+    fn of(writes: &[&Write]) -> Result<Columns, StoreError> {
+        let mut c = Columns::default();
+        for write in writes {
+            match write {
+                // A task inserted and updated in the same commit is inserted as it ended up.
+                Write::InsertTask(task) => c.inserted.put(task)?,
+                Write::UpdateTask(task) if c.inserted.at.contains_key(&task.id) => {
+                    c.inserted.put(task)?
+                }
+                Write::UpdateTask(task) => c.updated.put(task)?,
+                Write::Step { task_id, step } => {
+                    c.steps.put(task_id, &step.id, serde_json::to_string(step)?)
+                }
+                Write::Approval { task_id, approval } => {
+                    c.approvals
+                        .put(task_id, &approval.id, serde_json::to_string(approval)?)
+                }
+                Write::Log { task_id, entry } => {
+                    c.log_task.push(task_id.clone());
+                    c.log_at.push(entry.at);
+                    c.log_level.push(entry.level.clone());
+                    c.log_message.push(entry.message.clone());
+                }
+                Write::Audit {
+                    task_id,
+                    at,
+                    actor,
+                    action,
+                    detail,
+                } => {
+                    c.audit_task.push(task_id.clone());
+                    c.audit_at.push(*at);
+                    c.audit_actor.push(actor.clone());
+                    c.audit_action.push(action.clone());
+                    c.audit_detail.push(detail.to_string());
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn run(&self, tx: &mut Transaction<'_>, st: &Statements) -> Result<(), StoreError> {
+        if !self.inserted.id.is_empty() {
+            tx.execute(&st.insert_tasks, &self.inserted.params())?;
+        }
+        if !self.updated.id.is_empty() {
+            let changed = tx.execute(&st.update_tasks, &self.updated.params())?;
+            if changed != self.updated.id.len() as u64 {
+                return Err(StoreError(format!(
+                    "{} of the tasks {:?} not stored",
+                    self.updated.id.len() as u64 - changed,
+                    self.updated.id
+                )));
+            }
+        }
+        for (columns, statement) in [
+            (&self.steps, &st.put_steps),
+            (&self.approvals, &st.put_approvals),
+        ] {
+            if !columns.id.is_empty() {
+                tx.execute(statement, &[&columns.task_id, &columns.id, &columns.body])?;
+            }
+        }
+        if !self.log_task.is_empty() {
+            tx.execute(
+                &st.logs,
+                &[
+                    &self.log_task,
+                    &self.log_at,
+                    &self.log_level,
+                    &self.log_message,
+                ],
+            )?;
+        }
+        if !self.audit_task.is_empty() {
+            tx.execute(
+                &st.audit,
+                &[
+                    &self.audit_task,
+                    &self.audit_at,
+                    &self.audit_actor,
+                    &self.audit_action,
+                    &self.audit_detail,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+struct Connected {
+    client: Client,
+    statements: Statements,
+}
+
+impl Connected {
+    fn open(url: &str) -> Result<Connected, StoreError> {
+        let mut client = Client::connect(url, NoTls)?;
+        migrate(&mut client)?;
+        let statements = Statements::prepare(&mut client)?;
+        Ok(Connected { client, statements })
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], under a lock so that brokers starting together
+/// migrate once.
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS switchboard_tasks_schema (version INT NOT NULL);
+         LOCK TABLE switchboard_tasks_schema IN EXCLUSIVE MODE;",
+    )?;
+    let version: i32 = tx
+        .query_opt("SELECT version FROM switchboard_tasks_schema", &[])?
+        .map_or(0, |row| row.get(0));
+    for next in migrations_after(i64::from(version))? {
+        tx.batch_execute(&postgres_migration(next)?)?;
+    }
+    tx.execute("DELETE FROM switchboard_tasks_schema", &[])?;
+    tx.execute(
+        "INSERT INTO switchboard_tasks_schema (version) VALUES ($1)",
+        &[&(SCHEMA_VERSION as i32)],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// The PostgreSQL store. A lost connection is opened again on the next call (the call that
 /// found it lost fails, and the API answers 503).
 pub struct PostgresStore {
     url: String,
-    client: Option<Client>,
+    connected: Option<Connected>,
 }
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host/db` or `host=… dbname=…`) and migrates.
-    /// Must be called off any async runtime: [`StoreThread`] does.
+    /// Must be called off any async runtime: [`super::StoreThread`] does.
     pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
-        let mut store = PostgresStore {
+        Ok(PostgresStore {
             url: url.to_owned(),
-            client: None,
-        };
-        store.migrate()?;
-        Ok(store)
+            connected: Some(Connected::open(url)?),
+        })
     }
 
-    fn conn(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = None;
+    fn conn(&mut self) -> Result<&mut Connected, StoreError> {
+        if self.connected.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.connected = None;
             log::info!("tasks: connecting to PostgreSQL");
-            self.client = Some(Client::connect(&self.url, NoTls)?);
+            self.connected = Some(Connected::open(&self.url)?);
         }
-        self.client
+        self.connected
             .as_mut()
             .ok_or_else(|| StoreError("postgres: not connected".into()))
     }
+}
 
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let mut tx = self.conn()?.transaction()?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS switchboard_tasks_schema (version INT NOT NULL);
-             LOCK TABLE switchboard_tasks_schema IN EXCLUSIVE MODE;",
-        )?;
-        let version: i32 = tx
-            .query_opt("SELECT version FROM switchboard_tasks_schema", &[])?
-            .map_or(0, |row| row.get(0));
-        let version = usize::try_from(version).unwrap_or(usize::MAX);
-        if version > SCHEMA_VERSION {
-            return Err(StoreError(format!(
-                "the database is at schema version {version}, newer than this broker's \
-                 {SCHEMA_VERSION}"
-            )));
-        }
-        for next in version + 1..=SCHEMA_VERSION {
-            tx.batch_execute(&postgres_migration(next)?)?;
-        }
-        tx.execute("DELETE FROM switchboard_tasks_schema", &[])?;
-        tx.execute(
-            "INSERT INTO switchboard_tasks_schema (version) VALUES ($1)",
-            &[&(SCHEMA_VERSION as i32)],
-        )?;
+fn bodies<T: serde::de::DeserializeOwned>(
+    client: &mut impl GenericClient,
+    statement: &Statement,
+    args: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<T>, StoreError> {
+    client
+        .query(statement, args)?
+        .iter()
+        .map(|row| Ok(serde_json::from_str(row.get::<_, &str>(0))?))
+        .collect()
+}
+
+impl TaskStore for PostgresStore {
+    fn apply(&mut self, writes: &[&Write]) -> Result<(), StoreError> {
+        let columns = Columns::of(writes)?;
+        let Connected { client, statements } = self.conn()?;
+        let mut tx = client.transaction()?;
+        columns.run(&mut tx, statements)?;
         tx.commit()?;
         Ok(())
     }
 
-    fn put_task(&mut self, task: &Task, insert: bool) -> Result<(), StoreError> {
-        let body = serde_json::to_string(task)?;
-        let sql = if insert {
-            "INSERT INTO tasks (id, owner, status, created_at, body) VALUES ($1, $2, $3, $4, $5)"
-        } else {
-            "UPDATE tasks SET owner = $2, status = $3, created_at = $4, body = $5 WHERE id = $1"
-        };
-        let changed = self.conn()?.execute(
-            sql,
-            &[
-                &task.id,
-                &task.owner,
-                &task.status.as_str(),
-                &task.created_at,
-                &body,
-            ],
-        )?;
-        if changed != 1 {
-            return Err(StoreError(format!("task {} not stored", task.id)));
-        }
-        Ok(())
-    }
-
-    /// Stores or replaces a step's or approval's body, keeping its place in the order.
-    fn put_body(
-        &mut self,
-        table: &str,
-        task_id: &str,
-        id: &str,
-        body: &str,
-    ) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            &format!(
-                "INSERT INTO {table} (task_id, id, body) VALUES ($1, $2, $3) \
-                 ON CONFLICT (task_id, id) DO UPDATE SET body = EXCLUDED.body"
-            ),
-            &[&task_id, &id, &body],
-        )?;
-        Ok(())
-    }
-
-    fn bodies<T: serde::de::DeserializeOwned>(
-        &mut self,
-        sql: &str,
-        args: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<T>, StoreError> {
-        self.conn()?
-            .query(sql, args)?
-            .iter()
-            .map(|row| Ok(serde_json::from_str(row.get::<_, &str>(0))?))
-            .collect()
-    }
-}
-
-impl TaskStore for PostgresStore {
-    fn insert_task(&mut self, task: &Task) -> Result<(), StoreError> {
-        self.put_task(task, true)
-    }
-
-    fn update_task(&mut self, task: &Task) -> Result<(), StoreError> {
-        self.put_task(task, false)
-    }
-
     fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError> {
-        Ok(self
-            .bodies("SELECT body FROM tasks WHERE id = $1", &[&id])?
-            .into_iter()
-            .next())
+        let Connected { client, statements } = self.conn()?;
+        Ok(bodies(client, &statements.task, &[&id])?.pop())
+    }
+
+    fn snapshot(&mut self, id: &str, logs: u32) -> Result<Option<Stored>, StoreError> {
+        let Connected { client, statements } = self.conn()?;
+        let Some(row) = client.query_opt(&statements.snapshot, &[&id, &i64::from(logs)])? else {
+            return Ok(None);
+        };
+        let json = |i: usize| row.get::<_, &str>(i);
+        Ok(Some(Stored {
+            task: serde_json::from_str(json(0))?,
+            steps: serde_json::from_str(json(1))?,
+            approvals: serde_json::from_str(json(2))?,
+            logs: serde_json::from_str(json(3))?,
+        }))
     }
 
     fn unfinished(&mut self) -> Result<Vec<Task>, StoreError> {
-        self.bodies(
+        let client = &mut self.conn()?.client;
+        let statement = client.prepare(
             "SELECT body FROM tasks WHERE status IN ('pending', 'running', 'awaiting_approval') \
              ORDER BY created_at",
-            &[],
-        )
+        )?;
+        bodies(client, &statement, &[])
     }
 
     fn history(&mut self, query: &HistoryQuery) -> Result<(Vec<Task>, u64), StoreError> {
@@ -170,19 +401,26 @@ impl TaskStore for PostgresStore {
         let filter = "($1::TEXT IS NULL OR owner = $1) AND ($2::TEXT IS NULL OR status = $2) \
                       AND ($3::BIGINT IS NULL OR created_at >= $3) \
                       AND ($4::BIGINT IS NULL OR created_at <= $4)";
-        let total: i64 = self
-            .conn()?
+        let client = &mut self.conn()?.client;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let total: i64 = tx
             .query_one(
                 &format!("SELECT COUNT(*) FROM tasks WHERE {filter}"),
                 &[&query.owner, &status, &query.from, &query.to],
             )?
             .get(0);
         let (limit, offset) = (i64::from(query.limit), i64::from(query.offset));
-        let page = self.bodies(
-            &format!(
-                "SELECT body FROM tasks WHERE {filter} ORDER BY created_at DESC, id DESC \
-                 LIMIT $5 OFFSET $6"
-            ),
+        let page = tx.prepare(&format!(
+            "SELECT body FROM tasks WHERE {filter} ORDER BY created_at DESC, id DESC \
+             LIMIT $5 OFFSET $6"
+        ))?;
+        let page = bodies(
+            &mut tx,
+            &page,
             &[
                 &query.owner,
                 &status,
@@ -192,200 +430,7 @@ impl TaskStore for PostgresStore {
                 &offset,
             ],
         )?;
+        tx.commit()?;
         Ok((page, total.max(0) as u64))
-    }
-
-    fn put_step(&mut self, task_id: &str, step: &Step) -> Result<(), StoreError> {
-        self.put_body("steps", task_id, &step.id, &serde_json::to_string(step)?)
-    }
-
-    fn steps(&mut self, task_id: &str) -> Result<Vec<Step>, StoreError> {
-        self.bodies(
-            "SELECT body FROM steps WHERE task_id = $1 ORDER BY seq",
-            &[&task_id],
-        )
-    }
-
-    fn put_approval(&mut self, task_id: &str, approval: &Approval) -> Result<(), StoreError> {
-        self.put_body(
-            "approvals",
-            task_id,
-            &approval.id,
-            &serde_json::to_string(approval)?,
-        )
-    }
-
-    fn approvals(&mut self, task_id: &str) -> Result<Vec<Approval>, StoreError> {
-        self.bodies(
-            "SELECT body FROM approvals WHERE task_id = $1 ORDER BY seq",
-            &[&task_id],
-        )
-    }
-
-    fn log(&mut self, task_id: &str, entry: &LogEntry) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO logs (task_id, at, level, message) VALUES ($1, $2, $3, $4)",
-            &[&task_id, &entry.at, &entry.level, &entry.message],
-        )?;
-        Ok(())
-    }
-
-    fn logs(&mut self, task_id: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let rows = self.conn()?.query(
-            "SELECT at, level, message FROM (SELECT seq, at, level, message FROM logs \
-             WHERE task_id = $1 ORDER BY seq DESC LIMIT $2) last ORDER BY seq",
-            &[&task_id, &i64::from(limit)],
-        )?;
-        Ok(rows
-            .iter()
-            .map(|r| LogEntry {
-                at: r.get(0),
-                level: r.get(1),
-                message: r.get(2),
-            })
-            .collect())
-    }
-
-    fn audit(
-        &mut self,
-        task_id: &str,
-        actor: &str,
-        action: &str,
-        detail: &Value,
-    ) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO audit (task_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &task_id,
-                &super::now_ms(),
-                &actor,
-                &action,
-                &detail.to_string(),
-            ],
-        )?;
-        Ok(())
-    }
-}
-
-type Job = Box<dyn FnOnce(&mut dyn TaskStore) + Send>;
-
-/// A store on a thread of its own: each call is sent there and waited for, so calls keep
-/// their order and a blocking store never runs on an async runtime's thread.
-pub struct StoreThread {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl StoreThread {
-    /// Opens the store with `open` on a new thread; its error when that fails.
-    pub fn spawn<S: TaskStore + 'static>(
-        name: &str,
-        open: impl FnOnce() -> Result<S, StoreError> + Send + 'static,
-    ) -> Result<StoreThread, StoreError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let (opened, outcome) = mpsc::channel();
-        std::thread::Builder::new()
-            .name(format!("task-store-{name}"))
-            .spawn(move || match open() {
-                Ok(mut store) => {
-                    let _ = opened.send(Ok(()));
-                    for job in queue {
-                        job(&mut store);
-                    }
-                }
-                Err(err) => {
-                    let _ = opened.send(Err(err));
-                }
-            })
-            .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        outcome
-            .recv()
-            .map_err(|_| StoreError("the store thread ended while opening".into()))??;
-        Ok(StoreThread { jobs })
-    }
-
-    fn call<R: Send + 'static>(
-        &self,
-        job: impl FnOnce(&mut dyn TaskStore) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move |store| {
-                let _ = tx.send(job(store));
-            }))
-            .map_err(|_| StoreError("the store thread has stopped".into()))?;
-        rx.recv()
-            .map_err(|_| StoreError("the store thread has stopped".into()))?
-    }
-}
-
-impl TaskStore for StoreThread {
-    fn insert_task(&mut self, task: &Task) -> Result<(), StoreError> {
-        let task = task.clone();
-        self.call(move |s| s.insert_task(&task))
-    }
-
-    fn update_task(&mut self, task: &Task) -> Result<(), StoreError> {
-        let task = task.clone();
-        self.call(move |s| s.update_task(&task))
-    }
-
-    fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError> {
-        let id = id.to_owned();
-        self.call(move |s| s.task(&id))
-    }
-
-    fn unfinished(&mut self) -> Result<Vec<Task>, StoreError> {
-        self.call(|s| s.unfinished())
-    }
-
-    fn history(&mut self, query: &HistoryQuery) -> Result<(Vec<Task>, u64), StoreError> {
-        let query = query.clone();
-        self.call(move |s| s.history(&query))
-    }
-
-    fn put_step(&mut self, task_id: &str, step: &Step) -> Result<(), StoreError> {
-        let (task_id, step) = (task_id.to_owned(), step.clone());
-        self.call(move |s| s.put_step(&task_id, &step))
-    }
-
-    fn steps(&mut self, task_id: &str) -> Result<Vec<Step>, StoreError> {
-        let task_id = task_id.to_owned();
-        self.call(move |s| s.steps(&task_id))
-    }
-
-    fn put_approval(&mut self, task_id: &str, approval: &Approval) -> Result<(), StoreError> {
-        let (task_id, approval) = (task_id.to_owned(), approval.clone());
-        self.call(move |s| s.put_approval(&task_id, &approval))
-    }
-
-    fn approvals(&mut self, task_id: &str) -> Result<Vec<Approval>, StoreError> {
-        let task_id = task_id.to_owned();
-        self.call(move |s| s.approvals(&task_id))
-    }
-
-    fn log(&mut self, task_id: &str, entry: &LogEntry) -> Result<(), StoreError> {
-        let (task_id, entry) = (task_id.to_owned(), entry.clone());
-        self.call(move |s| s.log(&task_id, &entry))
-    }
-
-    fn logs(&mut self, task_id: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let task_id = task_id.to_owned();
-        self.call(move |s| s.logs(&task_id, limit))
-    }
-
-    fn audit(
-        &mut self,
-        task_id: &str,
-        actor: &str,
-        action: &str,
-        detail: &Value,
-    ) -> Result<(), StoreError> {
-        let (task_id, actor, action, detail) = (
-            task_id.to_owned(),
-            actor.to_owned(),
-            action.to_owned(),
-            detail.clone(),
-        );
-        self.call(move |s| s.audit(&task_id, &actor, &action, &detail))
     }
 }

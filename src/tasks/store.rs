@@ -4,7 +4,7 @@
 //! ([`super::postgres::StoreThread`]), so an implementation may block: rusqlite, or a
 //! synchronous PostgreSQL client.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde_json::Value;
 
 use super::{Approval, LogEntry, Step, Task, TaskStatus};
@@ -43,46 +43,82 @@ pub struct HistoryQuery {
     pub offset: u32,
 }
 
+/// One change to a task's stored state. A command's writes go to the store together and are
+/// applied as one transaction ([`TaskStore::apply`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// A new task.
+    InsertTask(Task),
+    /// A task's new state (the task exists).
+    UpdateTask(Task),
+    /// A step, new or replaced (keeping its place in the order).
+    Step { task_id: String, step: Step },
+    /// An approval request, new or replaced.
+    Approval { task_id: String, approval: Approval },
+    /// A log line, appended.
+    Log { task_id: String, entry: LogEntry },
+    /// An audit line, appended: who did what to the task, when (ms since the epoch).
+    Audit {
+        task_id: String,
+        at: i64,
+        actor: String,
+        action: String,
+        detail: Value,
+    },
+}
+
+impl Write {
+    /// The task the write changes.
+    pub fn task_id(&self) -> &str {
+        match self {
+            Write::InsertTask(task) | Write::UpdateTask(task) => &task.id,
+            Write::Step { task_id, .. }
+            | Write::Approval { task_id, .. }
+            | Write::Log { task_id, .. }
+            | Write::Audit { task_id, .. } => task_id,
+        }
+    }
+}
+
+/// A task as stored, with what `GET /api/agent/{id}` shows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The task itself.
+    pub task: Task,
+    /// In the order they started.
+    pub steps: Vec<Step>,
+    /// Oldest first.
+    pub approvals: Vec<Approval>,
+    /// The last lines asked for, oldest first.
+    pub logs: Vec<LogEntry>,
+}
+
 /// The contract every store keeps:
 ///
-/// - **Durability**: when a write returns `Ok`, it survives the process being killed (and a
-///   restart finds it); a write that returns `Err` changed nothing.
-/// - **Atomicity**: each call is one transaction.
-/// - **Ordering**: calls are made one at a time, from one thread; reads see every earlier
-///   write.
-/// - **Failure**: errors are returned, never panicked; the caller answers 503 and logs.
+/// - **Atomicity**: [`apply`](TaskStore::apply) applies its writes in order as one
+///   transaction: all of them or, when it returns `Err`, none.
+/// - **Durability**: once `apply` returns `Ok`, its writes survive the process being killed
+///   (and a restart finds them).
+/// - **Consistency of reads**: [`snapshot`](TaskStore::snapshot) reads a task and
+///   everything under it in one transaction, so it never shows a step without the task
+///   state it belongs to. A read sees every write whose `apply` returned before the read
+///   began, on any connection to the same store.
+/// - **Threads**: calls are made one at a time on one thread (a store may block); a
+///   broker opens one store for writes and, where the store allows a second connection,
+///   one for reads ([`super::StoreThread`]).
+/// - **Failure**: errors are returned, never panicked; the API answers 503 and logs.
 pub trait TaskStore: Send {
-    /// Stores a new task.
-    fn insert_task(&mut self, task: &Task) -> Result<(), StoreError>;
-    /// Replaces a task's stored state.
-    fn update_task(&mut self, task: &Task) -> Result<(), StoreError>;
+    /// Applies `writes` in order, as one transaction.
+    fn apply(&mut self, writes: &[&Write]) -> Result<(), StoreError>;
     /// One task.
     fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError>;
+    /// One task with its steps, approvals and last `logs` log lines, read together.
+    fn snapshot(&mut self, id: &str, logs: u32) -> Result<Option<Stored>, StoreError>;
     /// Every task not yet finished (pending, running, awaiting approval): what a restart
     /// puts back in the queue.
     fn unfinished(&mut self) -> Result<Vec<Task>, StoreError>;
     /// A page of tasks, newest first, and how many match in all.
     fn history(&mut self, query: &HistoryQuery) -> Result<(Vec<Task>, u64), StoreError>;
-    /// Stores or replaces a step.
-    fn put_step(&mut self, task_id: &str, step: &Step) -> Result<(), StoreError>;
-    /// A task's steps, in the order they started.
-    fn steps(&mut self, task_id: &str) -> Result<Vec<Step>, StoreError>;
-    /// Stores or replaces an approval request.
-    fn put_approval(&mut self, task_id: &str, approval: &Approval) -> Result<(), StoreError>;
-    /// A task's approval requests, oldest first.
-    fn approvals(&mut self, task_id: &str) -> Result<Vec<Approval>, StoreError>;
-    /// Appends a log line.
-    fn log(&mut self, task_id: &str, entry: &LogEntry) -> Result<(), StoreError>;
-    /// A task's last `limit` log lines, oldest first.
-    fn logs(&mut self, task_id: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError>;
-    /// Appends to the audit trail: who did what to the task.
-    fn audit(
-        &mut self,
-        task_id: &str,
-        actor: &str,
-        action: &str,
-        detail: &Value,
-    ) -> Result<(), StoreError>;
 }
 
 /// Schema version 1, for every store: `{int}` is the 64-bit integer type, `{serial}` an
@@ -140,6 +176,21 @@ CREATE INDEX audit_task ON audit (task_id, seq);
 /// `switchboard_tasks_schema` (PostgreSQL) holds how many have run.
 pub(crate) const SCHEMA_VERSION: usize = 1;
 
+/// The migrations a store at schema `version` needs; refused if the store is newer than
+/// this broker (an older broker must not write a schema it does not know).
+pub(crate) fn migrations_after(
+    version: i64,
+) -> Result<std::ops::RangeInclusive<usize>, StoreError> {
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "the database is at schema version {version}, newer than this broker's \
+             {SCHEMA_VERSION}"
+        )));
+    }
+    Ok(version + 1..=SCHEMA_VERSION)
+}
+
 /// The SQL that brings an SQLite store from `version - 1` to `version`.
 fn sqlite_migration(version: usize) -> Result<String, StoreError> {
     match version {
@@ -178,14 +229,7 @@ impl SqliteStore {
         let version: i64 = self
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let version = usize::try_from(version).unwrap_or(usize::MAX);
-        if version > SCHEMA_VERSION {
-            return Err(StoreError(format!(
-                "the database is at schema version {version}, newer than this broker's \
-                 {SCHEMA_VERSION}"
-            )));
-        }
-        for next in version + 1..=SCHEMA_VERSION {
+        for next in migrations_after(version)? {
             let tx = self.conn.transaction()?;
             tx.execute_batch(&sqlite_migration(next)?)?;
             tx.pragma_update(None, "user_version", next as i64)?;
@@ -193,82 +237,160 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
 
-    fn put_task(&mut self, task: &Task, insert: bool) -> Result<(), StoreError> {
-        let body = serde_json::to_string(task)?;
-        let sql = if insert {
-            "INSERT INTO tasks (id, owner, status, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5)"
-        } else {
-            "UPDATE tasks SET owner = ?2, status = ?3, created_at = ?4, body = ?5 WHERE id = ?1"
-        };
-        let changed = self.conn.execute(
-            sql,
-            params![
+fn bodies<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for body in rows {
+        out.push(serde_json::from_str(&body?)?);
+    }
+    Ok(out)
+}
+
+fn read_task(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
+    Ok(bodies(conn, "SELECT body FROM tasks WHERE id = ?1", &[&id])?.pop())
+}
+
+fn read_snapshot(conn: &Connection, id: &str, logs: u32) -> Result<Option<Stored>, StoreError> {
+    let Some(task) = read_task(conn, id)? else {
+        return Ok(None);
+    };
+    let steps = bodies(
+        conn,
+        "SELECT body FROM steps WHERE task_id = ?1 ORDER BY seq",
+        &[&id],
+    )?;
+    let approvals = bodies(
+        conn,
+        "SELECT body FROM approvals WHERE task_id = ?1 ORDER BY seq",
+        &[&id],
+    )?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, level, message FROM (SELECT seq, at, level, message FROM logs \
+             WHERE task_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+    )?;
+    let logs = stmt
+        .query_map(params![id, logs], |r| {
+            Ok(LogEntry {
+                at: r.get(0)?,
+                level: r.get(1)?,
+                message: r.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Stored {
+        task,
+        steps,
+        approvals,
+        logs,
+    }))
+}
+
+/// One write, inside the transaction `apply` opened.
+fn write_sqlite(conn: &Connection, write: &Write) -> Result<(), StoreError> {
+    match write {
+        Write::InsertTask(task) | Write::UpdateTask(task) => {
+            let sql = if matches!(write, Write::InsertTask(_)) {
+                "INSERT INTO tasks (id, owner, status, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5)"
+            } else {
+                "UPDATE tasks SET owner = ?2, status = ?3, created_at = ?4, body = ?5 WHERE id = ?1"
+            };
+            let body = serde_json::to_string(task)?;
+            let changed = conn.prepare_cached(sql)?.execute(params![
                 task.id,
                 task.owner,
                 task.status.as_str(),
                 task.created_at,
                 body
-            ],
-        )?;
-        if changed != 1 {
-            return Err(StoreError(format!("task {} not stored", task.id)));
+            ])?;
+            if changed != 1 {
+                return Err(StoreError(format!("task {} not stored", task.id)));
+            }
         }
-        Ok(())
-    }
-
-    /// Stores or replaces a step's or approval's body, keeping its place in the order.
-    fn put_body(
-        &mut self,
-        table: &str,
-        task_id: &str,
-        id: &str,
-        body: &str,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            &format!(
-                "INSERT INTO {table} (task_id, id, body) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (task_id, id) DO UPDATE SET body = excluded.body"
-            ),
-            params![task_id, id, body],
-        )?;
-        Ok(())
-    }
-
-    fn bodies<T: serde::de::DeserializeOwned>(
-        &self,
-        sql: &str,
-        args: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<T>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for body in rows {
-            out.push(serde_json::from_str(&body?)?);
+        Write::Step { task_id, step } => put_body_sqlite(
+            conn,
+            "steps",
+            task_id,
+            &step.id,
+            &serde_json::to_string(step)?,
+        )?,
+        Write::Approval { task_id, approval } => put_body_sqlite(
+            conn,
+            "approvals",
+            task_id,
+            &approval.id,
+            &serde_json::to_string(approval)?,
+        )?,
+        Write::Log { task_id, entry } => {
+            conn.prepare_cached(
+                "INSERT INTO logs (task_id, at, level, message) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![task_id, entry.at, entry.level, entry.message])?;
         }
-        Ok(out)
+        Write::Audit {
+            task_id,
+            at,
+            actor,
+            action,
+            detail,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO audit (task_id, at, actor, action, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![task_id, at, actor, action, detail.to_string()])?;
+        }
     }
+    Ok(())
+}
+
+/// Stores or replaces a step's or approval's body, keeping its place in the order.
+fn put_body_sqlite(
+    conn: &Connection,
+    table: &str,
+    task_id: &str,
+    id: &str,
+    body: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {table} (task_id, id, body) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (task_id, id) DO UPDATE SET body = excluded.body"
+    ))?
+    .execute(params![task_id, id, body])?;
+    Ok(())
 }
 
 impl TaskStore for SqliteStore {
-    fn insert_task(&mut self, task: &Task) -> Result<(), StoreError> {
-        self.put_task(task, true)
-    }
-
-    fn update_task(&mut self, task: &Task) -> Result<(), StoreError> {
-        self.put_task(task, false)
+    fn apply(&mut self, writes: &[&Write]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for write in writes {
+            write_sqlite(&tx, write)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn task(&mut self, id: &str) -> Result<Option<Task>, StoreError> {
-        let body: Option<String> = self
-            .conn
-            .query_row("SELECT body FROM tasks WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?;
-        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        read_task(&self.conn, id)
+    }
+
+    fn snapshot(&mut self, id: &str, logs: u32) -> Result<Option<Stored>, StoreError> {
+        // A deferred transaction: the reads share one view of the database.
+        let tx = self.conn.transaction()?;
+        let snapshot = read_snapshot(&tx, id, logs);
+        tx.finish()?;
+        snapshot
     }
 
     fn unfinished(&mut self) -> Result<Vec<Task>, StoreError> {
-        self.bodies(
+        bodies(
+            &self.conn,
             "SELECT body FROM tasks WHERE status IN ('pending', 'running', 'awaiting_approval') \
              ORDER BY created_at",
             &[],
@@ -280,84 +402,23 @@ impl TaskStore for SqliteStore {
         let filter = "(?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR status = ?2) \
                       AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at <= ?4)";
         let args: [&dyn rusqlite::ToSql; 4] = [&query.owner, &status, &query.from, &query.to];
-        let total: i64 = self.conn.query_row(
+        let tx = self.conn.transaction()?;
+        let total: i64 = tx.query_row(
             &format!("SELECT COUNT(*) FROM tasks WHERE {filter}"),
             &args[..],
             |r| r.get(0),
         )?;
         let (limit, offset) = (i64::from(query.limit), i64::from(query.offset));
-        let page = self.bodies(
+        let page = bodies(
+            &tx,
             &format!(
                 "SELECT body FROM tasks WHERE {filter} ORDER BY created_at DESC, id DESC \
                  LIMIT ?5 OFFSET ?6"
             ),
             &[args[0], args[1], args[2], args[3], &limit, &offset],
         )?;
+        tx.finish()?;
         Ok((page, total.max(0) as u64))
-    }
-
-    fn put_step(&mut self, task_id: &str, step: &Step) -> Result<(), StoreError> {
-        self.put_body("steps", task_id, &step.id, &serde_json::to_string(step)?)
-    }
-
-    fn steps(&mut self, task_id: &str) -> Result<Vec<Step>, StoreError> {
-        self.bodies(
-            "SELECT body FROM steps WHERE task_id = ?1 ORDER BY seq",
-            &[&task_id],
-        )
-    }
-
-    fn put_approval(&mut self, task_id: &str, approval: &Approval) -> Result<(), StoreError> {
-        self.put_body(
-            "approvals",
-            task_id,
-            &approval.id,
-            &serde_json::to_string(approval)?,
-        )
-    }
-
-    fn approvals(&mut self, task_id: &str) -> Result<Vec<Approval>, StoreError> {
-        self.bodies(
-            "SELECT body FROM approvals WHERE task_id = ?1 ORDER BY seq",
-            &[&task_id],
-        )
-    }
-
-    fn log(&mut self, task_id: &str, entry: &LogEntry) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO logs (task_id, at, level, message) VALUES (?1, ?2, ?3, ?4)",
-            params![task_id, entry.at, entry.level, entry.message],
-        )?;
-        Ok(())
-    }
-
-    fn logs(&mut self, task_id: &str, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT at, level, message FROM (SELECT seq, at, level, message FROM logs \
-             WHERE task_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
-        )?;
-        let rows = stmt.query_map(params![task_id, limit], |r| {
-            Ok(LogEntry {
-                at: r.get(0)?,
-                level: r.get(1)?,
-                message: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn audit(
-        &mut self,
-        task_id: &str,
-        actor: &str,
-        action: &str,
-        detail: &Value,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO audit (task_id, at, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![task_id, super::now_ms(), actor, action, detail.to_string()],
-        )?;
-        Ok(())
     }
 }
 
@@ -386,6 +447,10 @@ mod tests {
         }
     }
 
+    fn insert(store: &mut SqliteStore, task: Task) -> Result<(), StoreError> {
+        store.apply(&[&Write::InsertTask(task)])
+    }
+
     #[test]
     fn tasks_survive_reopening_and_history_filters_and_pages() {
         let dir = tempfile::tempdir().unwrap();
@@ -395,21 +460,16 @@ mod tests {
             let mut store = SqliteStore::open(path).unwrap();
             for i in 0..5 {
                 let owner = if i % 2 == 0 { "alice" } else { "bob" };
-                store
-                    .insert_task(&task(
-                        &format!("t{i}"),
-                        owner,
-                        1000 + i,
-                        TaskStatus::Pending,
-                    ))
-                    .unwrap();
+                insert(
+                    &mut store,
+                    task(&format!("t{i}"), owner, 1000 + i, TaskStatus::Pending),
+                )
+                .unwrap();
             }
             let mut done = task("t0", "alice", 1000, TaskStatus::Completed);
             done.result = Some(json!({"ok": true}));
-            store.update_task(&done).unwrap();
-            assert!(store
-                .insert_task(&task("t1", "x", 1, TaskStatus::Pending))
-                .is_err());
+            store.apply(&[&Write::UpdateTask(done)]).unwrap();
+            assert!(insert(&mut store, task("t1", "x", 1, TaskStatus::Pending)).is_err());
         }
         let mut store = SqliteStore::open(path).unwrap();
         assert_eq!(
@@ -451,11 +511,9 @@ mod tests {
     }
 
     #[test]
-    fn steps_approvals_logs_and_audit_are_kept_per_task() {
+    fn a_snapshot_holds_a_tasks_steps_approvals_and_last_logs() {
         let mut store = SqliteStore::open("").unwrap();
-        store
-            .insert_task(&task("t", "alice", 1, TaskStatus::Running))
-            .unwrap();
+        insert(&mut store, task("t", "alice", 1, TaskStatus::Running)).unwrap();
         let mut step = Step {
             id: "step_1".into(),
             name: "fetch".into(),
@@ -465,26 +523,63 @@ mod tests {
             started_at: 5,
             finished_at: None,
         };
-        store.put_step("t", &step).unwrap();
+        let first = Write::Step {
+            task_id: "t".into(),
+            step: step.clone(),
+        };
         step.status = "completed".into();
-        store.put_step("t", &step).unwrap();
-        assert_eq!(store.steps("t").unwrap(), vec![step]);
-        for i in 0..5 {
-            store
-                .log(
-                    "t",
-                    &LogEntry {
-                        at: i,
-                        level: "info".into(),
-                        message: format!("line {i}"),
-                    },
-                )
-                .unwrap();
-        }
-        let last = store.logs("t", 2).unwrap();
-        assert_eq!(last.iter().map(|l| l.at).collect::<Vec<_>>(), [3, 4]);
-        store.audit("t", "alice", "submit", &json!({})).unwrap();
-        assert!(store.steps("other").unwrap().is_empty());
+        let second = Write::Step {
+            task_id: "t".into(),
+            step: step.clone(),
+        };
+        store.apply(&[&first, &second]).unwrap();
+        let logs: Vec<Write> = (0..5)
+            .map(|i| Write::Log {
+                task_id: "t".into(),
+                entry: LogEntry {
+                    at: i,
+                    level: "info".into(),
+                    message: format!("line {i}"),
+                },
+            })
+            .collect();
+        store.apply(&logs.iter().collect::<Vec<_>>()).unwrap();
+        let snapshot = store.snapshot("t", 2).unwrap().unwrap();
+        assert_eq!(snapshot.steps, vec![step]);
+        assert_eq!(
+            snapshot.logs.iter().map(|l| l.at).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert!(store.snapshot("other", 2).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_failing_write_undoes_the_whole_batch() {
+        let mut store = SqliteStore::open("").unwrap();
+        insert(&mut store, task("t", "alice", 1, TaskStatus::Pending)).unwrap();
+        let running = task("t", "alice", 1, TaskStatus::Running);
+        let audit = Write::Audit {
+            task_id: "t".into(),
+            at: 2,
+            actor: "w".into(),
+            action: "claim".into(),
+            detail: json!({}),
+        };
+        // The second task does not exist, so its update fails and takes the first with it.
+        let missing = Write::UpdateTask(task("nope", "alice", 1, TaskStatus::Running));
+        let err = store
+            .apply(&[&Write::UpdateTask(running.clone()), &audit, &missing])
+            .unwrap_err();
+        assert!(err.0.contains("nope"), "{err}");
+        assert_eq!(
+            store.task("t").unwrap().unwrap().status,
+            TaskStatus::Pending
+        );
+        store.apply(&[&Write::UpdateTask(running), &audit]).unwrap();
+        assert_eq!(
+            store.task("t").unwrap().unwrap().status,
+            TaskStatus::Running
+        );
     }
 
     #[test]
