@@ -517,6 +517,29 @@ pub fn mint_hs256(
     publish: Option<Vec<String>>,
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    sign_hs256(secret, sub, rooms, publish, ttl, false)
+}
+
+/// Like [`mint_hs256`], with `"admin": true` (`switchboard token --admin`): the token may
+/// call the HTTP API and log into the web console.
+pub fn mint_hs256_admin(
+    secret: &str,
+    sub: &str,
+    rooms: Vec<String>,
+    publish: Option<Vec<String>>,
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    sign_hs256(secret, sub, rooms, publish, ttl, true)
+}
+
+fn sign_hs256(
+    secret: &str,
+    sub: &str,
+    rooms: Vec<String>,
+    publish: Option<Vec<String>>,
+    ttl: Duration,
+    admin: bool,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -530,7 +553,7 @@ pub fn mint_hs256(
         iat: Some(now),
         iss: None,
         aud: None,
-        admin: false,
+        admin,
         agents: None,
     };
     jsonwebtoken::encode(

@@ -109,6 +109,8 @@ pub struct Config {
     pub asap: AsapConfig,
     /// Agent tasks: `/api/agent`, workers, approvals (docs/TASKS.md).
     pub tasks: TasksConfig,
+    /// The web console at `/console/` (off by default; on in dev mode).
+    pub console: ConsoleConfig,
     /// Set when no config file was given: loopback only, anonymous allowed, dev secret.
     #[serde(skip)]
     pub dev_mode: bool,
@@ -799,6 +801,17 @@ impl Default for AsapConfig {
     }
 }
 
+/// `[console]`: the web console the binary serves at `/console/` (docs/CLIENTS.md).
+///
+/// Its pages are public (they hold no data); everything they show comes from the HTTP API
+/// with the API key or admin token the operator types in, so turning it on opens no data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console's pages at `/console/`.
+    pub enabled: bool,
+}
+
 /// `[tasks]`: the agent task API (docs/TASKS.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -894,6 +907,8 @@ impl Config {
         // the demo task worker may work with a plain token.
         config.asap.echo_skill = true;
         config.tasks.worker_subjects = vec!["*".into()];
+        // Someone trying the broker can watch it at once; its data still needs the dev key.
+        config.console.enabled = true;
         config
     }
 

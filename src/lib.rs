@@ -55,3 +55,11 @@ pub use actors::supervisor::ShutdownReport;
 pub use broker::rooms::{Receipt, RoomError, ServerMessage};
 pub use broker::{Broker, BrokerBuilder};
 pub use config::Config;
+
+/// Mounts the web console (`/console/`) on an application that embeds the broker:
+/// `App::new().configure(broker.configure()).configure(switchboard::console)`.
+/// `switchboard serve` mounts it when `[console] enabled`; it reads everything it shows
+/// through the HTTP API that [`Broker::configure`] mounts.
+pub fn console(cfg: &mut actix_web::web::ServiceConfig) {
+    http::console::configure(cfg);
+}

@@ -56,6 +56,10 @@ enum Command {
         /// Lifetime, e.g. 1h, 30m.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Add the claim "admin": true: the token may call the HTTP API and log into the
+        /// web console (with --room '*' it may also watch every room there).
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -79,7 +83,8 @@ fn main() -> ExitCode {
             rooms,
             publish,
             ttl,
-        } => token(cli.config, &sub, rooms, publish, ttl),
+            admin,
+        } => token(cli.config, &sub, rooms, publish, ttl, admin),
     }
 }
 
@@ -143,6 +148,7 @@ fn token(
     rooms: Vec<String>,
     publish: Vec<String>,
     ttl: Duration,
+    admin: bool,
 ) -> ExitCode {
     let config = match Config::load(config.as_deref()) {
         Ok(c) => c,
@@ -156,7 +162,12 @@ fn token(
         return ExitCode::from(2);
     }
     let publish = (!publish.is_empty()).then_some(publish);
-    match auth::mint_hs256(&config.auth.hs256_secret, sub, rooms, publish, ttl) {
+    let minted = if admin {
+        auth::mint_hs256_admin(&config.auth.hs256_secret, sub, rooms, publish, ttl)
+    } else {
+        auth::mint_hs256(&config.auth.hs256_secret, sub, rooms, publish, ttl)
+    };
+    match minted {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

@@ -25,6 +25,7 @@ pub async fn serve(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let console = broker.config().console.enabled;
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(crate::metrics::track_http))
@@ -34,6 +35,11 @@ pub async fn serve(
                 crate::http::error::resource("/", "GET")
                     .route(actix_web::web::get().to(crate::http::landing::page)),
             )
+            .configure(|cfg| {
+                if console {
+                    crate::http::console::configure(cfg);
+                }
+            })
     })
     .workers(workers)
     .disable_signals()
@@ -133,6 +139,12 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
     lines.push(format!("  HTTP API   {http}/api{api_note}"));
     lines.push(format!("  OpenAPI    {http}/api/openapi.json"));
     lines.push(format!("  API docs   {http}/api/docs/"));
+    if config.console.enabled {
+        lines.push(format!(
+            "  console    {http}{} (an API key or admin token)",
+            crate::http::console::PATH
+        ));
+    }
     lines.push(format!("  metrics    {http}/metrics"));
     lines.push(format!("  health     {http}/healthz  {http}/readyz"));
     if !config.conformance.echo_path.is_empty() {

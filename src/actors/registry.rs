@@ -43,6 +43,8 @@ pub struct Registry {
 struct SessionEntry {
     control: Recipient<Control>,
     user: Arc<str>,
+    /// When it registered, for the session list an operator reads.
+    connected_at: std::time::SystemTime,
 }
 
 struct RoomEntry {
@@ -210,6 +212,7 @@ impl Handler<Register> for Registry {
             SessionEntry {
                 control: msg.control,
                 user: msg.user,
+                connected_at: std::time::SystemTime::now(),
             },
         );
         self.update_gauges();
@@ -375,6 +378,43 @@ impl Handler<ListSessions> for Registry {
 
     fn handle(&mut self, _: ListSessions, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.sessions.values().map(|e| e.control.clone()).collect())
+    }
+}
+
+/// One live session on this node, as `GET /api/sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Its connection id (what `DELETE /api/sessions/{id}` takes).
+    pub connection_id: ConnectionId,
+    /// Its user (`sub`, or `anonymous:<connection id>`).
+    pub user: Arc<str>,
+    /// When it registered.
+    pub connected_at: std::time::SystemTime,
+}
+
+/// Every live session on this node, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct DescribeSessions;
+
+impl Handler<DescribeSessions> for Registry {
+    type Result = MessageResult<DescribeSessions>;
+
+    fn handle(&mut self, _: DescribeSessions, _: &mut Self::Context) -> Self::Result {
+        let mut sessions: Vec<SessionInfo> = self
+            .sessions
+            .iter()
+            .map(|(id, e)| SessionInfo {
+                connection_id: id.clone(),
+                user: e.user.clone(),
+                connected_at: e.connected_at,
+            })
+            .collect();
+        // A stable order: the list is polled, and rows should not jump around.
+        sessions.sort_by(|a, b| {
+            (a.connected_at, &a.connection_id).cmp(&(b.connected_at, &b.connection_id))
+        });
+        MessageResult(sessions)
     }
 }
 

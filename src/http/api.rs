@@ -79,6 +79,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &ApiConfig) {
             .service(resource("/users/{user}/send", "POST").route(web::post().to(send_to_user)))
             .service(resource("/broadcast", "POST").route(web::post().to(broadcast)))
             .service(resource("/sessions/{id}", "DELETE").route(web::delete().to(disconnect)))
+            .configure(super::sessions::configure)
             .configure(super::webhooks::configure)
             .configure(super::tasks::configure)
             .default_service(web::to(|| async {
@@ -528,6 +529,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::webhooks::WebhooksDoc::openapi());
     doc.merge(super::tasks::TasksDoc::openapi());
+    doc.merge(super::sessions::SessionsDoc::openapi());
     utoipa::Modify::modify(&StandardErrors, &mut doc);
     doc
 }

@@ -23,7 +23,7 @@ pub async fn page(broker: web::Data<Broker>) -> HttpResponse {
 <ul>
 <li><a href="/api/docs/">API docs</a>: every HTTP route, to read and to try</li>
 <li><a href="/api/openapi.json">OpenAPI document</a></li>
-<li><a href="/metrics">Metrics</a> (Prometheus)</li>
+{console}<li><a href="/metrics">Metrics</a> (Prometheus)</li>
 <li><a href="/healthz">Health</a> and <a href="/readyz">readiness</a></li>
 </ul>
 <p>The protocol, the HTTP API, webhooks and security are described in the <code>docs/</code>
@@ -33,6 +33,11 @@ folder of the source: <code>PROTOCOL.md</code>, <code>HTTP_API.md</code>,
 </html>
 "#,
         version = env!("CARGO_PKG_VERSION"),
+        console = if config.console.enabled {
+            "<li><a href=\"/console/\">Console</a>: rooms, live messages, sessions, webhooks, metrics</li>\n"
+        } else {
+            ""
+        },
     );
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")

@@ -4,10 +4,12 @@
 pub mod api;
 pub mod asap;
 pub mod body;
+pub mod console;
 pub mod echo;
 pub mod error;
 pub mod health;
 pub mod landing;
+pub mod sessions;
 pub mod tasks;
 pub mod webhooks;
 pub mod ws;

@@ -68,9 +68,12 @@ export class PollingClient extends ClientCore {
     this.options = options;
     this.backoff = resolveBackoff(options.reconnect);
     const globalFetch = (globalThis as { fetch?: FetchLike }).fetch;
-    const fetcher = options.fetch ?? globalFetch;
-    if (!fetcher) throw new SwitchboardError("unavailable", "no fetch implementation: pass one as options.fetch");
-    this.fetcher = fetcher;
+    if (!options.fetch && !globalFetch) {
+      throw new SwitchboardError("unavailable", "no fetch implementation: pass one as options.fetch");
+    }
+    // Browsers' fetch must be called as a plain function (with `this` the global object):
+    // called as a method of this client it throws "Illegal invocation".
+    this.fetcher = options.fetch ?? ((url, init) => (globalFetch as FetchLike)(url, init));
     this.random = options.random ?? Math.random;
   }
 

@@ -1,3 +1,6 @@
+// A real broker process for tests (this package's integration tests, and the console's
+// browser tests, which extend it): a free loopback port, a config file of its own, tokens
+// from `switchboard token`, graceful stop, kill -9 and respawn on the same port.
 import { spawn, execFileSync } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -42,6 +45,9 @@ export async function waitFor(what: string, check: () => boolean | Promise<boole
   }
 }
 
+/** Config lines by section (`"webhooks"`: `['mode = "development"']`), added to the defaults. */
+export type ExtraConfig = Record<string, string[]>;
+
 /** A real broker process on a loopback port, configured by a file of its own. */
 export class Broker {
   private child: ChildProcess | undefined;
@@ -49,31 +55,28 @@ export class Broker {
   readonly dir = mkdtempSync(join(tmpdir(), "switchboard-ts-"));
   readonly configPath = join(this.dir, "switchboard.toml");
 
-  private constructor(readonly port: number) {
-    writeFileSync(
-      this.configPath,
-      [
-        "[server]",
-        `bind = "127.0.0.1:${port}"`,
-        "workers = 1",
-        'drain_delay = "0s"',
-        'shutdown_timeout = "2s"',
-        "[auth]",
-        `hs256_secret = "${SECRET}"`,
-        "[api]",
-        `keys = ["${API_KEY}"]`,
-        "[webhooks]",
-        'outbox_path = ""',
-        "[tasks]",
-        'sqlite_path = ""',
-        'worker_subjects = ["worker-*"]',
-        "",
-      ].join("\n"),
-    );
+  constructor(
+    readonly port: number,
+    extra: ExtraConfig = {},
+  ) {
+    const sections: ExtraConfig = {
+      server: [`bind = "127.0.0.1:${port}"`, "workers = 1", 'drain_delay = "0s"', 'shutdown_timeout = "2s"'],
+      auth: [`hs256_secret = "${SECRET}"`],
+      api: [`keys = ["${API_KEY}"]`],
+      webhooks: ['outbox_path = ""'],
+      tasks: ['sqlite_path = ""', 'worker_subjects = ["worker-*"]'],
+    };
+    for (const [section, lines] of Object.entries(extra)) sections[section] = [...(sections[section] ?? []), ...lines];
+    const toml = Object.entries(sections).flatMap(([section, lines]) => [`[${section}]`, ...lines]);
+    writeFileSync(this.configPath, [...toml, ""].join("\n"));
   }
 
-  static async start(): Promise<Broker> {
-    const broker = new Broker(await freePort());
+  /** A broker (of the class it is called on) with the default config plus `extra`. */
+  static async start<B extends Broker>(
+    this: new (port: number, extra: ExtraConfig) => B,
+    extra: ExtraConfig = {},
+  ): Promise<B> {
+    const broker = new this(await freePort(), extra);
     await broker.spawn();
     return broker;
   }
@@ -86,10 +89,11 @@ export class Broker {
     return `ws://127.0.0.1:${this.port}/ws`;
   }
 
-  /** A JWT from `switchboard token` for `sub` on `rooms`. */
-  token(sub: string, rooms: string[] = []): string {
+  /** A JWT from `switchboard token` for `sub` on `rooms` (`admin`: `--admin`). */
+  token(sub: string, rooms: string[] = [], admin = false): string {
     const args = ["token", "--config", this.configPath, "--sub", sub, "--ttl", "10m"];
     for (const room of rooms) args.push("--room", room);
+    if (admin) args.push("--admin");
     return execFileSync(BROKER_BIN, args, { env: cleanEnv(), encoding: "utf8" }).trim();
   }
 
@@ -105,7 +109,7 @@ export class Broker {
   /** SIGTERM: the graceful shutdown that closes sessions with 1012. */
   async stop(): Promise<void> {
     const child = this.child;
-    if (!child || child.exitCode !== null) return;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise<void>((r) => child.once("exit", () => r()));
     child.kill("SIGTERM");
     const killer = setTimeout(() => child.kill("SIGKILL"), STARTUP_MS);
@@ -119,6 +123,21 @@ export class Broker {
     await this.spawn();
   }
 
+  /** SIGKILL: the sockets drop without a close frame, and everything in memory is gone. */
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((r) => child.once("exit", () => r()));
+    child.kill("SIGKILL");
+    await exited;
+  }
+
+  /** kill -9, then a new process on the same port and config. */
+  async respawn(): Promise<void> {
+    await this.kill();
+    await this.spawn();
+  }
+
   async close(): Promise<void> {
     await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
@@ -128,7 +147,7 @@ export class Broker {
     return this.log.split("\n").slice(-40).join("\n");
   }
 
-  private async spawn(): Promise<void> {
+  protected async spawn(): Promise<void> {
     const child = spawn(BROKER_BIN, ["serve", "--config", this.configPath], { env: cleanEnv(), stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     child.stdout?.on("data", (d) => (this.log += String(d)));
