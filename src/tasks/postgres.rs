@@ -280,6 +280,9 @@ impl Columns {
     }
 }
 
+/// How long a connection attempt may take unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Connected {
     client: Client,
     statements: Statements,
@@ -287,7 +290,14 @@ struct Connected {
 
 impl Connected {
     fn open(url: &str) -> Result<Connected, StoreError> {
-        let mut client = Client::connect(url, NoTls)?;
+        let mut config: postgres::Config = url.parse()?;
+        // Without a bound, connecting to an unreachable host waits for the kernel's TCP
+        // timeout (minutes), and the manager waits with it when it re-reads tasks after a
+        // failed write.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let mut client = config.connect(NoTls)?;
         migrate(&mut client)?;
         let statements = Statements::prepare(&mut client)?;
         Ok(Connected { client, statements })
