@@ -213,6 +213,8 @@ impl SqliteStore {
             Connection::open_in_memory()?
         } else {
             let conn = Connection::open(path)?;
+            // Set first: switching to WAL takes a lock another opener may hold.
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
             // In WAL mode NORMAL loses nothing when the process dies; only a power cut can
             // take the last transactions.
@@ -225,16 +227,19 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Migrates under the database's write lock (an immediate transaction), reading the
+    /// version inside it: connections opening the same file at once (a writer and its
+    /// readers, or brokers starting together) migrate once, and the others wait for it.
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let version: i64 = self
+        let tx = self
             .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for next in migrations_after(version)? {
-            let tx = self.conn.transaction()?;
             tx.execute_batch(&sqlite_migration(next)?)?;
             tx.pragma_update(None, "user_version", next as i64)?;
-            tx.commit()?;
         }
+        tx.commit()?;
         Ok(())
     }
 }
@@ -580,6 +585,22 @@ mod tests {
             store.task("t").unwrap().unwrap().status,
             TaskStatus::Running
         );
+    }
+
+    #[test]
+    fn connections_opening_a_new_file_together_migrate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let path = path.to_str().unwrap().to_owned();
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+            })
+            .collect();
+        for opener in openers {
+            assert_eq!(opener.join().unwrap(), Ok(()));
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub fn test_config() -> Config {
     config.auth.hs256_secret = SECRET.into();
     // In memory: test brokers must not share (or leave behind) an outbox file.
     config.webhooks.outbox_path = String::new();
+    // The same for the task store (tests of its files set their own path).
+    config.tasks.sqlite_path = String::new();
     // Shutdown tests need not wait for load balancers.
     config.server.drain_delay = Duration::ZERO;
     config

@@ -32,6 +32,7 @@ pub fn test_config() -> Config {
     config.auth.hs256_secret = SECRET.into();
     config.api.keys = vec![API_KEY.into()];
     config.webhooks.outbox_path = String::new();
+    config.tasks.sqlite_path = String::new();
     config.limits.messages_per_second = 1_000_000;
     config.limits.burst = 1_000_000;
     config.history.size = 20_000;
