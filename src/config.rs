@@ -217,6 +217,21 @@ pub struct LimitsConfig {
     pub outbound_queue_messages: usize,
     /// Bytes queued for one session before it is closed as a slow consumer (4009).
     pub outbound_queue_bytes: usize,
+    /// WebSocket connections this broker holds at once; a handshake beyond it gets HTTP
+    /// 503 before the upgrade. 0: no limit.
+    pub max_connections: usize,
+    /// WebSocket connections one IP address holds at once; beyond it, HTTP 429. 0: no
+    /// limit.
+    pub max_connections_per_ip: usize,
+    /// WebSocket handshakes per second one IP address may start (token bucket); beyond
+    /// it, HTTP 429 with `Retry-After`. 0: no limit.
+    pub handshakes_per_second_per_ip: u32,
+    /// The burst of that bucket (0: the same as the rate).
+    pub handshake_burst_per_ip: u32,
+    /// How long a client has to send a request's headers (a WebSocket handshake
+    /// included) once its connection is open; a slower one gets 408 and is closed.
+    #[serde(with = "duration")]
+    pub request_header_timeout: Duration,
 }
 
 /// `[router]`
@@ -707,6 +722,11 @@ impl Default for LimitsConfig {
             max_json_depth: 64,
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 4 * 1024 * 1024,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            handshakes_per_second_per_ip: 0,
+            handshake_burst_per_ip: 0,
+            request_header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -1145,6 +1165,14 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero".into()));
             }
+        }
+        // actix-web reads a zero header timeout as "none": a slowloris client could then
+        // hold a connection forever.
+        if self.limits.request_header_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "limits.request_header_timeout",
+                "must be at least 100ms".into(),
+            ));
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
             return Err(invalid(

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// WebSocket connections an endpoint refused, by endpoint path and reason (`auth`,
     /// `forbidden`, `param`).
     pub endpoint_refusals: IntCounterVec,
+    /// WebSocket handshakes refused before the upgrade by a connection cap, by reason
+    /// (`max_connections`, `max_connections_per_ip`, `handshake_rate`).
+    pub connections_refused: IntCounterVec,
     /// Messages a Redis bridge carried, by bridge and direction (`in`: Redis to a room,
     /// `out`: a room to Redis).
     pub bridge_messages: IntCounterVec,
@@ -159,6 +162,14 @@ impl Metrics {
                     "WebSocket connections an endpoint refused, by reason",
                 ),
                 &["endpoint", "reason"],
+            )
+            .expect("valid metric"),
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_connections_refused_total",
+                    "WebSocket handshakes refused before the upgrade by a connection cap",
+                ),
+                &["reason"],
             )
             .expect("valid metric"),
             bridge_messages: IntCounterVec::new(
@@ -323,7 +334,7 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 34] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 35] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -336,6 +347,7 @@ impl Metrics {
             Box::new(m.auth_failures.clone()),
             Box::new(m.limit_refusals.clone()),
             Box::new(m.endpoint_refusals.clone()),
+            Box::new(m.connections_refused.clone()),
             Box::new(m.bridge_messages.clone()),
             Box::new(m.bridge_dropped.clone()),
             Box::new(m.bridge_reconnects.clone()),

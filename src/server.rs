@@ -26,6 +26,7 @@ pub async fn serve(
         n => n,
     };
     let console = broker.config().console.enabled;
+    let header_timeout = broker.config().limits.request_header_timeout;
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(crate::metrics::track_http))
@@ -48,6 +49,8 @@ pub async fn serve(
     .tcp_nodelay(true)
     // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
     .client_disconnect_timeout(Duration::ZERO)
+    // A client that never finishes its headers (slowloris) gets 408 and is closed.
+    .client_request_timeout(header_timeout)
     // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
     .shutdown_timeout(1)
     .listen(listener)?

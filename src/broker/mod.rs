@@ -62,6 +62,8 @@ pub(crate) struct BrokerState {
     pub asap: crate::asap::AsapState,
     /// The agent task service.
     pub tasks: crate::tasks::TasksState,
+    /// Connection caps, checked before each WebSocket upgrade.
+    pub admission: Arc<crate::transport::admission::Admission>,
 }
 
 /// Starts a broker with choices the config file cannot express (an engine object).
@@ -222,6 +224,7 @@ impl Broker {
             true => Some(crate::tasks::open_store(&config.tasks)?),
             false => None,
         };
+        let admission = crate::transport::admission::Admission::new(&config.limits);
         let broker = Broker {
             state: Arc::new(BrokerState {
                 config,
@@ -235,6 +238,7 @@ impl Broker {
                 engine,
                 asap,
                 tasks,
+                admission,
             }),
             router,
             supervisor,

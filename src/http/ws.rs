@@ -22,6 +22,7 @@ use crate::config::ServerConfig;
 use crate::endpoint::{Endpoint, Reject};
 use crate::protocol::{close, frame, ErrorCode};
 use crate::transport;
+use crate::transport::admission::Refused;
 use crate::Broker;
 
 /// The subprotocol of protocol v1 (also assumed when the client names none).
@@ -87,6 +88,11 @@ pub async fn connect(
         );
         return Err(ApiError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
+    // Before anything that costs memory or a token check: a flood is refused here.
+    let permit = match state.admission.admit(req.peer_addr().map(|a| a.ip())) {
+        Ok(permit) => permit,
+        Err(refused) => return Err(refuse_connection(&req, &broker, refused)),
+    };
     let endpoint = endpoint.into_inner();
     let connection_id = frame::new_id();
     let admitted = admit(&req, &broker, &endpoint, &connection_id).await;
@@ -108,11 +114,14 @@ pub async fn connect(
                 ws,
                 stream,
                 binding,
+                permit,
             );
         }
         Err(refusal) => {
             let reason = refusal.close_reason(&endpoint);
             actix_rt::spawn(async move {
+                // The connection keeps its place until it is gone.
+                let _permit = permit;
                 let _ = ws.close(Some(reason)).await;
                 let mut stream = stream;
                 let _ = tokio::time::timeout(REJECT_LINGER, async {
@@ -127,6 +136,28 @@ pub async fn connect(
         }
     }
     Ok(response)
+}
+
+/// The HTTP answer to a handshake over a connection cap: 503 when the broker is full, 429
+/// (with `Retry-After`) for one address over its share.
+fn refuse_connection(req: &HttpRequest, broker: &Broker, refused: Refused) -> ApiError {
+    broker
+        .metrics()
+        .connections_refused
+        .with_label_values(&[refused.label()])
+        .inc();
+    log::warn!(
+        "connection refused before the upgrade path={}: {refused} peer={}",
+        req.path(),
+        peer(req)
+    );
+    let code = match refused {
+        Refused::Full { .. } => ErrorCode::Unavailable,
+        Refused::TooManyFromAddress { .. } | Refused::HandshakeRate { .. } => {
+            ErrorCode::RateLimited
+        }
+    };
+    ApiError::new(code, refused.to_string())
 }
 
 /// Who the client is and which room the endpoint binds it to, or why it is not served.

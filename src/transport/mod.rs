@@ -2,6 +2,7 @@
 //! inbound message assembly with the checks RFC 6455 asks for, and the bounded outbound
 //! queue with the task that writes it.
 
+pub mod admission;
 pub mod guard;
 pub mod inbound;
 pub mod outbound;

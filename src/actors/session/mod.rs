@@ -39,6 +39,7 @@ use crate::endpoint::{Endpoint, Framing};
 use crate::protocol::frame::{self, Inbound, ReplyTo};
 use crate::protocol::types::{self, Command};
 use crate::protocol::{close, ErrorCode};
+use crate::transport::admission::Permit;
 use crate::transport::outbound::WriterExit;
 use crate::transport::{Assembler, InboundEvent, Outbound};
 
@@ -61,6 +62,8 @@ pub struct Session {
     binding: Binding,
     /// The agent URNs this connection serves (ASAP framing).
     agents: Vec<String>,
+    /// This connection's place under the connection caps, given back when the session ends.
+    _permit: Permit,
 }
 
 /// What the endpoint a session came in through decides for it.
@@ -81,6 +84,7 @@ impl Session {
         ws: actix_ws::Session,
         stream: MessageStream,
         binding: Binding,
+        permit: Permit,
     ) -> Addr<Session> {
         let limits = &state.config.limits;
         let (out, rx) = Outbound::bounded(
@@ -112,6 +116,7 @@ impl Session {
                 closing: false,
                 binding,
                 agents: Vec::new(),
+                _permit: permit,
                 state,
             }
         })
