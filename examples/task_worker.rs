@@ -12,87 +12,70 @@
 //! answers `task.undo_request` (reports the step rolled back) and `task.cancel` (drops the
 //! task). `SWITCHBOARD_URL` (default `ws://127.0.0.1:8000/ws`) and `SWITCHBOARD_TOKEN`
 //! (default: a token signed with dev mode's public secret) choose the broker.
+//!
+//! It is written on the project's Rust client (`switchboard-client`), so it reconnects by
+//! itself when the broker restarts; a task it was running then goes back to the queue when
+//! its lease lapses, and the worker claims again.
 
 use std::time::Duration;
 
-use actix_codec::Framed;
-use awc::ws::{Codec, Frame, Message};
-use awc::BoxedSocket;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use switchboard_client::{Client, Envelope, Options, Pushes, State, StateStream};
 
-type Socket = Framed<BoxedSocket, Codec>;
+/// Bound on one request to the broker.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Worker {
-    ws: Socket,
-    next_id: u64,
-    /// Pushes that arrived while waiting for a reply, handled afterwards.
-    pending: Vec<Value>,
+    client: Client,
+    pushes: Pushes,
+    states: StateStream,
+    /// Pushes that arrived while waiting for another one, handled afterwards.
+    pending: Vec<Envelope>,
 }
 
 impl Worker {
-    async fn send(&mut self, msg_type: &str, payload: Value) -> Result<Value, String> {
-        self.next_id += 1;
-        let id = format!("w{}", self.next_id);
-        let frame = json!({"type": msg_type, "id": id, "payload": payload}).to_string();
-        self.ws
-            .send(Message::Text(frame.into()))
+    /// A request to the task handlers; the reply's payload, or the broker's error.
+    async fn send(&self, msg_type: &str, payload: Value) -> Result<Value, String> {
+        let reply = self
+            .client
+            .request(msg_type, payload, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| e.to_string())?;
-        loop {
-            let msg = self.recv().await?;
-            if msg["correlation_id"] == id {
-                if msg["type"] == "system.error" {
-                    return Err(format!("{msg_type}: {}", msg["payload"]));
-                }
-                return Ok(msg["payload"].clone());
-            }
-            self.pending.push(msg);
+            .map_err(|e| format!("{msg_type}: {e}"))?;
+        Ok(reply.payload.unwrap_or(Value::Null))
+    }
+
+    /// The next push; an error when the connection dropped meanwhile (what this worker
+    /// waited for was registered on that connection).
+    async fn next_push(&mut self) -> Result<Envelope, String> {
+        tokio::select! {
+            push = self.pushes.next() => push.ok_or_else(|| "the client closed".to_owned()),
+            state = self.states.next() => match state {
+                Some(State::Connected { .. }) | None => Err("reconnected".to_owned()),
+                Some(other) => Err(format!("connection {other:?}")),
+            },
         }
     }
 
-    async fn recv(&mut self) -> Result<Value, String> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Frame::Text(bytes))) => {
-                    let msg: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-                    if msg["type"] == "system.ping" {
-                        let pong = json!({"type": "system.pong"}).to_string();
-                        let _ = self.ws.send(Message::Text(pong.into())).await;
-                        continue;
-                    }
-                    return Ok(msg);
-                }
-                Some(Ok(Frame::Ping(p))) => {
-                    let _ = self.ws.send(Message::Pong(p)).await;
-                }
-                Some(Ok(Frame::Close(reason))) => return Err(format!("closed: {reason:?}")),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("connection ended".into()),
-            }
-        }
-    }
-
-    /// The next push of `msg_type` about `task_id` (earlier arrivals first).
-    async fn wait_for(&mut self, task_id: &str, types: &[&str]) -> Result<Value, String> {
-        let matches = |m: &Value| {
-            types.contains(&m["type"].as_str().unwrap_or_default())
-                && m["payload"]["taskId"] == task_id
+    /// The next push of one of `types` about `task_id` (earlier arrivals first).
+    async fn wait_for(&mut self, task_id: &str, types: &[&str]) -> Result<Envelope, String> {
+        let matches = |m: &Envelope| {
+            types.contains(&m.msg_type.as_str())
+                && m.payload.as_ref().is_some_and(|p| p["taskId"] == task_id)
         };
         if let Some(i) = self.pending.iter().position(matches) {
             return Ok(self.pending.remove(i));
         }
         loop {
-            let msg = self.recv().await?;
-            if matches(&msg) {
-                return Ok(msg);
+            let push = self.next_push().await?;
+            if matches(&push) {
+                return Ok(push);
             }
-            self.pending.push(msg);
+            self.pending.push(push);
         }
     }
 
-    async fn step(&mut self, task_id: &str, name: &str) -> Result<(), String> {
+    async fn step(&self, task_id: &str, name: &str) -> Result<(), String> {
         self.send(
             "task.step",
             json!({"taskId": task_id, "action": "start", "name": name}),
@@ -104,7 +87,7 @@ impl Worker {
         )
         .await?;
         // Stands for the work; the lease is renewed by every message.
-        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         self.send(
             "task.step",
             json!({"taskId": task_id, "action": "complete", "result": {"step": name}}),
@@ -113,8 +96,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs one task; `Ok(false)` when it was cancelled.
-    async fn run(&mut self, task: &Value) -> Result<bool, String> {
+    /// Runs one task.
+    async fn run(&mut self, task: &Value) -> Result<(), String> {
         let id = task["id"].as_str().unwrap_or_default().to_owned();
         log::info!("running {id}: {}", task["task"]);
         self.step(&id, "plan").await?;
@@ -134,11 +117,11 @@ impl Worker {
         let answer = self
             .wait_for(&id, &["task.approval_decision", "task.cancel"])
             .await?;
-        if answer["type"] == "task.cancel" {
+        if answer.msg_type == "task.cancel" {
             log::info!("{id} cancelled");
-            return Ok(false);
+            return Ok(());
         }
-        if answer["payload"]["approved"] != true {
+        if answer.payload.as_ref().map(|p| &p["approved"]) != Some(&Value::Bool(true)) {
             self.send("task.step", json!({"taskId": id, "action": "fail"}))
                 .await?;
             self.send(
@@ -146,7 +129,7 @@ impl Worker {
                 json!({"taskId": id, "error": "the user rejected the changes"}),
             )
             .await?;
-            return Ok(true);
+            return Ok(());
         }
         self.send(
             "task.step",
@@ -158,10 +141,10 @@ impl Worker {
         while let Some(i) = self
             .pending
             .iter()
-            .position(|m| m["type"] == "task.undo_request")
+            .position(|m| m.msg_type == "task.undo_request")
         {
             let undo = self.pending.remove(i);
-            let step = undo["payload"]["stepId"].clone();
+            let step = undo.payload.map(|p| p["stepId"].clone());
             self.send(
                 "task.undo",
                 json!({"taskId": id, "stepId": step, "ok": true}),
@@ -174,11 +157,26 @@ impl Worker {
         )
         .await?;
         log::info!("{id} completed");
-        Ok(true)
+        Ok(())
+    }
+
+    /// Claims the next task: at once if one is queued, else when the broker assigns one.
+    async fn claim(&mut self) -> Result<Value, String> {
+        let claimed = self.send("task.claim", json!({"wait": true})).await?;
+        if !claimed["task"].is_null() {
+            return Ok(claimed["task"].clone());
+        }
+        loop {
+            let push = self.next_push().await?;
+            if push.msg_type == "task.assigned" {
+                return Ok(push.payload.map(|p| p["task"].clone()).unwrap_or_default());
+            }
+            self.pending.push(push);
+        }
     }
 }
 
-#[actix_rt::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), String> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let url = std::env::var("SWITCHBOARD_URL").unwrap_or_else(|_| "ws://127.0.0.1:8000/ws".into());
@@ -193,32 +191,35 @@ async fn main() -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?,
     };
-    let (_, ws) = awc::Client::new()
-        .ws(format!("{url}?token={token}"))
-        .connect()
+    let client = Client::connect(&url, Options::with_token(token))
         .await
         .map_err(|e| format!("connect {url}: {e}"))?;
     let mut worker = Worker {
-        ws,
-        next_id: 0,
+        pushes: client.pushes().map_err(|e| e.to_string())?,
+        states: client.state_changes(),
+        client,
         pending: Vec::new(),
     };
     log::info!("worker connected to {url}");
     loop {
-        let claimed = worker.send("task.claim", json!({"wait": true})).await?;
-        let task = if claimed["task"].is_null() {
-            let assigned = loop {
-                let msg = worker.recv().await?;
-                if msg["type"] == "task.assigned" {
-                    break msg;
-                }
-            };
-            assigned["payload"]["task"].clone()
-        } else {
-            claimed["task"].clone()
+        let result = match worker.claim().await {
+            Ok(task) => worker.run(&task).await,
+            Err(err) => Err(err),
         };
-        if let Err(err) = worker.run(&task).await {
-            log::warn!("task {}: {err}", task["id"]);
+        if let Err(err) = result {
+            log::warn!("{err}");
+            if let State::Closed { .. } = worker.client.state() {
+                return Err(err);
+            }
+            // Pushes of the lost connection are stale; wait until connected again.
+            worker.pending.clear();
+            while !worker.client.state().is_connected() {
+                match worker.states.next().await {
+                    Some(State::Closed { reason, .. }) => return Err(reason),
+                    None => return Err("the client closed".into()),
+                    _ => {}
+                }
+            }
         }
     }
 }

@@ -122,10 +122,7 @@ async fn a_burst_of_handshakes_beyond_the_allowance_gets_429() {
     }
     let head = raw_handshake(broker.addr, &token("d", &["*"])).await;
     assert_eq!(status(&head), 429, "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after:"),
-        "{head}"
-    );
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
 }
 
 #[actix_rt::test]

@@ -6,6 +6,8 @@
 mod cluster;
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/proxy.rs"]
+mod proxy;
 #[path = "support/receiver.rs"]
 mod receiver;
 #[path = "support/redis.rs"]
@@ -15,9 +17,10 @@ mod support;
 use std::collections::BTreeMap;
 
 use cluster::Cluster;
+use proxy::{stream_through_cuts, Proxy};
 use receiver::Receiver;
 use serde_json::{json, Value};
-use support::Client;
+use support::{connect_client, next_message, Client};
 
 /// Reads room messages of `room` until `count` arrived (skipping anything else); their
 /// payloads' `n` in arrival order, with their seqs.
@@ -52,28 +55,19 @@ async fn a_message_published_on_one_node_reaches_every_node_once_in_order() {
         return;
     };
     let mut subscribers = one_per_node(&cluster, "sub", "chat:one").await;
-    let (mut publisher, _) = cluster.nodes[0].client("pub").await;
-    publisher.join("chat:one").await;
-    // Over WebSocket on node A: acknowledged with the seq Redis allocated. The publisher
-    // gets its own messages through Redis too, before or after each ack.
-    let mut own = Vec::new();
+    // The publisher is the project's client: its acks and its own messages (which come
+    // through Redis too, before or after each ack) arrive apart.
+    let publisher = connect_client(&cluster.nodes[0].ws_url(), "pub", &["*"]).await;
+    let mut own = publisher
+        .subscribe("chat:one")
+        .expect("the publisher joins");
+    // Over WebSocket on node A: acknowledged with the seq Redis allocated.
     for n in 0..5 {
-        publisher
-            .publish("chat:one", &format!("ws-{n}"), json!({ "n": n }))
-            .await;
-        loop {
-            let msg = publisher.recv().await;
-            if msg["type"] == "ack" {
-                assert_eq!(msg["seq"], n + 1, "{msg}");
-                break;
-            }
-            if msg["type"] == "room.message" {
-                own.push((
-                    msg["seq"].as_u64().expect("seq"),
-                    msg["payload"]["n"].clone(),
-                ));
-            }
-        }
+        let ack = publisher
+            .publish_with_id("chat:one", &format!("ws-{n}"), json!({ "n": n }))
+            .await
+            .expect("an ack");
+        assert_eq!((ack.seq, ack.duplicate), (n + 1, false));
     }
     // Over HTTP on node A.
     for n in 5..10 {
@@ -95,10 +89,12 @@ async fn a_message_published_on_one_node_reaches_every_node_once_in_order() {
             "subscriber on node {i}"
         );
     }
-    // The publisher got its own messages like everyone else.
-    let rest = 10 - own.len();
-    own.extend(read_messages(&mut publisher, "chat:one", rest).await);
-    assert_eq!(own, expected);
+    // The publisher got its own messages like everyone else, none twice.
+    for (seq, n) in &expected {
+        let message = next_message(&mut own).await;
+        assert_eq!((message.seq, &message.payload["n"]), (*seq, n));
+    }
+    assert_eq!(publisher.stats().duplicates_dropped, 0);
     // History answers the same from every node.
     for node in &cluster.nodes {
         let (status, body) = node
@@ -195,6 +191,11 @@ async fn resume(
     }
 }
 
+/// The subscriber (the project's client, through a proxy that sends each connection to the
+/// next node in turn) is cut 20 times while 2,000 messages are published on node A. Each
+/// time it is kept out until more are published, then resumes on another node than the one
+/// it was cut from, which must replay them from Redis: every message arrives once, in order,
+/// and no resume reported a gap or replayed a message twice.
 #[actix_rt::test]
 async fn a_subscriber_cut_twenty_times_resumes_on_any_node_and_misses_nothing() {
     // History long enough for any gap a cut can open.
@@ -203,87 +204,28 @@ async fn a_subscriber_cut_twenty_times_resumes_on_any_node_and_misses_nothing() 
     };
     const TOTAL: u64 = 2000;
     const CUTS: u64 = 20;
-    let (mut publisher, _) = cluster.nodes[0].client("pub").await;
-    publisher.join("stream").await;
-    let (mut subscriber, established) = cluster.nodes[1].client("sub").await;
-    subscriber.join("stream").await;
-    let mut connection_id = established["payload"]["connection_id"]
-        .as_str()
-        .expect("connection id")
-        .to_owned();
-
-    // The publisher streams in windows of 20 (each window acknowledged) while the
-    // subscriber is cut and resumes; both run at once.
-    let publishing = async move {
-        for window in 0..TOTAL / 20 {
-            for k in 0..20 {
-                let n = window * 20 + k;
-                publisher
-                    .publish("stream", &format!("m{n}"), json!({ "n": n }))
-                    .await;
-            }
-            let mut acks = 0;
-            while acks < 20 {
-                if publisher.recv().await["type"] == "ack" {
-                    acks += 1;
-                }
-            }
-        }
-        publisher
-    };
-    let subscribing = async {
-        let mut got: Vec<(u64, Value)> = Vec::new();
-        let mut next_node = 2usize;
-        for cut in 0..=CUTS {
-            // Read this connection's share, then cut it (no close frame).
-            let share = ((cut + 1) * TOTAL / (CUTS + 1)).min(TOTAL) as usize;
-            while got.len() < share {
-                let msg = subscriber.recv().await;
-                if msg["type"] == "room.message" && msg["room"] == "stream" {
-                    got.push((
-                        msg["seq"].as_u64().expect("seq"),
-                        msg["payload"]["n"].clone(),
-                    ));
-                }
-            }
-            if cut == CUTS {
-                break;
-            }
-            drop(subscriber);
-            let node = &cluster.nodes[next_node % 3];
-            next_node = next_node * 7 + 1; // a fixed, well-mixed walk over the nodes
-            let (fresh, established) = node.client("sub").await;
-            subscriber = fresh;
-            let last = got.last().map_or(0, |(seq, _)| *seq);
-            let (replayed, resumed) = resume(
-                &mut subscriber,
-                &connection_id,
-                json!({ "stream": last }),
-                "stream",
-            )
-            .await;
-            assert_eq!(
-                resumed["payload"]["rooms"]["stream"]["recovered"], true,
-                "{resumed}"
-            );
-            got.extend(replayed);
-            connection_id = established["payload"]["connection_id"]
-                .as_str()
-                .expect("connection id")
-                .to_owned();
-        }
-        got
-    };
-    let (_, got) = futures_util::join!(publishing, subscribing);
-    let expected: Vec<(u64, Value)> = (0..TOTAL).map(|n| (n + 1, json!(n))).collect();
-    if let Some(at) = (0..expected.len()).find(|&i| got.get(i) != expected.get(i)) {
-        let window = at.saturating_sub(3)..(at + 4).min(got.len());
-        panic!(
-            "all {TOTAL} in order, none twice: first difference at {at}, got {:?}",
-            &got[window]
-        );
-    }
-    assert_eq!(got.len(), expected.len(), "every message once");
+    let nodes: Vec<_> = cluster.nodes.iter().map(|n| n.addr()).collect();
+    // Connection k to node (k + 1) % 3: B first, then C, A, B, …
+    let proxy = Proxy::start(move |k| nodes[(k + 1) % 3]);
+    let subscriber = connect_client(&proxy.ws_url(), "sub", &["*"]).await;
+    let mut stream = subscriber.subscribe_from("stream", 0).expect("subscribe");
+    let publisher = connect_client(&cluster.nodes[0].ws_url(), "pub", &["*"]).await;
+    let _membership = publisher.subscribe("stream").expect("the publisher joins");
+    stream_through_cuts(
+        &proxy,
+        &publisher,
+        "stream",
+        &subscriber,
+        &mut stream,
+        TOTAL,
+        CUTS,
+    )
+    .await;
+    assert_eq!(
+        proxy.forwarded(),
+        CUTS as usize + 1,
+        "each resume on the next node"
+    );
 }
 
 #[actix_rt::test]

@@ -28,6 +28,16 @@ impl Node {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// `ws://127.0.0.1:PORT/ws`, without a token (the project's client sends it in a header).
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// The address of its listener.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// Connects as `sub` (allowed on every room) and reads `system.connection.established`.
     pub async fn client(&self, sub: &str) -> (Client, Value) {
         let url = format!(

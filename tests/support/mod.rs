@@ -52,6 +52,67 @@ pub fn token(sub: &str, rooms: &[&str]) -> String {
     .expect("sign token")
 }
 
+/// The project's own client (`switchboard_client`) on `url` as `sub`, allowed on `rooms`:
+/// connected, reconnecting within milliseconds of a drop (tests cut connections on purpose).
+pub async fn connect_client(url: &str, sub: &str, rooms: &[&str]) -> switchboard_client::Client {
+    let options = switchboard_client::Options {
+        connect_timeout: WAIT,
+        reconnect: Some(switchboard_client::Backoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(100),
+            max_attempts: Some(100),
+            jitter: 0.5,
+        }),
+        ..switchboard_client::Options::with_token(token(sub, rooms))
+    };
+    switchboard_client::Client::connect(url, options)
+        .await
+        .unwrap_or_else(|e| panic!("{sub} connects to {url}: {e}"))
+}
+
+/// The next message of `room` within [`WAIT`], skipping presence events; a gap (messages
+/// the broker could not give back) or a refusal fails the test.
+pub async fn next_message(
+    room: &mut switchboard_client::Subscription,
+) -> switchboard_client::Message {
+    use switchboard_client::SubscriptionEvent;
+    loop {
+        let event = tokio::time::timeout(WAIT, room.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message of {} within {WAIT:?}", room.room()))
+            .unwrap_or_else(|| panic!("the subscription of {} ended", room.room()));
+        match event {
+            SubscriptionEvent::Message(message) => return message,
+            SubscriptionEvent::Presence(_) => {}
+            other => panic!("expected a message of {}, got {other:?}", room.room()),
+        }
+    }
+}
+
+/// Waits (at most [`WAIT`]) for the next `Connected` of a client's state stream: after a
+/// drop, the client is back and has asked the broker to resume.
+pub async fn next_connected(states: &mut switchboard_client::StateStream) {
+    loop {
+        let state = tokio::time::timeout(WAIT, states.next())
+            .await
+            .unwrap_or_else(|_| panic!("not connected again within {WAIT:?}"))
+            .expect("the client is open");
+        if state.is_connected() {
+            return;
+        }
+    }
+}
+
+/// Waits (at most [`WAIT`]) until `count` (a progress counter, e.g. of acknowledged
+/// publishes) reaches `target`.
+pub async fn wait_count(count: &mut tokio::sync::watch::Receiver<u64>, target: u64) {
+    let reached = matches!(
+        tokio::time::timeout(WAIT, count.wait_for(|&n| n >= target)).await,
+        Ok(Ok(_))
+    );
+    assert!(reached, "still at {} of {target}", *count.borrow());
+}
+
 type Setup = Box<dyn FnOnce(Broker) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// A broker running in a background thread.

@@ -8,9 +8,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::{new_id, Command, Driver};
+use crate::driver::{new_id, Command, Driver, Replier};
 use crate::state::Shared;
-use crate::{Ack, Envelope, Error, Options, Result, State, StateStream, Stats, Subscription};
+use crate::{
+    Ack, Envelope, Error, Options, Pushes, Result, State, StateStream, Stats, Subscription,
+};
 
 /// A protocol-v1 client on one WebSocket: connects, answers pings, reconnects with backoff,
 /// resumes its rooms from their last seq, delivers each room message once and in order,
@@ -124,6 +126,14 @@ impl Client {
         ))
     }
 
+    /// The connection's application pushes from now on (see [`Pushes`]); until this is
+    /// called they are dropped. A second call replaces the first stream, which ends.
+    pub fn pushes(&self) -> Result<Pushes> {
+        let (sink, rx) = mpsc::unbounded_channel();
+        self.send(Command::Pushes { sink })?;
+        Ok(Pushes::new(rx))
+    }
+
     /// Leaves `room`: its subscription's stream ends.
     pub fn unsubscribe(&self, room: &str) -> Result<()> {
         self.send(Command::Unsubscribe {
@@ -198,6 +208,62 @@ impl Client {
         let text = frame.to_string();
         self.check_size(&text)?;
         let (reply, rx) = oneshot::channel();
+        self.exchange(id, text, Replier::Envelope(reply), rx, msg_type, timeout)
+            .await
+    }
+
+    /// Calls `method` in JSON-RPC 2.0 mode (`docs/PROTOCOL.md` §5) and waits up to
+    /// `timeout` for its `result`. An application method gets `params` as its payload;
+    /// broker methods (`room.*`, `system.*`) take `{room, id?, payload}`. A JSON-RPC error
+    /// object becomes [`Error::Rpc`], with the broker's code name in `data.code`.
+    ///
+    /// Sent like [`Client::request`]: on the next connection when offline; a call already
+    /// sent when the connection drops fails with [`Error::ConnectionLost`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: switchboard_client::Client) -> switchboard_client::Result<()> {
+    /// let result = client
+    ///     .call("task.request", serde_json::json!({"doc": 42}), std::time::Duration::from_secs(5))
+    ///     .await?;
+    /// println!("{result}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn call(
+        &self,
+        method: &str,
+        params: impl Serialize,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let params = serde_json::to_value(params).map_err(|e| Error::Serialize(e.to_string()))?;
+        let id = new_id();
+        let text =
+            json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id}).to_string();
+        self.check_size(&text)?;
+        let (reply, rx) = oneshot::channel();
+        self.exchange(id, text, Replier::JsonRpc(reply), rx, method, timeout)
+            .await
+    }
+
+    /// Sends `method` as a JSON-RPC notification: no `id`, so the broker sends no answer
+    /// (nor most errors). Sent now, or on the next connection when offline.
+    pub fn notify(&self, method: &str, params: impl Serialize) -> Result<()> {
+        let params = serde_json::to_value(params).map_err(|e| Error::Serialize(e.to_string()))?;
+        let text = json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string();
+        self.check_size(&text)?;
+        self.send(Command::Notify { text })
+    }
+
+    /// Registers a request with the connection task and waits for its answer or `timeout`.
+    async fn exchange<T>(
+        &self,
+        id: String,
+        text: String,
+        reply: Replier,
+        rx: oneshot::Receiver<Result<T>>,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<T> {
         self.send(Command::Request {
             id: id.clone(),
             text,
@@ -208,7 +274,7 @@ impl Client {
             Err(_) => {
                 let _ = self.inner.commands.send(Command::CancelRequest { id });
                 Err(Error::Timeout(format!(
-                    "no reply to {msg_type} within {timeout:?}"
+                    "no reply to {what} within {timeout:?}"
                 )))
             }
         }

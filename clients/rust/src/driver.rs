@@ -27,6 +27,9 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const SERVICE_RESTART: u16 = 1012;
 /// Close code of a failed authentication.
 const AUTH_FAILED: u16 = 4000;
+/// Close codes of a broker that is shedding this client: too slow a reader (4009), too
+/// many sessions of its user (4029). Reconnecting at once would only repeat them.
+const THROTTLED: [u16; 2] = [4009, 4029];
 
 /// What the client handle asks of the task.
 #[derive(Debug)]
@@ -49,10 +52,18 @@ pub(crate) enum Command {
     Request {
         id: String,
         text: String,
-        reply: oneshot::Sender<Result<Envelope, Error>>,
+        reply: Replier,
+    },
+    /// A JSON-RPC notification: sent now, or on the next connection.
+    Notify {
+        text: String,
     },
     CancelRequest {
         id: String,
+    },
+    /// Where application pushes go from now on (replacing an earlier stream).
+    Pushes {
+        sink: mpsc::UnboundedSender<Envelope>,
     },
     Close,
 }
@@ -68,7 +79,50 @@ struct PendingPublish {
 struct PendingRequest {
     text: String,
     sent: bool,
-    reply: oneshot::Sender<Result<Envelope, Error>>,
+    reply: Replier,
+}
+
+/// Where a request's answer goes: a native reply envelope, or a JSON-RPC `result`.
+#[derive(Debug)]
+pub(crate) enum Replier {
+    Envelope(oneshot::Sender<Result<Envelope, Error>>),
+    JsonRpc(oneshot::Sender<Result<Value, Error>>),
+}
+
+impl Replier {
+    fn fail(self, error: Error) {
+        match self {
+            Replier::Envelope(tx) => {
+                let _ = tx.send(Err(error));
+            }
+            Replier::JsonRpc(tx) => {
+                let _ = tx.send(Err(error));
+            }
+        }
+    }
+}
+
+/// A JSON-RPC 2.0 response (`docs/PROTOCOL.md` §5). `jsonrpc` is required, so a native
+/// envelope never parses as one.
+#[derive(Debug, serde::Deserialize)]
+struct RpcResponse {
+    #[allow(dead_code)]
+    jsonrpc: String,
+    #[serde(default)]
+    id: Value,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RpcError {
+    code: i64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    data: Option<Value>,
 }
 
 /// How a connection (or an attempt) ended.
@@ -88,6 +142,10 @@ pub(crate) struct Driver {
     publish_order: HashMap<String, u64>,
     next_order: u64,
     requests: HashMap<String, PendingRequest>,
+    /// Application pushes (frames that are neither room messages nor replies).
+    pushes: Option<mpsc::UnboundedSender<Envelope>>,
+    /// JSON-RPC notifications made while offline, sent on the next connection.
+    notifications: Vec<String>,
     /// Join request id → room, to match a refusal to its subscription.
     joins: HashMap<String, String>,
     /// Rooms unsubscribed while offline: left again after the resume rejoins them.
@@ -98,6 +156,9 @@ pub(crate) struct Driver {
     out: Vec<String>,
     online: bool,
     attempt: u32,
+    /// Connections in a row that the broker shed ([`THROTTLED`]); their backoff grows
+    /// across the reconnections in between.
+    throttled: u32,
     auth_retried: bool,
     connected_once: bool,
     close_reason: Option<String>,
@@ -127,12 +188,15 @@ impl Driver {
             publish_order: HashMap::new(),
             next_order: 0,
             requests: HashMap::new(),
+            notifications: Vec::new(),
+            pushes: None,
             joins: HashMap::new(),
             leave_after_resume: HashSet::new(),
             connection_id: None,
             out: Vec::new(),
             online: false,
             attempt: 0,
+            throttled: 0,
             auth_retried: false,
             connected_once: false,
             close_reason: None,
@@ -201,6 +265,15 @@ impl Driver {
             });
             self.attempt = 1;
             return Ok(Duration::ZERO);
+        }
+        match ended.code {
+            Some(code) if THROTTLED.contains(&code) => {
+                // The connection succeeded, which reset the attempts; a streak of sheddings
+                // must still back off (and count against max_attempts), not loop.
+                self.throttled += 1;
+                self.attempt = self.attempt.max(self.throttled - 1);
+            }
+            _ => self.throttled = 0,
         }
         self.attempt += 1;
         if backoff.max_attempts.is_some_and(|max| self.attempt > max) {
@@ -406,6 +479,7 @@ impl Driver {
             pending.sent = true;
             texts.push(pending.text.clone());
         }
+        texts.append(&mut self.notifications);
         for text in texts {
             self.transmit(text);
         }
@@ -418,15 +492,9 @@ impl Driver {
         self.joins.clear();
         self.rooms.connection_lost();
         // A request already sent may or may not have run: it fails rather than run twice.
-        self.requests.retain(|_, pending| {
-            if pending.sent {
-                let reply = std::mem::replace(&mut pending.reply, oneshot::channel().0);
-                let _ = reply.send(Err(Error::ConnectionLost));
-                false
-            } else {
-                true
-            }
-        });
+        for (_, pending) in self.requests.extract_if(|_, pending| pending.sent) {
+            pending.reply.fail(Error::ConnectionLost);
+        }
     }
 
     fn transmit(&mut self, text: String) {
@@ -517,9 +585,17 @@ impl Driver {
                 );
                 self.transmit(text);
             }
+            Command::Notify { text } => {
+                if self.online {
+                    self.transmit(text);
+                } else {
+                    self.notifications.push(text);
+                }
+            }
             Command::CancelRequest { id } => {
                 self.requests.remove(&id);
             }
+            Command::Pushes { sink } => self.pushes = Some(sink),
             Command::Close => {}
         }
     }
@@ -530,6 +606,13 @@ impl Driver {
     }
 
     fn on_frame(&mut self, text: &str) {
+        // JSON-RPC answers come only to `call`s; the cheap substring test keeps the second
+        // parse off the path of ordinary frames.
+        if text.contains("\"jsonrpc\"") {
+            if let Ok(response) = serde_json::from_str::<RpcResponse>(text) {
+                return self.on_rpc_response(response);
+            }
+        }
         let frame: Envelope = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -572,7 +655,7 @@ impl Driver {
                     if let Some(pending) = self.take_publish(&id) {
                         let _ = pending.reply.send(Err(error));
                     } else if let Some(pending) = self.requests.remove(&id) {
-                        let _ = pending.reply.send(Err(error));
+                        pending.reply.fail(error);
                     } else if let Some(room) = self.joins.remove(&id) {
                         log::warn!("switchboard client: room {room} refused: {error}");
                         self.rooms.refuse(&room, error);
@@ -613,6 +696,7 @@ impl Driver {
                     }
                 }
             }
+            "presence.join" | "presence.leave" => self.rooms.presence(&frame),
             "system.pong" | "system.connection.established" => {}
             _ => {
                 if frame.is_room_message() {
@@ -620,10 +704,58 @@ impl Driver {
                         Shared::bump(&self.shared.duplicates_dropped, 1);
                     }
                 } else if let Some(id) = correlation {
-                    if let Some(pending) = self.requests.remove(&id) {
-                        let _ = pending.reply.send(Ok(frame));
+                    match self.requests.remove(&id).map(|p| p.reply) {
+                        Some(Replier::Envelope(tx)) => {
+                            let _ = tx.send(Ok(frame));
+                        }
+                        Some(other) => other.fail(Error::Server {
+                            code: "internal".into(),
+                            message: format!("a {} frame answered a JSON-RPC call", frame.msg_type),
+                        }),
+                        // A reply to a request that timed out: nobody waits for it.
+                        None => {}
+                    }
+                } else if let Some(sink) = &self.pushes {
+                    if sink.send(frame).is_err() {
+                        self.pushes = None;
                     }
                 }
+            }
+        }
+    }
+
+    fn on_rpc_response(&mut self, response: RpcResponse) {
+        let Some(id) = response.id.as_str() else {
+            if let Some(error) = response.error {
+                // `"id": null`: the broker could not read a request at all.
+                log::warn!(
+                    "switchboard client: JSON-RPC error {}: {}",
+                    error.code,
+                    error.message
+                );
+            }
+            return;
+        };
+        let Some(pending) = self.requests.remove(id) else {
+            return;
+        };
+        let outcome = match response.error {
+            Some(error) => Err(Error::Rpc {
+                code: error.code,
+                message: error.message,
+                data: error.data,
+            }),
+            None => Ok(response.result.unwrap_or(Value::Null)),
+        };
+        match (pending.reply, outcome) {
+            (Replier::JsonRpc(tx), outcome) => {
+                let _ = tx.send(outcome);
+            }
+            (Replier::Envelope(tx), _) => {
+                let _ = tx.send(Err(Error::Server {
+                    code: "internal".into(),
+                    message: "a JSON-RPC response answered a native request".into(),
+                }));
             }
         }
     }
@@ -634,9 +766,10 @@ impl Driver {
             let _ = pending.reply.send(Err(error.clone()));
         }
         for (_, pending) in self.requests.drain() {
-            let _ = pending.reply.send(Err(error.clone()));
+            pending.reply.fail(error.clone());
         }
         self.rooms.end_all();
+        self.pushes = None;
         let (code, reason) = match error {
             Error::Closed { code, reason } => (code, reason),
             other => (None, other.to_string()),
@@ -698,5 +831,67 @@ async fn open(url: &str, token: Option<String>) -> Result<(Socket, Envelope), En
             Some(Err(e)) => return Err(lost(format!("connection lost: {e}"))),
             None => return Err(lost("connection lost".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Backoff;
+
+    fn driver(max_attempts: Option<u32>) -> Driver {
+        let options = Options {
+            reconnect: Some(Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(30),
+                max_attempts,
+                jitter: 0.0,
+            }),
+            ..Options::default()
+        };
+        let (_, rx) = mpsc::unbounded_channel();
+        Driver::new("ws://x/ws".into(), options, rx, Arc::new(Shared::new()))
+    }
+
+    fn ended(code: Option<u16>) -> Ended {
+        Ended {
+            code,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_streak_of_sheddings_backs_off_although_each_connection_succeeded() {
+        let mut d = driver(Some(4));
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            d.on_established("c".into());
+            delays.push(d.next_delay(&ended(Some(4009))).expect("reconnects"));
+        }
+        let secs: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8]);
+        // max_attempts bounds the streak: no endless reconnect-and-be-shed loop.
+        d.on_established("c".into());
+        assert!(matches!(
+            d.next_delay(&ended(Some(4029))),
+            Err(Error::Closed {
+                code: Some(4029),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn an_ordinary_drop_after_a_good_connection_starts_the_backoff_over() {
+        let mut d = driver(None);
+        d.on_established("c".into());
+        assert_eq!(d.next_delay(&ended(Some(4009))).unwrap().as_secs(), 1);
+        d.on_established("c".into());
+        assert_eq!(d.next_delay(&ended(Some(4009))).unwrap().as_secs(), 2);
+        d.on_established("c".into());
+        assert_eq!(d.next_delay(&ended(None)).unwrap().as_secs(), 1);
+        // 1012: at once; 4000 and 1008: the end.
+        assert_eq!(d.next_delay(&ended(Some(1012))).unwrap(), Duration::ZERO);
+        assert!(d.next_delay(&ended(Some(1008))).is_err());
     }
 }

@@ -41,12 +41,72 @@ pub enum Error {
         /// The configured maximum.
         max: usize,
     },
+    /// The broker answered a JSON-RPC call ([`Client::call`](crate::Client::call)) with an
+    /// error object.
+    #[error("JSON-RPC error {code}: {message}")]
+    Rpc {
+        /// The JSON-RPC error code (-32601 for an unknown method, …).
+        code: i64,
+        /// The error message.
+        message: String,
+        /// The error's `data`; the broker puts its code name in `data.code`.
+        data: Option<serde_json::Value>,
+    },
     /// The token callback failed.
     #[error("token refresh failed: {0}")]
     Token(String),
     /// A payload could not be serialised to JSON.
     #[error("payload is not serialisable: {0}")]
     Serialize(String),
+    /// The broker's HTTP API answered with an error status and its
+    /// `{"error":{"code","message"}}` body ([`HttpClient`](crate::HttpClient),
+    /// [`Pool`](crate::Pool) on `http(s)://` URLs).
+    #[error("HTTP API error {status} {code}: {message}")]
+    Http {
+        /// The HTTP status (401, 403, 409, 429, 503, …).
+        status: u16,
+        /// The broker's error code (`unauthorized`, `conflict`, `rate_limited`, …), or
+        /// `http_<status>` when the body was not the broker's (a proxy's error page).
+        code: String,
+        /// The broker's message.
+        message: String,
+        /// The `Retry-After` of a 429 (or 503): wait this long before trying again.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// An HTTP request got no usable answer: the connection failed or broke, or the answer
+    /// was not the JSON the HTTP API documents.
+    #[error("HTTP request failed: {0}")]
+    Transport(String),
+    /// An ASAP server answered with a JSON-RPC error object
+    /// ([`AsapClient`](crate::AsapClient)).
+    #[error("ASAP error {code}: {message}")]
+    Asap {
+        /// The JSON-RPC error code (-32012: no handler for the skill or payload type,
+        /// -32032: the recipient agent is not connected, -32602: a malformed envelope, …).
+        code: i64,
+        /// The error message.
+        message: String,
+        /// The protocol's taxonomy code from `data.code` (`asap:transport/handler_not_found`),
+        /// when the server sent one.
+        taxonomy: Option<String>,
+        /// The error's `data` (`recoverable`, `retry_after_ms`, `details`, …).
+        data: Option<serde_json::Value>,
+    },
+    /// An ASAP server refused an HTTP request or WebSocket upgrade by status: 401 (the
+    /// token), 403 (the origin), 413 (too large), 429 (rate limit), …
+    #[error("ASAP server refused the request: HTTP {status}: {message}")]
+    AsapRefused {
+        /// The HTTP status.
+        status: u16,
+        /// What the server said.
+        message: String,
+    },
+    /// A server's answer could not be read: not JSON, or a result without a valid envelope.
+    #[error("invalid answer: {0}")]
+    InvalidAnswer(String),
+    /// The operation needs another transport (`asap.register` over HTTP).
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 struct CloseDisplay<'a>(Option<u16>, &'a str);

@@ -91,3 +91,29 @@ pub struct Gap {
     /// had already left the broker's history.
     pub reset: bool,
 }
+
+/// One user in a room's presence list (`docs/PROTOCOL.md` §4.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The user (`anonymous:<connection_id>` for an anonymous session).
+    pub user: String,
+    /// How many of the user's connections are in the room.
+    pub connections: u32,
+    /// RFC 3339 time the user's first connection joined.
+    #[serde(default)]
+    pub joined_at: Option<String>,
+}
+
+/// Who is in a room, on a [`Subscription`](crate::Subscription) of a room whose namespace
+/// has presence on (`[namespaces.<ns>] presence = true`); nothing is sent otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// Everyone in the room, this client's user included, sorted by user: sent on every
+    /// join and rejoin, so it replaces what earlier events built up (joins and leaves
+    /// while the client was offline are not replayed).
+    Members(Vec<Member>),
+    /// A user's first connection joined the room.
+    Joined(String),
+    /// A user's last connection left the room.
+    Left(String),
+}

@@ -10,13 +10,28 @@
 //!   [`Ack`] (its seq). A publish whose ack was lost to a dropped connection is resent with
 //!   the same id after the reconnect, and the broker delivers it once.
 //! - [`Client::request`] calls an application handler and waits for the reply correlated by
-//!   id.
+//!   id; [`Client::call`] and [`Client::notify`] do the same in JSON-RPC 2.0 mode.
+//! - [`Client::pushes`] streams what handlers send on their own (a task assigned to a
+//!   worker, a handler's later messages).
+//! - Rooms of a presence namespace also yield [`PresenceEvent`]s: the member list on every
+//!   (re)join, then users joining and leaving.
 //! - Reconnects use exponential backoff with jitter ([`Backoff`]), then
 //!   `system.connection.resume` with the old connection id and each room's last seq. Close
 //!   code 1012 (broker restart) reconnects at once; 4000 (authentication failed) and 1008
-//!   (disconnected through the HTTP API) end the client ([`Options::permanent_close_codes`]).
+//!   (disconnected through the HTTP API) end the client ([`Options::permanent_close_codes`]);
+//!   after 4009 (slow reader) and 4029 (too many sessions) the backoff keeps growing
+//!   across the reconnections, so a client the broker keeps shedding does not loop.
 //! - [`Client::state_changes`] streams the [`State`]: connecting, connected, reconnecting,
 //!   closed with the close code and reason. Server `system.ping`s are answered.
+//! - [`HttpClient`] is the broker's HTTP API on an `http(s)://` URL with an API key or an
+//!   admin token: publish (with a message id, so its retries are delivered once), history,
+//!   presence, user send, broadcast; the API's errors come back as [`Error::Http`].
+//! - [`Pool`] keeps connections to many brokers for request/response traffic: up to
+//!   [`PoolOptions::size`] WebSocket clients per `ws(s)://` URL, opened as needed and closed
+//!   when idle, and one [`HttpClient`] per `http(s)://` URL.
+//! - [`AsapClient`] is the ASAP mode: an agent sending [`AsapEnvelope`]s to switchboard's
+//!   ASAP routes or any ASAP server, over one WebSocket (`ws(s)://…/asap/ws`, many calls in
+//!   flight, acks and forwarded requests as [`AsapEvent`]s) or `POST` (`http(s)://…/asap`).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -33,6 +48,7 @@
 //!         SubscriptionEvent::Message(m) => println!("{} #{}: {}", m.room, m.seq, m.payload),
 //!         SubscriptionEvent::Gap(gap) => eprintln!("lost messages after seq {}", gap.since_seq),
 //!         SubscriptionEvent::Refused(err) => return Err(err),
+//!         other => println!("{other:?}"), // presence, in presence namespaces
 //!     }
 //! }
 //! let reply = client
@@ -50,23 +66,31 @@
 //! no longer holds the whole gap (`recovered: false`), or the room restarted its numbering
 //! (a broker restart on the memory engine), the subscription yields a [`Gap`] and goes on.
 //!
-//! Not in this version: one shared connection pool per host, the JSON-RPC mode, the ASAP
-//! mode, and TLS settings beyond the `rustls` feature's defaults (webpki roots).
+//! Not in this version: TLS settings beyond the `rustls` feature's defaults (webpki roots).
 
 #![warn(missing_docs)]
 
+mod asap;
 mod client;
 mod driver;
 mod error;
 mod frame;
+mod http;
 mod options;
+mod pool;
 mod rooms;
 mod state;
 mod subscription;
 
+pub use asap::{
+    AsapClient, AsapEnvelope, AsapEvent, AsapEvents, AsapOptions, IncomingRequest,
+    ASAP_PROTOCOL_VERSION,
+};
 pub use client::Client;
 pub use error::{Error, Result};
-pub use frame::{Ack, Envelope, Gap, Message};
+pub use frame::{Ack, Envelope, Gap, Member, Message, PresenceEvent};
+pub use http::{History, HttpClient, HttpOptions};
 pub use options::{Backoff, Options, Token};
+pub use pool::{Pool, PoolOptions};
 pub use state::{State, StateStream, Stats};
-pub use subscription::{Subscription, SubscriptionEvent};
+pub use subscription::{Pushes, Subscription, SubscriptionEvent};

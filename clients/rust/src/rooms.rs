@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::mpsc;
 
-use crate::{Envelope, Error, Gap, Message, SubscriptionEvent};
+use crate::{Envelope, Error, Gap, Member, Message, PresenceEvent, SubscriptionEvent};
 
 type Sink = mpsc::UnboundedSender<SubscriptionEvent>;
 
@@ -167,6 +167,17 @@ impl Rooms {
                 state.last_seq = Some(seq);
             }
         }
+        let members = frame
+            .payload
+            .as_ref()
+            .and_then(|p| p.get("presence"))
+            .and_then(|p| serde_json::from_value::<Vec<Member>>(p.clone()).ok());
+        if let Some(members) = members {
+            send(
+                state,
+                SubscriptionEvent::Presence(PresenceEvent::Members(members)),
+            );
+        }
         if !recovered {
             let since_seq = state.last_seq.unwrap_or(0);
             send(
@@ -182,6 +193,22 @@ impl Rooms {
         None
     }
 
+    /// A `presence.join` / `presence.leave` push, for the room's subscription.
+    pub(crate) fn presence(&mut self, frame: &Envelope) {
+        let (Some(room), Some(user)) = (frame.room.as_deref(), frame.payload_str("user")) else {
+            return;
+        };
+        let Some(state) = self.rooms.get(room).filter(|s| !s.leaving) else {
+            return;
+        };
+        let event = if frame.msg_type == "presence.join" {
+            PresenceEvent::Joined(user.to_owned())
+        } else {
+            PresenceEvent::Left(user.to_owned())
+        };
+        send(state, SubscriptionEvent::Presence(event));
+    }
+
     /// Delivers a room message if it is new for this client.
     pub(crate) fn message(&mut self, frame: Envelope) -> Verdict {
         let (Some(room), Some(seq)) = (frame.room.as_deref(), frame.seq) else {
@@ -193,8 +220,23 @@ impl Rooms {
         if state.subscription.is_none() || state.leaving || state.awaiting_restart {
             return Verdict::Dropped;
         }
-        if state.last_seq.is_some_and(|last| seq <= last) {
-            return Verdict::Duplicate;
+        if let Some(last) = state.last_seq.filter(|last| seq <= *last) {
+            if seq != 1 {
+                return Verdict::Duplicate;
+            }
+            // Replays start after the seq the client asked from, which is at least 1 once
+            // it has seen a message: a seq-1 frame at or below that is the first message of
+            // a room that restarted its numbering under a live connection (a Redis that
+            // came back empty). Report it, and count from here.
+            send(
+                state,
+                SubscriptionEvent::Gap(Gap {
+                    room: room.to_owned(),
+                    since_seq: last,
+                    seq: 1,
+                    reset: true,
+                }),
+            );
         }
         state.last_seq = Some(seq);
         state.joining_live = false;
@@ -277,5 +319,26 @@ mod tests {
         assert_eq!(rooms.message(msg("r", 1)), Verdict::Dropped);
         assert_eq!(rooms.joined(&joined("r", 1, true)), None);
         assert_eq!(rooms.message(msg("r", 1)), Verdict::Delivered);
+    }
+
+    #[test]
+    fn a_room_that_restarts_under_a_live_connection_is_reported_not_dropped() {
+        let mut rooms = Rooms::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        rooms.attach("r", 1, tx, Some(0));
+        for seq in 1..=5 {
+            assert_eq!(rooms.message(msg("r", seq)), Verdict::Delivered);
+        }
+        assert_eq!(rooms.message(msg("r", 4)), Verdict::Duplicate);
+        // The room starts over at 1 while connected: a reset gap, then the message.
+        assert_eq!(rooms.message(msg("r", 1)), Verdict::Delivered);
+        assert_eq!(rooms.message(msg("r", 2)), Verdict::Delivered);
+        let events: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(events.len(), 5 + 3);
+        assert!(
+            matches!(&events[5], SubscriptionEvent::Gap(g) if g.reset && g.since_seq == 5 && g.seq == 1)
+        );
+        assert!(matches!(&events[6], SubscriptionEvent::Message(m) if m.seq == 1));
+        assert_eq!(rooms.resume_rooms().get("r"), Some(&2));
     }
 }

@@ -7,10 +7,12 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 
 use crate::driver::Command;
-use crate::{Error, Gap, Message};
+use crate::{Envelope, Error, Gap, Message, PresenceEvent};
 
-/// What a [`Subscription`] yields.
+/// What a [`Subscription`] yields. More kinds of event may come in later versions, so a
+/// `match` needs a catch-all arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum SubscriptionEvent {
     /// The next message of the room: every seq once, in order.
     Message(Message),
@@ -18,6 +20,8 @@ pub enum SubscriptionEvent {
     /// restarted its numbering). Never hidden: it comes between the messages before and
     /// after the gap.
     Gap(Gap),
+    /// Who is in the room (presence namespaces only): pushes, not numbered, not replayed.
+    Presence(PresenceEvent),
     /// The broker refused the room (`forbidden`, `bad_request`, …); the stream ends after it.
     Refused(Error),
 }
@@ -79,5 +83,30 @@ impl Drop for Subscription {
                 sub_id: Some(self.id),
             });
         }
+    }
+}
+
+/// Application pushes: frames a handler sends to this connection on its own (a handler's
+/// later messages, a task assigned to a worker), which are neither room messages nor the
+/// reply to a request. Made by [`Client::pushes`](crate::Client::pushes).
+///
+/// Pushes are not numbered and not replayed: those sent while the client was reconnecting
+/// are lost. The stream ends when the client closes or another `pushes()` replaces it.
+#[derive(Debug)]
+pub struct Pushes {
+    rx: mpsc::UnboundedReceiver<Envelope>,
+}
+
+impl Pushes {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Envelope>) -> Pushes {
+        Pushes { rx }
+    }
+}
+
+impl Stream for Pushes {
+    type Item = Envelope;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+        self.rx.poll_recv(cx)
     }
 }

@@ -138,6 +138,7 @@ async fn ten_thousand_messages_survive_a_hundred_cuts() {
                     panic!("unexpected gap {gap:?} (seed {seed})");
                 }
                 SubscriptionEvent::Refused(e) => panic!("refused: {e}"),
+                other => panic!("unexpected {other:?} (seed {seed})"),
             }
         }
     };

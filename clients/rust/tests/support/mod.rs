@@ -8,9 +8,11 @@ pub mod chaos;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use actix::prelude::*;
+use serde_json::{json, Value};
 use switchboard::config::Config;
-use switchboard::{server, ShutdownReport};
+use switchboard::protocol::codes::ErrorCode;
+use switchboard::{server, HandlerError, HandlerRequest, Reply, ShutdownReport};
 use switchboard_client::{Backoff, Options, State, StateStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -71,7 +73,31 @@ pub fn options(token: String) -> Options {
     }
 }
 
-/// A broker on its own thread and actix system.
+/// The application type test brokers answer: `echo.request` → `echo.response` with
+/// `{"echo": <payload>, "user": <sub>}`; a payload `{"fail": true}` is refused.
+pub const ECHO: &str = "echo.request";
+
+struct Echo;
+
+impl Actor for Echo {
+    type Context = Context<Self>;
+}
+
+impl Handler<HandlerRequest> for Echo {
+    type Result = Result<Reply, HandlerError>;
+
+    fn handle(&mut self, req: HandlerRequest, _: &mut Self::Context) -> Self::Result {
+        if req.payload["fail"] == true {
+            return Err(HandlerError::new(ErrorCode::BadRequest, "asked to fail"));
+        }
+        Ok(Reply::new(
+            "echo.response",
+            json!({"echo": req.payload, "user": &*req.user}),
+        ))
+    }
+}
+
+/// A broker on its own thread and actix system, answering [`ECHO`] requests.
 pub struct TestBroker {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
@@ -107,6 +133,10 @@ impl TestBroker {
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
                 let broker = switchboard::Broker::start(config).expect("valid test config");
+                broker
+                    .register_handler(ECHO, Echo.start().recipient())
+                    .await
+                    .expect("register the echo handler");
                 let _ = ready_tx.send(());
                 let report = server::serve(broker, listener, async {
                     let _ = shutdown_rx.await;
