@@ -91,6 +91,8 @@ async fn main() -> std::io::Result<()> {
     .client_disconnect_timeout(std::time::Duration::ZERO)
     // Small frames go out at once (no Nagle delay behind delayed ACKs).
     .tcp_nodelay(true)
+    // Lets the broker reset the connection of a peer that stops reading (write deadline).
+    .on_connect(switchboard::server::on_connect)
     .disable_signals()
     .bind(("127.0.0.1", 8080))?
     .run();

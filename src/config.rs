@@ -140,6 +140,11 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// Main WebSocket endpoint.
     pub ws_path: String,
+    /// PEM file with the listener's certificate chain (the server's certificate first).
+    /// With `tls_key`, the broker speaks HTTPS and WSS only; both empty: plain HTTP.
+    pub tls_cert: String,
+    /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: String,
 }
 
 /// `[auth]`
@@ -228,6 +233,10 @@ pub struct LimitsConfig {
     pub handshakes_per_second_per_ip: u32,
     /// The burst of that bucket (0: the same as the rate).
     pub handshake_burst_per_ip: u32,
+    /// How long a write to a WebSocket may wait on a peer that does not read, and how long
+    /// a close may take, before the TCP connection is reset.
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
     /// How long a client has to send a request's headers (a WebSocket handshake
     /// included) once its connection is open; a slower one gets 408 and is closed.
     #[serde(with = "duration")]
@@ -676,6 +685,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::from_secs(1),
             ws_path: "/ws".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -727,6 +738,7 @@ impl Default for LimitsConfig {
             handshakes_per_second_per_ip: 0,
             handshake_burst_per_ip: 0,
             request_header_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -1032,6 +1044,25 @@ impl Config {
         if !self.server.ws_path.starts_with('/') {
             return Err(invalid("server.ws_path", "must start with `/`".into()));
         }
+        // The files themselves are read when the broker starts (and by `check-config`).
+        match (
+            self.server.tls_cert.is_empty(),
+            self.server.tls_key.is_empty(),
+        ) {
+            (false, true) => {
+                return Err(invalid(
+                    "server.tls_key",
+                    "is needed with server.tls_cert (both or neither)".into(),
+                ))
+            }
+            (true, false) => {
+                return Err(invalid(
+                    "server.tls_cert",
+                    "is needed with server.tls_key (both or neither)".into(),
+                ))
+            }
+            _ => {}
+        }
         for public in &self.server.public_urls {
             let ok = url::Url::parse(public)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
@@ -1168,6 +1199,12 @@ impl Config {
         }
         // actix-web reads a zero header timeout as "none": a slowloris client could then
         // hold a connection forever.
+        if self.limits.write_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "limits.write_timeout",
+                "must be at least 100ms".into(),
+            ));
+        }
         if self.limits.request_header_timeout < Duration::from_millis(100) {
             return Err(invalid(
                 "limits.request_header_timeout",

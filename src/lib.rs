@@ -14,6 +14,8 @@
 //!   skills as handler actors (`Broker::register_skill`).
 //! - [`tasks`]: agent tasks (`/api/agent`): the state machine and the store contract.
 //! - [`server`]: run a broker as its own server on a listener (what the binary does).
+//! - [`tls`]: the listener's TLS certificate (`[server] tls_cert`, `tls_key`), reloadable
+//!   while the broker runs.
 //! - [`auth`]: token claims and `mint_hs256` for tokens of your own.
 //! - [`protocol`]: the wire format's names: message types, error and close codes, frames.
 //! - [`engine`]: where room sequences and history live (the memory engine now).
@@ -45,6 +47,7 @@ pub mod middleware;
 pub mod protocol;
 pub mod server;
 pub mod tasks;
+pub mod tls;
 pub(crate) mod transport;
 pub mod webhooks;
 

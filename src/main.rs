@@ -194,6 +194,14 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
              switchboard-dev-api-key. Do not expose this instance."
         );
     }
+    // Read before anything starts: a certificate that cannot be used stops the start here.
+    let tls = match switchboard::tls::TlsCertificate::from_config(&config.server) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("switchboard: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let bind = match config.bind_addr() {
         Ok(addr) => addr,
         Err(err) => {
@@ -212,7 +220,16 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         let broker = Broker::start(config)?;
         let bound = listener.local_addr().unwrap_or(bind);
         log::info!("{}", server::banner(broker.config(), bound));
-        let report = server::serve(broker, listener, server::termination_signal()).await?;
+        if let Some(certificate) = &tls {
+            log::info!(
+                "TLS certificate {}: {}",
+                certificate.cert_path().display(),
+                certificate.info()
+            );
+            reload_on_sighup(certificate.clone())?;
+        }
+        let report =
+            server::serve_with_tls(broker, listener, tls, server::termination_signal()).await?;
         log::info!(
             "shutdown complete: {} sessions closed, drained: {}",
             report.sessions,
@@ -227,4 +244,32 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGHUP reads the TLS certificate and key again (`TlsCertificate::reload`, which logs
+/// the outcome): new connections get the new certificate, open ones keep theirs, and a pair
+/// that does not load leaves the old one in use. The handler is in place when this returns,
+/// before the broker serves. Without TLS, SIGHUP keeps its default action.
+#[cfg(unix)]
+fn reload_on_sighup(
+    certificate: std::sync::Arc<switchboard::tls::TlsCertificate>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    actix_rt::spawn(async move {
+        while hangups.recv().await.is_some() {
+            log::info!(
+                "SIGHUP: reloading the TLS certificate from {} and {}",
+                certificate.cert_path().display(),
+                certificate.key_path().display()
+            );
+            let _ = certificate.reload();
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_: std::sync::Arc<switchboard::tls::TlsCertificate>) -> std::io::Result<()> {
+    Ok(())
 }

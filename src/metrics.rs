@@ -36,6 +36,10 @@ pub struct Metrics {
     pub replayed: IntCounter,
     /// Sessions closed with 4009 because their outbound queue was full.
     pub slow_consumer_closes: IntCounter,
+    /// TCP connections the write deadline reset, by reason (`write_stalled`: a write
+    /// waited `limits.write_timeout` on a peer that does not read; `close_unfinished`: a
+    /// close was not done within it).
+    pub connection_resets: IntCounterVec,
     /// Requests refused by a rate limit, by scope (`session`, `router`, `api`).
     pub rate_limited: IntCounterVec,
     /// Authentication failures by reason.
@@ -133,6 +137,14 @@ impl Metrics {
             replayed: IntCounter::new(
                 "switchboard_replayed_messages_total",
                 "Messages replayed from history",
+            )
+            .expect("valid metric"),
+            connection_resets: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_connection_resets_total",
+                    "TCP connections the write deadline reset, by reason",
+                ),
+                &["reason"],
             )
             .expect("valid metric"),
             slow_consumer_closes: IntCounter::new(
@@ -334,7 +346,7 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 35] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 36] = [
             Box::new(m.connections.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.rooms.clone()),
@@ -348,6 +360,7 @@ impl Metrics {
             Box::new(m.limit_refusals.clone()),
             Box::new(m.endpoint_refusals.clone()),
             Box::new(m.connections_refused.clone()),
+            Box::new(m.connection_resets.clone()),
             Box::new(m.bridge_messages.clone()),
             Box::new(m.bridge_dropped.clone()),
             Box::new(m.bridge_reconnects.clone()),

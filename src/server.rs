@@ -2,22 +2,49 @@
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests start a real
 //! broker on `127.0.0.1:0` and end it without signals; the binary passes SIGINT/SIGTERM.
+//! With `[server] tls_cert` and `tls_key` the listener speaks TLS ([`serve_with_tls`]
+//! takes the certificate, so its owner can reload it).
+
+/// For `HttpServer::on_connect` in an application that embeds the broker: keeps what the
+/// write deadline (`limits.write_timeout`) needs to reset the TCP connection of a peer that
+/// stops reading. Without it the broker works, but such a connection stays until the kernel
+/// drops it.
+pub use crate::transport::socket::on_connect;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::{fn_service, AppConfig};
 use actix_web::{App, HttpServer};
 
 use crate::actors::supervisor::ShutdownReport;
 use crate::config::Config;
+use crate::tls::TlsCertificate;
 use crate::Broker;
 
 /// Serves `broker` on `listener` until `shutdown` resolves or the server stops, then closes
-/// every session (1012) and stops. Must run inside an actix system.
+/// every session (1012) and stops. Must run inside an actix system. With `[server]
+/// tls_cert` and `tls_key` set, it reads them and speaks TLS (an unusable file is an
+/// error before anything is served).
 pub async fn serve(
     broker: Broker,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<ShutdownReport> {
+    let tls =
+        TlsCertificate::from_config(&broker.config().server).map_err(std::io::Error::other)?;
+    serve_with_tls(broker, listener, tls, shutdown).await
+}
+
+/// [`serve`] with the certificate given: `Some` speaks TLS with it (keep a clone to
+/// [`TlsCertificate::reload`] it), `None` plain HTTP, whatever the config says.
+pub async fn serve_with_tls(
+    broker: Broker,
+    listener: TcpListener,
+    tls: Option<Arc<TlsCertificate>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<ShutdownReport> {
     let configure = broker.configure();
@@ -27,7 +54,7 @@ pub async fn serve(
     };
     let console = broker.config().console.enabled;
     let header_timeout = broker.config().limits.request_header_timeout;
-    let server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(crate::metrics::track_http))
             .configure(configure.clone())
@@ -41,20 +68,63 @@ pub async fn serve(
                     crate::http::console::configure(cfg);
                 }
             })
-    })
-    .workers(workers)
-    .disable_signals()
-    // Small frames go out at once: without it Nagle holds frames behind a delayed ACK
-    // (25-40 ms stalls after every ping/pong exchange, see docs/PERFORMANCE.md).
-    .tcp_nodelay(true)
-    // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
-    .client_disconnect_timeout(Duration::ZERO)
-    // A client that never finishes its headers (slowloris) gets 408 and is closed.
-    .client_request_timeout(header_timeout)
-    // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
-    .shutdown_timeout(1)
-    .listen(listener)?
-    .run();
+    };
+    let server = match tls {
+        None => HttpServer::new(app)
+            .workers(workers)
+            .disable_signals()
+            // Small frames go out at once: without it Nagle holds frames behind a delayed
+            // ACK (25-40 ms stalls after every ping/pong exchange, see docs/PERFORMANCE.md).
+            .tcp_nodelay(true)
+            // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
+            .client_disconnect_timeout(Duration::ZERO)
+            // A client that never finishes its headers (slowloris) gets 408 and is closed.
+            .client_request_timeout(header_timeout)
+            // A duplicate of each socket, for the write deadline (transport::socket).
+            .on_connect(crate::transport::socket::on_connect)
+            // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
+            .shutdown_timeout(1)
+            .listen(listener)?
+            .run(),
+        Some(certificate) => {
+            // `HttpServer::listen_rustls_0_23` would put `h2` first in ALPN (actix-http
+            // adds it), and a client offering both would get HTTP/2, where a WebSocket
+            // cannot upgrade. So the TLS listener is the same App behind an HTTP/1.1-only
+            // service, with the settings of the plain one above.
+            let tls_config = certificate.server_config().map_err(std::io::Error::other)?;
+            let addr = listener.local_addr()?;
+            actix_web::dev::Server::build()
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .listen("switchboard-tls", listener, move || {
+                    let host = addr.to_string();
+                    let app = app()
+                        .into_factory()
+                        .map_err(|err: actix_web::Error| err.error_response());
+                    let http = actix_http::HttpService::build()
+                        .client_disconnect_timeout(Duration::ZERO)
+                        .client_request_timeout(header_timeout)
+                        .on_connect_ext(crate::transport::socket::on_connect_tls)
+                        .local_addr(addr)
+                        .secure()
+                        // What HttpServer gives an App on an https listener: `secure` makes
+                        // the connection's scheme https. (`__priv_test_new` is AppConfig's
+                        // only public constructor; actix-test builds on it too.)
+                        .h1(map_config(app, move |_| {
+                            AppConfig::__priv_test_new(true, host.clone(), addr)
+                        }))
+                        .rustls_0_23(tls_config.clone());
+                    fn_service(|io: actix_rt::net::TcpStream| async move {
+                        // See tcp_nodelay above.
+                        let _ = io.set_nodelay(true);
+                        Ok(io)
+                    })
+                    .and_then(http)
+                })?
+                .run()
+        }
+    };
     let handle = server.handle();
     let mut running = actix_rt::spawn(server);
     tokio::select! {
@@ -70,8 +140,12 @@ pub async fn serve(
 
 /// What the binary prints at start: the version, the engine and every URL that is on.
 pub fn banner(config: &Config, addr: SocketAddr) -> String {
-    let http = format!("http://{addr}");
-    let ws = format!("ws://{addr}");
+    let tls = !config.server.tls_cert.is_empty();
+    let (http, ws) = if tls {
+        (format!("https://{addr}"), format!("wss://{addr}"))
+    } else {
+        (format!("http://{addr}"), format!("ws://{addr}"))
+    };
     let engine = match config.engine.kind {
         crate::config::EngineKind::Memory => "memory".to_owned(),
         crate::config::EngineKind::Redis => format!(
@@ -86,6 +160,12 @@ pub fn banner(config: &Config, addr: SocketAddr) -> String {
         if config.dev_mode { ", dev mode" } else { "" }
     )];
     lines.push(format!("  home       {http}/"));
+    if tls {
+        lines.push(format!(
+            "  TLS        {} (SIGHUP reloads it)",
+            config.server.tls_cert
+        ));
+    }
     if !config
         .endpoints
         .iter()
@@ -219,5 +299,27 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn the_banner_gives_https_and_wss_urls_with_tls() {
+        let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let mut config = Config::default();
+        let plain = banner(&config, addr);
+        assert!(plain.contains("ws://127.0.0.1:8443/ws"), "{plain}");
+        assert!(
+            !plain.contains("https://") && !plain.contains("wss://"),
+            "{plain}"
+        );
+        config.server.tls_cert = "/etc/switchboard/cert.pem".into();
+        config.server.tls_key = "/etc/switchboard/key.pem".into();
+        let text = banner(&config, addr);
+        assert!(text.contains("wss://127.0.0.1:8443/ws"), "{text}");
+        assert!(text.contains("https://127.0.0.1:8443/healthz"), "{text}");
+        assert!(text.contains("/etc/switchboard/cert.pem"), "{text}");
+        assert!(
+            !text.contains("http://") && !text.contains("ws://"),
+            "{text}"
+        );
     }
 }

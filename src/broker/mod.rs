@@ -118,11 +118,12 @@ pub struct Broker {
 
 impl Broker {
     /// Checks what [`Broker::start`] would need besides a valid configuration, without
-    /// starting anything or changing a file: the key files can be read, the webhook outbox
-    /// can be opened (for `switchboard check-config`).
+    /// starting anything or changing a file: the key files and the TLS certificate can be
+    /// read, the webhook outbox can be opened (for `switchboard check-config`).
     pub fn preflight(config: &Config) -> Result<(), ConfigError> {
         config.validate()?;
         Authenticator::from_config(&config.auth)?;
+        crate::tls::TlsCertificate::from_config(&config.server)?;
         crate::webhooks::tls::client_config(&config.webhooks)?;
         crate::webhooks::setup::check_outbox(config)
     }

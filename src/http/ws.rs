@@ -16,13 +16,14 @@ use url::{Host, Url};
 
 use super::error::ApiError;
 use super::peer;
-use crate::actors::session::{Binding, Session};
+use crate::actors::session::{Binding, Connection, Session};
 use crate::auth::{AuthError, Identity};
 use crate::config::ServerConfig;
 use crate::endpoint::{Endpoint, Reject};
 use crate::protocol::{close, frame, ErrorCode};
 use crate::transport;
 use crate::transport::admission::Refused;
+use crate::transport::socket::SocketHandle;
 use crate::Broker;
 
 /// The subprotocol of protocol v1 (also assumed when the client names none).
@@ -102,6 +103,7 @@ pub async fn connect(
             return Err(refusal.http());
         }
     }
+    let socket = SocketHandle::of(&req);
     let body = transport::limit_frames(&req, body, state.config.limits.max_frame_bytes)?;
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
     match admitted {
@@ -114,11 +116,15 @@ pub async fn connect(
                 ws,
                 stream,
                 binding,
-                permit,
+                Connection { permit, socket },
             );
         }
         Err(refusal) => {
             let reason = refusal.close_reason(&endpoint);
+            let resets = state.metrics.connection_resets.clone();
+            socket.reset_after(state.config.limits.write_timeout, move || {
+                resets.with_label_values(&["close_unfinished"]).inc();
+            });
             actix_rt::spawn(async move {
                 // The connection keeps its place until it is gone.
                 let _permit = permit;

@@ -84,6 +84,24 @@ impl From<ProtocolError> for TransportError {
                 if overflow {
                     return TransportError::TooBig;
                 }
+                // The frame guard ends the body with a framing violation (1002) or text that
+                // is not UTF-8 (1007).
+                let guarded =
+                    io.get_ref()
+                        .and_then(|inner| match inner.downcast_ref::<PayloadError>() {
+                            Some(PayloadError::Io(e)) => e.get_ref(),
+                            _ => None,
+                        });
+                if let Some(guarded) = guarded {
+                    if let Some(violation) =
+                        guarded.downcast_ref::<super::guard::FramingViolation>()
+                    {
+                        return TransportError::Protocol(violation.to_string());
+                    }
+                    if guarded.is::<std::str::Utf8Error>() {
+                        return TransportError::InvalidUtf8;
+                    }
+                }
                 let utf8 = io
                     .get_ref()
                     .is_some_and(|inner| inner.is::<std::str::Utf8Error>());

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod guard;
 pub mod inbound;
 pub mod outbound;
+pub mod socket;
 
 use actix_web::{web, FromRequest, HttpRequest};
 

@@ -14,17 +14,48 @@ use actix_ws::CloseReason;
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::FutureExt;
+use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::close;
+use crate::transport::socket::SocketHandle;
 
 /// How many queued frames the writer takes at once.
 const WRITE_BATCH: usize = 64;
 
-/// How long the writer tries to get a close frame out to a peer that is not reading.
-/// Only the ≤ 32 frames already in actix-ws's channel are held meanwhile; a consumer that is
-/// slow rather than gone still learns why it was cut off (4009).
-const ABORT_CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// The write deadline of one connection: how long a write may wait on a peer that does not
+/// read, and how long a close may take, before the TCP connection is reset.
+#[derive(Debug, Clone, Default)]
+pub struct WriteDeadline {
+    /// The connection's socket.
+    pub socket: SocketHandle,
+    /// `limits.write_timeout`.
+    pub timeout: Duration,
+    /// `switchboard_connection_resets_total`.
+    pub resets: Option<IntCounterVec>,
+}
+
+impl WriteDeadline {
+    /// Arms the bound on a close: reset the connection if it still exists after `timeout`.
+    fn closing(&self) {
+        let resets = self.resets.clone();
+        self.socket.reset_after(self.timeout, move || {
+            if let Some(resets) = resets {
+                resets.with_label_values(&["close_unfinished"]).inc();
+            }
+        });
+    }
+
+    /// Resets the connection now: a write waited `timeout`.
+    fn stalled(&self) -> WriterExit {
+        if self.socket.reset() {
+            if let Some(resets) = &self.resets {
+                resets.with_label_values(&["write_stalled"]).inc();
+            }
+        }
+        WriterExit::Stalled
+    }
+}
 
 /// One item for the socket.
 #[derive(Debug)]
@@ -204,6 +235,9 @@ pub enum WriterExit {
     Closed(u16),
     /// The socket went away first.
     Disconnected,
+    /// A write waited `limits.write_timeout` on a peer that does not read: the connection
+    /// was reset.
+    Stalled,
 }
 
 impl OutboundReceiver {
@@ -241,37 +275,41 @@ impl OutboundReceiver {
     /// non-blocking try; only when that channel is full does the writer wait, and then it
     /// also watches for an abort. (Waiting on the abort signal for every frame cost ~10 % of
     /// the CPU of a max-rate fan-out.)
-    pub async fn run(mut self, mut ws: actix_ws::Session) -> WriterExit {
+    pub async fn run(mut self, mut ws: actix_ws::Session, deadline: WriteDeadline) -> WriterExit {
         let shared = self.shared.clone();
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
             let received = tokio::select! {
                 biased;
-                reason = Self::aborted(&shared) => return abort_close(ws, reason).await,
+                reason = Self::aborted(&shared) => return abort_close(ws, reason, &deadline).await,
                 n = self.rx.recv_many(&mut batch, WRITE_BATCH) => n,
             };
             if received == 0 {
-                let _ = ws.close(None).await;
+                deadline.closing();
+                let _ = tokio::time::timeout(deadline.timeout, ws.close(None)).await;
                 return WriterExit::Closed(close::NORMAL);
             }
             for item in batch.drain(..) {
                 let text = match item {
                     Outgoing::Close(reason) => {
                         let code = u16::from(reason.code);
-                        let _ = ws.close(Some(reason)).await;
+                        deadline.closing();
+                        let _ =
+                            tokio::time::timeout(deadline.timeout, ws.close(Some(reason))).await;
                         return WriterExit::Closed(code);
                     }
                     control @ (Outgoing::Pong(_) | Outgoing::Ping) => {
                         // Rare: no fast path needed.
                         let written = tokio::select! {
                             biased;
-                            reason = Self::aborted(&shared) => return abort_close(ws, reason).await,
+                            reason = Self::aborted(&shared) => return abort_close(ws, reason, &deadline).await,
                             r = async {
                                 match &control {
                                     Outgoing::Pong(bytes) => ws.pong(bytes).await,
                                     _ => ws.ping(b"").await,
                                 }
                             } => r,
+                            _ = tokio::time::sleep(deadline.timeout) => return deadline.stalled(),
                         };
                         if written.is_err() {
                             return WriterExit::Disconnected;
@@ -286,8 +324,9 @@ impl OutboundReceiver {
                     // actix-ws's channel is full (the peer reads slowly): wait, unless aborted.
                     None => tokio::select! {
                         biased;
-                        reason = Self::aborted(&shared) => return abort_close(ws, reason).await,
+                        reason = Self::aborted(&shared) => return abort_close(ws, reason, &deadline).await,
                         r = ws.text(text) => r,
+                        _ = tokio::time::sleep(deadline.timeout) => return deadline.stalled(),
                     },
                 };
                 if written.is_err() {
@@ -298,9 +337,17 @@ impl OutboundReceiver {
     }
 }
 
-async fn abort_close(ws: actix_ws::Session, reason: CloseReason) -> WriterExit {
+/// Closes after an abort (4009 and the like). Only the ≤ 32 frames already in actix-ws's
+/// channel are held meanwhile, and a consumer that is slow rather than gone still learns why
+/// it was cut off; one that does not read at all has its connection reset at the deadline.
+async fn abort_close(
+    ws: actix_ws::Session,
+    reason: CloseReason,
+    deadline: &WriteDeadline,
+) -> WriterExit {
     let code = u16::from(reason.code);
-    match tokio::time::timeout(ABORT_CLOSE_GRACE, ws.close(Some(reason))).await {
+    deadline.closing();
+    match tokio::time::timeout(deadline.timeout, ws.close(Some(reason))).await {
         Ok(Ok(())) => WriterExit::Closed(code),
         _ => WriterExit::Disconnected,
     }

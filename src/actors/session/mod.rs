@@ -40,7 +40,8 @@ use crate::protocol::frame::{self, Inbound, ReplyTo};
 use crate::protocol::types::{self, Command};
 use crate::protocol::{close, ErrorCode};
 use crate::transport::admission::Permit;
-use crate::transport::outbound::WriterExit;
+use crate::transport::outbound::{WriteDeadline, WriterExit};
+use crate::transport::socket::SocketHandle;
 use crate::transport::{Assembler, InboundEvent, Outbound};
 
 /// How long a session waits for the peer's close frame after sending its own.
@@ -66,6 +67,13 @@ pub struct Session {
     _permit: Permit,
 }
 
+/// The connection under a session: its place under the connection caps, and the handle
+/// that resets its socket when writes stall (`limits.write_timeout`).
+pub(crate) struct Connection {
+    pub permit: Permit,
+    pub socket: SocketHandle,
+}
+
 /// What the endpoint a session came in through decides for it.
 pub(crate) struct Binding {
     /// The endpoint (framing, publish rule, replay, room template).
@@ -84,7 +92,7 @@ impl Session {
         ws: actix_ws::Session,
         stream: MessageStream,
         binding: Binding,
-        permit: Permit,
+        connection: Connection,
     ) -> Addr<Session> {
         let limits = &state.config.limits;
         let (out, rx) = Outbound::bounded(
@@ -96,11 +104,17 @@ impl Session {
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
         let max_frame = limits.max_frame_bytes;
+        let deadline = WriteDeadline {
+            socket: connection.socket,
+            timeout: limits.write_timeout,
+            resets: Some(state.metrics.connection_resets.clone()),
+        };
+        let permit = connection.permit;
         Session::create(move |ctx| {
             ctx.add_stream(stream.max_frame_size(max_frame));
             let addr = ctx.address();
             actix_rt::spawn(async move {
-                let exit = rx.run(ws).await;
+                let exit = rx.run(ws, deadline).await;
                 addr.do_send(WriterExited(exit));
             });
             Session {
@@ -435,6 +449,15 @@ impl Handler<WriterExited> for Session {
                 ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
             }
             WriterExit::Disconnected => ctx.stop(),
+            WriterExit::Stalled => {
+                log::warn!(
+                    "conn={} user={} reset: a write waited {:?} on a peer that does not read",
+                    self.id,
+                    self.identity.user,
+                    self.state.config.limits.write_timeout
+                );
+                ctx.stop();
+            }
         }
     }
 }
