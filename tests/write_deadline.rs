@@ -150,6 +150,7 @@ async fn a_slow_consumer_that_never_reads_is_reset_within_the_deadline_after_400
     flood(&broker, 400, 32 * 1024).await;
     let flooded = Instant::now();
     let took = wait_reset(&broker, "close_unfinished", flooded).await;
+    eprintln!("after 4009: reset {took:?} after the flood (write_timeout {WRITE_TIMEOUT:?})");
     assert!(
         took < WRITE_TIMEOUT + Duration::from_secs(3),
         "reset {took:?} after the flood"
@@ -168,6 +169,7 @@ async fn a_write_that_waits_out_the_deadline_resets_the_connection() {
     flood(&broker, 400, 32 * 1024).await;
     let flooded = Instant::now();
     let took = wait_reset(&broker, "write_stalled", flooded).await;
+    eprintln!("stalled write: reset {took:?} after the flood (write_timeout {WRITE_TIMEOUT:?})");
     assert!(
         took < WRITE_TIMEOUT + Duration::from_secs(3),
         "reset {took:?} after the flood"
