@@ -204,3 +204,39 @@ async fn a_slow_consumer_is_closed_with_4009_and_never_delays_the_others() {
     assert_eq!(closed, Some(close::SLOW_CONSUMER));
     assert!(got < N, "the slow consumer was cut off (got {got} of {N})");
 }
+
+/// A replay from history is not held to the outbound queue's limits: a client that rejoins
+/// after a gap of many times the queue still gets all of it (it used to be closed with 4009
+/// before reading anything, on every attempt, until the history expired). Live traffic
+/// keeps its limit.
+#[actix_rt::test]
+async fn a_replay_longer_than_the_outbound_queue_is_delivered_whole() {
+    let mut config = test_config();
+    config.limits.messages_per_second = 100_000;
+    config.limits.burst = 100_000;
+    config.limits.outbound_queue_messages = 16;
+    config.history.size = 1000;
+    let broker = TestBroker::start(config);
+    let mut publisher = broker.client("pub", &["r"]).await;
+    publisher.join("r").await;
+    const N: u64 = 500;
+    for n in 1..=N {
+        publisher.publish("r", &format!("m{n}"), json!(n)).await;
+        publisher.skip_until("ack").await;
+    }
+    let mut late = broker.client("late", &["r"]).await;
+    late.send_json(
+        json!({"type": "room.join", "room": "r", "id": "j", "payload": {"since_seq": 0}}),
+    )
+    .await;
+    let joined = late.recv_type("room.joined").await;
+    assert_eq!(joined["payload"]["recovered"], true);
+    for seq in 1..=N {
+        let msg = late.recv_type("room.message").await;
+        assert_eq!(msg["seq"], seq, "the whole replay, in order");
+    }
+    // Then live traffic as usual.
+    publisher.publish("r", "live", json!("live")).await;
+    let msg = late.recv_type("room.message").await;
+    assert_eq!(msg["seq"], N + 1);
+}

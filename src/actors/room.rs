@@ -577,7 +577,7 @@ impl Room {
                     },
                     Framing::Asap => break,
                 };
-                if msg.out.send(frame).is_err() {
+                if msg.out.send_replay(frame).is_err() {
                     break;
                 }
             }
@@ -1352,6 +1352,7 @@ mod tests {
                 "slow".into(),
                 2,
                 1 << 20,
+                0,
                 Some(metrics.slow_consumer_closes.clone()),
             );
             (ConnectionId::from("slow"), out, rx)

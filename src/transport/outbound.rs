@@ -62,6 +62,8 @@ impl WriteDeadline {
 pub enum Outgoing {
     /// A text frame.
     Text(ByteString),
+    /// A text frame replayed from a room's history (not counted against the queue's limits).
+    Replay(ByteString),
     /// A pong answering a ping.
     Pong(Bytes),
     /// A ping (the heartbeat of clients that speak no protocol of the broker's).
@@ -85,7 +87,10 @@ struct Shared {
     /// The connection id, for log lines.
     conn: Arc<str>,
     overflows: Option<prometheus::IntCounter>,
+    /// Live frames (not replays) queued, and their bytes.
+    queued_frames: AtomicUsize,
     queued_bytes: AtomicUsize,
+    max_frames: usize,
     max_bytes: usize,
     closed: AtomicBool,
     abort: Mutex<Option<CloseReason>>,
@@ -106,19 +111,31 @@ pub struct OutboundReceiver {
 }
 
 impl Outbound {
-    /// A queue for connection `conn` bounded by `max_frames` and `max_bytes`; `overflows`
-    /// counts 4009 closes.
+    /// A queue for connection `conn` whose live frames are bounded by `max_frames` and
+    /// `max_bytes`, with room for `replay_frames` more replayed from history;
+    /// `overflows` counts 4009 closes.
+    ///
+    /// Replays do not count against the live limits. A resume after a long gap may replay
+    /// more than the queue holds in one go (a room's whole history), and counting it would
+    /// close the connection with 4009 before it read anything, on every reconnect, until
+    /// the history expired: a client could never catch up. Replayed frames are the room's
+    /// history (the memory engine shares their bytes; a shared engine's are bounded by
+    /// `history.max_bytes` per room), so they are bounded by the history limits instead.
+    /// A channel's capacity reserves nothing up front.
     pub fn bounded(
         conn: Arc<str>,
         max_frames: usize,
         max_bytes: usize,
+        replay_frames: usize,
         overflows: Option<prometheus::IntCounter>,
     ) -> (Outbound, OutboundReceiver) {
-        let (tx, rx) = mpsc::channel(max_frames.max(1));
+        let (tx, rx) = mpsc::channel(max_frames.max(1).saturating_add(replay_frames));
         let shared = Arc::new(Shared {
             conn,
             overflows,
+            queued_frames: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
+            max_frames: max_frames.max(1),
             max_bytes,
             closed: AtomicBool::new(false),
             abort: Mutex::new(None),
@@ -140,22 +157,43 @@ impl Outbound {
         }
         let len = frame.len();
         let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.shared.max_bytes {
+        let frames = self.shared.queued_frames.fetch_add(1, Ordering::AcqRel);
+        let undo = || {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.shared.queued_frames.fetch_sub(1, Ordering::AcqRel);
+        };
+        if before + len > self.shared.max_bytes || frames >= self.shared.max_frames {
+            undo();
             self.overflow();
             return Err(SendError::Overflow);
         }
         match self.tx.try_send(Outgoing::Text(frame)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                undo();
                 self.overflow();
                 Err(SendError::Overflow)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                undo();
                 Err(SendError::Closed)
             }
+        }
+    }
+
+    /// Queues a frame replayed from a room's history without waiting: not counted against
+    /// the live limits (see [`Outbound::bounded`]); overflows only past the replay room.
+    pub fn send_replay(&self, frame: ByteString) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        match self.tx.try_send(Outgoing::Replay(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow();
+                Err(SendError::Overflow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
         }
     }
 
@@ -250,7 +288,7 @@ impl OutboundReceiver {
         let mut closed = self.shared.abort.lock().is_ok_and(|a| a.is_some());
         while let Ok(item) = self.rx.try_recv() {
             match item {
-                Outgoing::Text(text) => {
+                Outgoing::Text(text) | Outgoing::Replay(text) => {
                     frames.push(serde_json::from_str(&text).expect("frames are JSON"))
                 }
                 Outgoing::Close(_) => closed = true,
@@ -316,9 +354,13 @@ impl OutboundReceiver {
                         }
                         continue;
                     }
-                    Outgoing::Text(text) => text,
+                    Outgoing::Text(text) => {
+                        shared.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
+                        shared.queued_frames.fetch_sub(1, Ordering::AcqRel);
+                        text
+                    }
+                    Outgoing::Replay(text) => text,
                 };
-                shared.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
                 let written = match ws.text(text.clone()).now_or_never() {
                     Some(r) => r,
                     // actix-ws's channel is full (the peer reads slowly): wait, unless aborted.
@@ -359,7 +401,7 @@ mod tests {
 
     #[test]
     fn overflow_by_frames_closes_with_4009() {
-        let (out, rx) = Outbound::bounded("t".into(), 2, 1 << 20, None);
+        let (out, rx) = Outbound::bounded("t".into(), 2, 1 << 20, 0, None);
         out.send("a".into()).unwrap();
         out.send("b".into()).unwrap();
         assert_eq!(out.send("c".into()), Err(SendError::Overflow));
@@ -369,15 +411,36 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_larger_than_the_queue_is_queued_and_live_frames_keep_their_limit() {
+        let (out, mut rx) = Outbound::bounded("t".into(), 2, 10, 1000, None);
+        for n in 0..1000 {
+            out.send_replay(format!("{{\"n\":{n}}}").into())
+                .expect("a replay is not held to the live limits");
+        }
+        out.send("{}".into()).expect("live frame 1");
+        out.send("{}".into()).expect("live frame 2");
+        assert_eq!(out.send("{}".into()), Err(SendError::Overflow));
+        let (frames, closed) = rx.drain();
+        assert_eq!(frames.len(), 1002);
+        assert!(closed, "the third live frame overflowed: 4009");
+        // Beyond the replay room, a replay overflows too.
+        let (out, _rx) = Outbound::bounded("t".into(), 2, 1 << 20, 3, None);
+        for _ in 0..5 {
+            out.send_replay("{}".into()).expect("within the channel");
+        }
+        assert_eq!(out.send_replay("{}".into()), Err(SendError::Overflow));
+    }
+
+    #[test]
     fn overflow_by_bytes() {
-        let (out, _rx) = Outbound::bounded("t".into(), 100, 10, None);
+        let (out, _rx) = Outbound::bounded("t".into(), 100, 10, 0, None);
         out.send("12345".into()).unwrap();
         assert_eq!(out.send("123456".into()), Err(SendError::Overflow));
     }
 
     #[test]
     fn graceful_close_queues_behind_frames() {
-        let (out, mut rx) = Outbound::bounded("t".into(), 4, 100, None);
+        let (out, mut rx) = Outbound::bounded("t".into(), 4, 100, 0, None);
         out.send("last words".into()).unwrap();
         out.close(close::SERVICE_RESTART, "bye");
         assert!(matches!(rx.rx.try_recv(), Ok(Outgoing::Text(_))));

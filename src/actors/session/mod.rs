@@ -99,6 +99,12 @@ impl Session {
             connection_id.clone(),
             limits.outbound_queue_messages,
             limits.outbound_queue_bytes,
+            // Every room the session may be in replaying its whole history at once.
+            state
+                .config
+                .history
+                .size
+                .saturating_mul(limits.max_rooms_per_session.saturating_add(1)),
             Some(state.metrics.slow_consumer_closes.clone()),
         );
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
