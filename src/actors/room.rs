@@ -1352,7 +1352,7 @@ mod tests {
                 "slow".into(),
                 2,
                 1 << 20,
-                0,
+                (0, 0),
                 Some(metrics.slow_consumer_closes.clone()),
             );
             (ConnectionId::from("slow"), out, rx)

@@ -48,7 +48,7 @@ pub(crate) fn registry(config: Config) -> (Addr<Registry>, Webhooks, Arc<Metrics
 
 /// A member's queue, large enough for any test, and its receiving end.
 pub(crate) fn member(id: &str) -> (ConnectionId, Outbound, OutboundReceiver) {
-    let (out, rx) = Outbound::bounded(id.into(), 1024, 1 << 20, 1024, None);
+    let (out, rx) = Outbound::bounded(id.into(), 1024, 1 << 20, (1024, 1 << 20), None);
     (id.into(), out, rx)
 }
 

@@ -92,6 +92,9 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max_frames: usize,
     max_bytes: usize,
+    /// Replayed bytes queued, and their own limit.
+    replay_bytes: AtomicUsize,
+    max_replay_bytes: usize,
     closed: AtomicBool,
     abort: Mutex<Option<CloseReason>>,
     abort_notify: Notify,
@@ -112,23 +115,23 @@ pub struct OutboundReceiver {
 
 impl Outbound {
     /// A queue for connection `conn` whose live frames are bounded by `max_frames` and
-    /// `max_bytes`, with room for `replay_frames` more replayed from history;
-    /// `overflows` counts 4009 closes.
+    /// `max_bytes`, with room for `replay.0` more frames and `replay.1` more bytes replayed
+    /// from history; `overflows` counts 4009 closes.
     ///
-    /// Replays do not count against the live limits. A resume after a long gap may replay
-    /// more than the queue holds in one go (a room's whole history), and counting it would
-    /// close the connection with 4009 before it read anything, on every reconnect, until
-    /// the history expired: a client could never catch up. Replayed frames are the room's
-    /// history (the memory engine shares their bytes; a shared engine's are bounded by
-    /// `history.max_bytes` per room), so they are bounded by the history limits instead.
-    /// A channel's capacity reserves nothing up front.
+    /// Replays have limits of their own. A resume after a long gap may replay more than the
+    /// queue holds in one go (a room's whole history), and counting it against the live
+    /// limits would close the connection with 4009 before it read anything, on every
+    /// reconnect, until the history expired: the client could never catch up. The session
+    /// sizes the replay room from `[history]` (a channel's capacity reserves nothing up
+    /// front).
     pub fn bounded(
         conn: Arc<str>,
         max_frames: usize,
         max_bytes: usize,
-        replay_frames: usize,
+        replay: (usize, usize),
         overflows: Option<prometheus::IntCounter>,
     ) -> (Outbound, OutboundReceiver) {
+        let (replay_frames, max_replay_bytes) = replay;
         let (tx, rx) = mpsc::channel(max_frames.max(1).saturating_add(replay_frames));
         let shared = Arc::new(Shared {
             conn,
@@ -137,6 +140,8 @@ impl Outbound {
             queued_bytes: AtomicUsize::new(0),
             max_frames: max_frames.max(1),
             max_bytes,
+            replay_bytes: AtomicUsize::new(0),
+            max_replay_bytes,
             closed: AtomicBool::new(false),
             abort: Mutex::new(None),
             abort_notify: Notify::new(),
@@ -181,19 +186,30 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame replayed from a room's history without waiting: not counted against
-    /// the live limits (see [`Outbound::bounded`]); overflows only past the replay room.
+    /// Queues a frame replayed from a room's history without waiting: held to the replay
+    /// limits, not the live ones (see [`Outbound::bounded`]).
     pub fn send_replay(&self, frame: ByteString) -> Result<(), SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
+        let len = frame.len();
+        let before = self.shared.replay_bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.shared.max_replay_bytes {
+            self.shared.replay_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflow();
+            return Err(SendError::Overflow);
+        }
         match self.tx.try_send(Outgoing::Replay(frame)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.replay_bytes.fetch_sub(len, Ordering::AcqRel);
                 self.overflow();
                 Err(SendError::Overflow)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.replay_bytes.fetch_sub(len, Ordering::AcqRel);
+                Err(SendError::Closed)
+            }
         }
     }
 
@@ -359,7 +375,10 @@ impl OutboundReceiver {
                         shared.queued_frames.fetch_sub(1, Ordering::AcqRel);
                         text
                     }
-                    Outgoing::Replay(text) => text,
+                    Outgoing::Replay(text) => {
+                        shared.replay_bytes.fetch_sub(text.len(), Ordering::AcqRel);
+                        text
+                    }
                 };
                 let written = match ws.text(text.clone()).now_or_never() {
                     Some(r) => r,
@@ -401,7 +420,7 @@ mod tests {
 
     #[test]
     fn overflow_by_frames_closes_with_4009() {
-        let (out, rx) = Outbound::bounded("t".into(), 2, 1 << 20, 0, None);
+        let (out, rx) = Outbound::bounded("t".into(), 2, 1 << 20, (0, 0), None);
         out.send("a".into()).unwrap();
         out.send("b".into()).unwrap();
         assert_eq!(out.send("c".into()), Err(SendError::Overflow));
@@ -412,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_replay_larger_than_the_queue_is_queued_and_live_frames_keep_their_limit() {
-        let (out, mut rx) = Outbound::bounded("t".into(), 2, 10, 1000, None);
+        let (out, mut rx) = Outbound::bounded("t".into(), 2, 10, (1000, 1 << 20), None);
         for n in 0..1000 {
             out.send_replay(format!("{{\"n\":{n}}}").into())
                 .expect("a replay is not held to the live limits");
@@ -423,24 +442,28 @@ mod tests {
         let (frames, closed) = rx.drain();
         assert_eq!(frames.len(), 1002);
         assert!(closed, "the third live frame overflowed: 4009");
-        // Beyond the replay room, a replay overflows too.
-        let (out, _rx) = Outbound::bounded("t".into(), 2, 1 << 20, 3, None);
+        // Beyond the replay room, in frames or in bytes, a replay overflows too.
+        let (out, _rx) = Outbound::bounded("t".into(), 2, 1 << 20, (3, 1 << 20), None);
         for _ in 0..5 {
             out.send_replay("{}".into()).expect("within the channel");
         }
         assert_eq!(out.send_replay("{}".into()), Err(SendError::Overflow));
+        let (out, _rx) = Outbound::bounded("t".into(), 2, 1 << 20, (100, 10), None);
+        out.send_replay("12345".into()).expect("5 bytes");
+        out.send_replay("12345".into()).expect("10 bytes");
+        assert_eq!(out.send_replay("1".into()), Err(SendError::Overflow));
     }
 
     #[test]
     fn overflow_by_bytes() {
-        let (out, _rx) = Outbound::bounded("t".into(), 100, 10, 0, None);
+        let (out, _rx) = Outbound::bounded("t".into(), 100, 10, (0, 0), None);
         out.send("12345".into()).unwrap();
         assert_eq!(out.send("123456".into()), Err(SendError::Overflow));
     }
 
     #[test]
     fn graceful_close_queues_behind_frames() {
-        let (out, mut rx) = Outbound::bounded("t".into(), 4, 100, 0, None);
+        let (out, mut rx) = Outbound::bounded("t".into(), 4, 100, (0, 0), None);
         out.send("last words".into()).unwrap();
         out.close(close::SERVICE_RESTART, "bye");
         assert!(matches!(rx.rx.try_recv(), Ok(Outgoing::Text(_))));

@@ -67,6 +67,15 @@ pub struct Session {
     _permit: Permit,
 }
 
+/// The most messages any room keeps (`[history] size`, or a namespace's `history_size`).
+fn longest_history(config: &crate::config::Config) -> usize {
+    config
+        .namespaces
+        .values()
+        .filter_map(|ns| ns.history_size)
+        .fold(config.history.size, usize::max)
+}
+
 /// The connection under a session: its place under the connection caps, and the handle
 /// that resets its socket when writes stall (`limits.write_timeout`).
 pub(crate) struct Connection {
@@ -99,12 +108,13 @@ impl Session {
             connection_id.clone(),
             limits.outbound_queue_messages,
             limits.outbound_queue_bytes,
-            // Every room the session may be in replaying its whole history at once.
-            state
-                .config
-                .history
-                .size
-                .saturating_mul(limits.max_rooms_per_session.saturating_add(1)),
+            // Room for two rooms' whole histories at once: a resume of a room the client
+            // lost for long always fits, and the memory a reader that never reads can make
+            // the broker hold stays bounded by the history limits.
+            (
+                longest_history(&state.config).saturating_mul(2),
+                state.config.history.max_bytes.saturating_mul(2),
+            ),
             Some(state.metrics.slow_consumer_closes.clone()),
         );
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
