@@ -3,7 +3,7 @@
 //! what it cannot show (exact frames and their order, error codes, limits, timeouts, who
 //! may answer a forwarded request).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! the tests print SKIP and pass, unless `SWITCHBOARD_REQUIRE_ASAP=1` (CI) makes that a
 //! failure.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

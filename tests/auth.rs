@@ -1,7 +1,7 @@
 //! Authentication and authorisation: every failure closes with 4000 and says why; rooms the
 //! token does not allow answer `forbidden`; foreign origins get 403 at the handshake.
 
-mod support;
+use crate::support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -2,16 +2,13 @@
 //! `config.example.toml` fed by `PUBLISH response:<id>`, the way back out, a Redis restart,
 //! and two brokers over the Redis engine carrying each message in once.
 
-mod support;
-
-#[path = "support/redis.rs"]
-mod redis_server;
+use crate::support;
 
 use std::net::SocketAddr;
 
 use redis::AsyncCommands;
-use redis_server::RedisServer;
 use serde_json::{json, Value};
+use support::redis::RedisServer;
 use support::{
     example_profile, metric_value, metrics_text, test_config, token, wait_metric, Client,
     TestBroker,

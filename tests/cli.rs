@@ -1,8 +1,7 @@
 //! The `switchboard` binary as a newcomer uses it: `--config`, `--version`, `genconfig`,
 //! `check-config` on the example file, `token`'s required flags, the start-up banner.
 
-#[path = "support/process.rs"]
-mod process;
+use crate::support::process;
 
 use std::path::Path;
 use std::process::Command;

@@ -6,8 +6,7 @@
 //! out-of-order seq, and must then read the new room from seq 1; the publisher's publish that
 //! was in flight at the kill is resent after the reconnect and acknowledged once.
 
-#[path = "support/process.rs"]
-mod process;
+use crate::support::process;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! handshake whose headers never finish (slowloris), cut after
 //! `limits.request_header_timeout`.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

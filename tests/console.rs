@@ -2,7 +2,7 @@
 //! enabled`, its files with their headers, `settings.json`; `GET /api/sessions`, which the
 //! console's session list reads; and `switchboard token --admin`, which mints its login.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

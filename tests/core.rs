@@ -1,6 +1,6 @@
 //! Connect, join, publish, ack, leave: the protocol's happy paths against a real broker.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::{test_config, TestBroker};

@@ -1,9 +1,7 @@
 //! Delivery guarantees: replay at the join seam, recovered flags, resume after a dropped
 //! connection, idempotent publish, presence, namespace options.
 
-#[path = "support/proxy.rs"]
-mod proxy;
-mod support;
+use crate::support::{self, proxy};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

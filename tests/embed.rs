@@ -1,7 +1,7 @@
 //! The embedding API: the broker mounted in a host actix-web app next to its own routes,
 //! with an extra protocol-v1 endpoint and the host's handler actor.
 
-mod support;
+use crate::support;
 
 use std::net::TcpListener;
 

@@ -2,7 +2,7 @@
 //! `config.example.toml` writes them, over real WebSockets, fed through the HTTP API (the
 //! Redis bridge's own tests are in tests/bridge.rs).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

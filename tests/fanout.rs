@@ -1,7 +1,7 @@
 //! Fan-out at scale: 1,000 concurrent clients in one room each receive every one of 100
 //! messages, in order.
 
-mod support;
+use crate::support;
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! Application handlers through the Router: request/response with correlation ids, JSON-RPC
 //! framing on the same socket, middleware, timeouts.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

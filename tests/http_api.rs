@@ -1,7 +1,7 @@
 //! The server HTTP API against a real broker: auth, publish, history, presence, rooms, user
 //! send, broadcast, disconnect, errors, readiness and the OpenAPI document.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

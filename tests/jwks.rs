@@ -7,12 +7,7 @@
 //! to let a rate-limit window pass there is no event to wait on, so it polls, bounded by
 //! [`WAIT`].
 
-mod support;
-
-#[path = "support/jwks.rs"]
-mod jwks;
-#[path = "support/receiver.rs"]
-mod receiver;
+use crate::support::{self, jwks, receiver};
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Heartbeats, stale-session cleanup and graceful shutdown, with short test intervals.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

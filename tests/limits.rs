@@ -1,7 +1,7 @@
 //! Bad input and limits: every malformed frame gets `system.error` and the session keeps
 //! working; oversize frames close 1009, sustained rate abuse 4008, slow consumers 4009.
 
-mod support;
+use crate::support;
 
 use awc::ws::Message;
 use bytes::Bytes;

@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text with the counters the broker's activity implies.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
 use support::{test_config, Client, TestBroker};

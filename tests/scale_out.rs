@@ -2,17 +2,7 @@
 //! as one broker. Skipped (with a message) without `redis-server`, unless
 //! `SWITCHBOARD_REQUIRE_REDIS=1`.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/receiver.rs"]
-mod receiver;
-#[path = "support/redis.rs"]
-mod redis_server;
-mod support;
+use crate::support::{self, cluster, proxy, receiver};
 
 use std::collections::BTreeMap;
 

@@ -2,11 +2,7 @@
 //! the broker the way the finding describes, mostly on raw sockets where the bytes on the
 //! wire matter, and fails on a broker without the fix.
 
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/raw.rs"]
-mod raw;
-mod support;
+use crate::support::{self, process, raw};
 
 use awc::ws::Frame;
 use process::{free_port, BrokerProcess};

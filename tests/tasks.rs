@@ -2,9 +2,7 @@
 //! `task.*` protocol over WebSocket, the owner's tabs on `/api/agent/{id}/updates`, and the
 //! SQLite store across a restart.
 
-#[path = "support/receiver.rs"]
-mod receiver;
-mod support;
+use crate::support::{self, receiver};
 
 use std::time::Duration;
 

@@ -2,9 +2,7 @@
 //! certificate made on the spot, plain WS refused on the TLS port, the certificate replaced
 //! on SIGHUP while connections stay open, and a bad key refused at start.
 
-#[path = "support/process.rs"]
-mod process;
-mod support;
+use crate::support::{self, process};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

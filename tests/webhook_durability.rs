@@ -6,10 +6,7 @@
 //! outbox must deliver all 50: each one at least once, first deliveries in order, duplicates
 //! only as repeats of the same `webhook-id` with the same bytes.
 
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/receiver.rs"]
-mod receiver;
+use crate::support::{process, receiver};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

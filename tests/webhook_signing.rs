@@ -9,8 +9,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-#[path = "support/reference.rs"]
-mod reference;
+use crate::support::reference;
 
 use reference::{reference, reference_verify};
 use serde_json::json;

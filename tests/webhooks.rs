@@ -10,12 +10,7 @@
 //! the outcome of event N is already committed. Only state with no such witness (auto-disable)
 //! is polled, with a bound.
 
-mod support;
-
-#[path = "support/receiver.rs"]
-mod receiver;
-#[path = "support/reference.rs"]
-mod reference;
+use crate::support::{self, receiver, reference};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -1558,6 +1553,10 @@ async fn a_private_ca_and_a_client_certificate_reach_a_mutual_tls_receiver() {
                 )
             })
             .workers(1)
+            // Its own signal handlers would take SIGINT/SIGTERM/SIGQUIT from every test of the
+            // binary for good (tokio never uninstalls one): Ctrl-C or a CI timeout would stop
+            // this receiver instead of the run.
+            .disable_signals()
             .listen_rustls_0_23(listener, server_config)
             .expect("listen with TLS")
             .run();

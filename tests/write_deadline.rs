@@ -3,7 +3,7 @@
 //! slow consumer (4009, whose close frame can then not be delivered either) or a single
 //! write waited out the deadline.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -209,21 +209,42 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path`; `""` keeps it in memory.
     pub fn open(path: &str) -> Result<SqliteStore, StoreError> {
-        let conn = if path.is_empty() {
-            Connection::open_in_memory()?
-        } else {
-            let conn = Connection::open(path)?;
-            // Set first: switching to WAL takes a lock another opener may hold.
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
-            // In WAL mode NORMAL loses nothing when the process dies; only a power cut can
-            // take the last transactions.
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            conn
-        };
+        if path.is_empty() {
+            let mut store = SqliteStore {
+                conn: Connection::open_in_memory()?,
+            };
+            store.migrate()?;
+            return Ok(store);
+        }
+        // SQLite answers SQLITE_BUSY at once, without the busy handler, where waiting could
+        // deadlock: two connections switching a new file to WAL together, for one. Such an
+        // open is retried a few times (about a second in all) before it counts as an error.
+        let mut attempt = 0;
+        loop {
+            match SqliteStore::open_file(path) {
+                Err(OpenError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && attempt < 50 =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Ok(store) => return Ok(store),
+                Err(OpenError::Sqlite(e)) => return Err(e.into()),
+                Err(OpenError::Store(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn open_file(path: &str) -> Result<SqliteStore, OpenError> {
+        let conn = Connection::open(path)?;
+        // Set first: switching to WAL takes a lock another opener may hold.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+        // In WAL mode NORMAL loses nothing when the process dies; only a power cut can take
+        // the last transactions.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let mut store = SqliteStore { conn };
-        store.migrate()?;
+        store.migrate_sqlite()?;
         Ok(store)
     }
 
@@ -231,16 +252,36 @@ impl SqliteStore {
     /// version inside it: connections opening the same file at once (a writer and its
     /// readers, or brokers starting together) migrate once, and the others wait for it.
     fn migrate(&mut self) -> Result<(), StoreError> {
+        self.migrate_sqlite().map_err(|e| match e {
+            OpenError::Sqlite(e) => e.into(),
+            OpenError::Store(e) => e,
+        })
+    }
+
+    fn migrate_sqlite(&mut self) -> Result<(), OpenError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for next in migrations_after(version)? {
-            tx.execute_batch(&sqlite_migration(next)?)?;
+        for next in migrations_after(version).map_err(OpenError::Store)? {
+            let sql = sqlite_migration(next).map_err(OpenError::Store)?;
+            tx.execute_batch(&sql)?;
             tx.pragma_update(None, "user_version", next as i64)?;
         }
-        tx.commit()?;
-        Ok(())
+        Ok(tx.commit()?)
+    }
+}
+
+/// Why opening a database file failed: SQLite's own error (which may be worth a retry) or
+/// the store's.
+enum OpenError {
+    Sqlite(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(err: rusqlite::Error) -> OpenError {
+        OpenError::Sqlite(err)
     }
 }
 

@@ -1,15 +1,13 @@
 //! Several `switchboard` processes over one `redis-server` of the test's own: the Redis
 //! engine as users run it.
 
-#![allow(dead_code)]
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::process::{free_port, BrokerProcess};
-use crate::redis_server::RedisServer;
-use crate::support::{token, Client, SECRET, WAIT};
+use super::process::{free_port, BrokerProcess};
+use super::redis::RedisServer;
+use super::{token, Client, SECRET, WAIT};
 
 /// The API key of cluster nodes.
 pub const KEY: &str = "cluster-test-api-key-0123456789";
@@ -216,19 +214,4 @@ presence = true
         self.nodes.push(node);
         index
     }
-
-    /// The end of every node's log (for failure messages).
-    pub fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- node :{} ---\n{}", n.port, log_tail_of(&n.process)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-fn log_tail_of(process: &BrokerProcess) -> String {
-    let log = process.log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }

@@ -1,11 +1,6 @@
 //! Test support for JWKS: signing keys a test controls (EC P-256 made on the spot, one RSA
 //! key below) and the JSON Web Key Set that publishes them. Serve the set with the scriptable
 //! [`Receiver`](super::receiver::Receiver).
-//!
-//! Include it next to `mod support;` with
-//! `#[path = "support/jwks.rs"] mod jwks;`.
-
-#![allow(dead_code)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,7 +1,14 @@
 //! Shared set-up for the integration tests: a real broker on `127.0.0.1:0` in its own actix
 //! system (thread), and a WebSocket test client that waits on events with timeouts.
 
-#![allow(dead_code)]
+pub mod cluster;
+pub mod jwks;
+pub mod process;
+pub mod proxy;
+pub mod raw;
+pub mod receiver;
+pub mod redis;
+pub mod reference;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

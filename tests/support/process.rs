@@ -1,8 +1,6 @@
 //! The real `switchboard` binary as a child process, for tests that need a process of its
 //! own: kill -9, start-up refusals, memory measured from outside.
 
-#![allow(dead_code)]
-
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

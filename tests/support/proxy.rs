@@ -7,8 +7,6 @@
 //!
 //! Plain threads and blocking sockets: it works under any runtime, or none.
 
-#![allow(dead_code)]
-
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};

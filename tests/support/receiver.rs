@@ -1,9 +1,6 @@
 //! Test support for webhooks: a real, scriptable HTTP receiver on `127.0.0.1:0`, a small HTTP
 //! API client and bounded waits.
 //!
-//! Include it next to `mod support;` with
-//! `#[path = "support/receiver.rs"] mod receiver;`.
-//!
 //! The [`Receiver`] runs actix-web in its own thread and actix system (like `TestBroker`), so
 //! it keeps answering while the test blocks or awaits. For every request it records the
 //! arrival time, method, path, headers and raw body, and answers from a script: one-shot
@@ -15,8 +12,6 @@
 //! Waits ([`Receiver::wait_until`], [`Receiver::wait_for`]) wake on every recorded change (a
 //! `tokio::sync::watch` channel), never sleep-poll, and panic after a bounded time with a
 //! summary of what did arrive.
-
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -338,7 +333,9 @@ impl Receiver {
         self.shared.lock().queue.extend(replies);
     }
 
-    /// Answers with `script(request)` (after any queued one-shot replies).
+    /// Answers with `script(request)` (after any queued one-shot replies). No test scripts
+    /// replies per request at the moment; the receiver's answering is built around it.
+    #[allow(dead_code)]
     pub fn set_script(&self, script: impl FnMut(&Recorded) -> Reply + Send + 'static) {
         self.shared.lock().script = Some(Box::new(script));
     }

@@ -5,8 +5,6 @@
 //! unless `SWITCHBOARD_REQUIRE_REDIS=1` is set (CI, which installs it), which makes that a
 //! failure.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

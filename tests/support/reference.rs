@@ -5,8 +5,6 @@
 //! When python3 or the package is missing the caller gets `None` and a SKIP line is printed,
 //! unless `SWITCHBOARD_REQUIRE_STANDARDWEBHOOKS=1` (CI), which makes that a failure.
 
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 

@@ -7,7 +7,7 @@
 //! prints its interpreter): `SWITCHBOARD_ASAP_PYTHON` names the interpreter. Without it the
 //! test prints SKIP and passes, unless `SWITCHBOARD_REQUIRE_ASAP=1` makes that a failure.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

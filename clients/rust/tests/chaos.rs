@@ -1,7 +1,7 @@
 //! 10,000 messages through the chaos proxy with 100 random cuts: the subscriber gets each
 //! exactly once, in order, and the publisher's retries are not delivered twice.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

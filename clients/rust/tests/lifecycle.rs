@@ -1,6 +1,6 @@
 //! Broker restarts (1012), permanent close codes (4000, 1008), requests.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! seen by WebSocket subscribers, retries deduplicated, history paging, presence, typed
 //! errors; requests spread over the pool's connections, idle connections closed.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};

@@ -1,6 +1,6 @@
 //! Requests to application handlers (native and JSON-RPC), notifications, presence.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

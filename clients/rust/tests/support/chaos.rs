@@ -57,8 +57,6 @@ struct Conn {
 pub struct ChaosProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
-    /// The seed of every random choice.
-    pub seed: u64,
     rng: Mutex<StdRng>,
     conns: Arc<Mutex<Vec<Conn>>>,
     accept: JoinHandle<()>,
@@ -87,7 +85,6 @@ impl ChaosProxy {
         });
         ChaosProxy {
             addr,
-            seed,
             rng: Mutex::new(rng),
             conns,
             accept,

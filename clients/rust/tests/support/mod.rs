@@ -1,8 +1,6 @@
 //! Test support: brokers in-process (the way the broker's own tests start them), a
 //! bounded wait for a broker to be idle, and the chaos proxy.
 
-#![allow(dead_code)]
-
 pub mod chaos;
 
 use std::net::{SocketAddr, TcpListener};
