@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::{fn_service, AppConfig};
-use actix_web::{App, HttpServer};
+use actix_web::App;
 
 use crate::actors::supervisor::ShutdownReport;
 use crate::config::Config;
@@ -69,58 +69,60 @@ pub async fn serve_with_tls(
                 }
             })
     };
+    let addr = listener.local_addr()?;
+    // Not `HttpServer`: the service is built by hand so that WebSocket upgrades go to the
+    // takeover handler (transport::takeover), which serves them through the same App and
+    // then owns the socket without the dispatcher's buffers; and so that TLS offers only
+    // HTTP/1.1 (`listen_rustls_0_23` would put `h2` first in ALPN, and a client offering
+    // both would get HTTP/2, where a WebSocket cannot upgrade).
+    macro_rules! http_service {
+        ($secure:expr) => {{
+            let secure = $secure;
+            let config = move |_| {
+                // What HttpServer gives an App: `secure` makes the connection's scheme
+                // https. (`__priv_test_new` is AppConfig's only public constructor;
+                // actix-test builds on it too.)
+                AppConfig::__priv_test_new(secure, addr.to_string(), addr)
+            };
+            let factory = || {
+                map_config(
+                    app()
+                        .into_factory()
+                        .map_err(|err: actix_web::Error| err.error_response()),
+                    config,
+                )
+            };
+            let upgrade = crate::transport::takeover::upgrade_service(map_config(
+                app().into_factory(),
+                config,
+            ));
+            let builder = actix_http::HttpService::build()
+                // Drop TCP as soon as an HTTP exchange is done (the default lingers 1 s).
+                .client_disconnect_timeout(Duration::ZERO)
+                // A client that never finishes its headers (slowloris) gets 408 and is
+                // closed.
+                .client_request_timeout(header_timeout)
+                .local_addr(addr);
+            let builder = if secure { builder.secure() } else { builder };
+            builder.upgrade(upgrade).h1(factory())
+        }};
+    }
+    let builder = actix_web::dev::Server::build()
+        .workers(workers)
+        .disable_signals()
+        // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
+        .shutdown_timeout(1);
     let server = match tls {
-        None => HttpServer::new(app)
-            .workers(workers)
-            .disable_signals()
-            // Small frames go out at once: without it Nagle holds frames behind a delayed
-            // ACK (25-40 ms stalls after every ping/pong exchange, see docs/PERFORMANCE.md).
-            .tcp_nodelay(true)
-            // Drop TCP as soon as the close handshake is done (the default lingers 1 s).
-            .client_disconnect_timeout(Duration::ZERO)
-            // A client that never finishes its headers (slowloris) gets 408 and is closed.
-            .client_request_timeout(header_timeout)
-            // A duplicate of each socket, for the write deadline (transport::socket).
-            .on_connect(crate::transport::socket::on_connect)
-            // Sessions are drained by the Supervisor first; this only bounds plain HTTP.
-            .shutdown_timeout(1)
-            .listen(listener)?
+        None => builder
+            .listen("switchboard", listener, move || {
+                nodelay().and_then(http_service!(false).tcp())
+            })?
             .run(),
         Some(certificate) => {
-            // `HttpServer::listen_rustls_0_23` would put `h2` first in ALPN (actix-http
-            // adds it), and a client offering both would get HTTP/2, where a WebSocket
-            // cannot upgrade. So the TLS listener is the same App behind an HTTP/1.1-only
-            // service, with the settings of the plain one above.
             let tls_config = certificate.server_config().map_err(std::io::Error::other)?;
-            let addr = listener.local_addr()?;
-            actix_web::dev::Server::build()
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(1)
+            builder
                 .listen("switchboard-tls", listener, move || {
-                    let host = addr.to_string();
-                    let app = app()
-                        .into_factory()
-                        .map_err(|err: actix_web::Error| err.error_response());
-                    let http = actix_http::HttpService::build()
-                        .client_disconnect_timeout(Duration::ZERO)
-                        .client_request_timeout(header_timeout)
-                        .on_connect_ext(crate::transport::socket::on_connect_tls)
-                        .local_addr(addr)
-                        .secure()
-                        // What HttpServer gives an App on an https listener: `secure` makes
-                        // the connection's scheme https. (`__priv_test_new` is AppConfig's
-                        // only public constructor; actix-test builds on it too.)
-                        .h1(map_config(app, move |_| {
-                            AppConfig::__priv_test_new(true, host.clone(), addr)
-                        }))
-                        .rustls_0_23(tls_config.clone());
-                    fn_service(|io: actix_rt::net::TcpStream| async move {
-                        // See tcp_nodelay above.
-                        let _ = io.set_nodelay(true);
-                        Ok(io)
-                    })
-                    .and_then(http)
+                    nodelay().and_then(http_service!(true).rustls_0_23(tls_config.clone()))
                 })?
                 .run()
         }
@@ -136,6 +138,22 @@ pub async fn serve_with_tls(
     let report = broker.shutdown(Some(handle)).await;
     let _ = running.await;
     Ok(report)
+}
+
+/// Sets `TCP_NODELAY` on each accepted connection: small frames go out at once. Without it
+/// Nagle holds frames behind a delayed ACK (25-40 ms stalls after every ping/pong exchange,
+/// see docs/PERFORMANCE.md).
+fn nodelay<E>() -> impl actix_service::ServiceFactory<
+    actix_rt::net::TcpStream,
+    Config = (),
+    Response = actix_rt::net::TcpStream,
+    Error = E,
+    InitError = (),
+> {
+    fn_service(|io: actix_rt::net::TcpStream| async move {
+        let _ = io.set_nodelay(true);
+        Ok(io)
+    })
 }
 
 /// What the binary prints at start: the version, the engine and every URL that is on.

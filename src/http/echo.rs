@@ -5,7 +5,9 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::error::ApiError;
-use crate::transport::{self, Assembler, InboundEvent};
+use futures_util::StreamExt;
+
+use crate::transport::{self, Assembler, InboundEvent, WebSocket};
 use crate::Broker;
 
 /// `GET <echo_path>`: a WebSocket that sends back what it receives.
@@ -15,31 +17,35 @@ pub async fn echo(
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let max = broker.config().conformance.echo_max_message_bytes;
-    let body = transport::limit_frames(&req, body, max)?;
-    let (response, mut ws, stream) = actix_ws::handle(&req, body)?;
-    let mut stream = stream.max_frame_size(max);
-    actix_rt::spawn(async move {
-        let mut assembler = Assembler::new(max);
-        while let Some(item) = stream.recv().await {
-            let sent = match assembler.push(item) {
-                Ok(None) => Ok(()),
-                Ok(Some(InboundEvent::Text(text))) => ws.text(text).await,
-                Ok(Some(InboundEvent::Binary(bin))) => ws.binary(bin).await,
-                Ok(Some(InboundEvent::Ping(bytes))) => ws.pong(&bytes).await,
-                Ok(Some(InboundEvent::Pong)) => Ok(()),
-                Ok(Some(InboundEvent::Close(reason))) => {
-                    let _ = ws.close(reason).await;
+    let response = transport::accept(&req, body, &[], max, move |ws| {
+        actix_rt::spawn(async move {
+            let WebSocket {
+                mut reader,
+                mut writer,
+                ..
+            } = ws;
+            let mut assembler = Assembler::new(max);
+            while let Some(item) = reader.next().await {
+                let sent = match assembler.push(item) {
+                    Ok(None) => Ok(()),
+                    Ok(Some(InboundEvent::Text(text))) => writer.text(text).await,
+                    Ok(Some(InboundEvent::Binary(bin))) => writer.binary(bin).await,
+                    Ok(Some(InboundEvent::Ping(bytes))) => writer.pong(bytes).await,
+                    Ok(Some(InboundEvent::Pong)) => Ok(()),
+                    Ok(Some(InboundEvent::Close(reason))) => {
+                        let _ = writer.close(reason).await;
+                        return;
+                    }
+                    Err(err) => {
+                        let _ = writer.close(err.close_reason()).await;
+                        return;
+                    }
+                };
+                if sent.is_err() {
                     return;
                 }
-                Err(err) => {
-                    let _ = ws.close(err.close_reason()).await;
-                    return;
-                }
-            };
-            if sent.is_err() {
-                return;
             }
-        }
-    });
+        });
+    })?;
     Ok(response)
 }

@@ -12,18 +12,19 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::CloseReason;
+use futures_util::StreamExt;
 use url::{Host, Url};
 
 use super::error::ApiError;
 use super::peer;
-use crate::actors::session::{Binding, Connection, Session};
+use crate::actors::session::{Binding, Session};
 use crate::auth::{AuthError, Identity};
 use crate::config::ServerConfig;
 use crate::endpoint::{Endpoint, Reject};
 use crate::protocol::{close, frame, ErrorCode};
 use crate::transport;
 use crate::transport::admission::Refused;
-use crate::transport::socket::SocketHandle;
+use crate::transport::WebSocket;
 use crate::Broker;
 
 /// The subprotocol of protocol v1 (also assumed when the client names none).
@@ -103,44 +104,42 @@ pub async fn connect(
             return Err(refusal.http());
         }
     }
-    let socket = SocketHandle::of(&req);
-    let body = transport::limit_frames(&req, body, state.config.limits.max_frame_bytes)?;
-    let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &[SUBPROTOCOL])?;
-    match admitted {
-        Ok((identity, room)) => {
-            let binding = Binding { endpoint, room };
-            Session::start(
-                state.clone(),
-                identity,
-                connection_id.into(),
-                ws,
-                stream,
-                binding,
-                Connection { permit, socket },
-            );
-        }
-        Err(refusal) => {
-            let reason = refusal.close_reason(&endpoint);
-            let resets = state.metrics.connection_resets.clone();
-            socket.reset_after(state.config.limits.write_timeout, move || {
-                resets.with_label_values(&["close_unfinished"]).inc();
-            });
-            actix_rt::spawn(async move {
-                // The connection keeps its place until it is gone.
-                let _permit = permit;
-                let _ = ws.close(Some(reason)).await;
-                let mut stream = stream;
-                let _ = tokio::time::timeout(REJECT_LINGER, async {
-                    while let Some(Ok(msg)) = stream.recv().await {
-                        if matches!(msg, actix_ws::Message::Close(_)) {
-                            break;
+    let max_frame = state.config.limits.max_frame_bytes;
+    let state = state.clone();
+    let response = transport::accept(&req, body, &[SUBPROTOCOL], max_frame, move |ws| {
+        match admitted {
+            Ok((identity, room)) => {
+                let binding = Binding { endpoint, room };
+                Session::start(state, identity, connection_id.into(), ws, binding, permit);
+            }
+            Err(refusal) => {
+                let reason = refusal.close_reason(&endpoint);
+                let resets = state.metrics.connection_resets.clone();
+                ws.socket
+                    .reset_after(state.config.limits.write_timeout, move || {
+                        resets.with_label_values(&["close_unfinished"]).inc();
+                    });
+                actix_rt::spawn(async move {
+                    // The connection keeps its place until it is gone.
+                    let _permit = permit;
+                    let WebSocket {
+                        mut reader,
+                        mut writer,
+                        ..
+                    } = ws;
+                    let _ = writer.close(Some(reason)).await;
+                    let _ = tokio::time::timeout(REJECT_LINGER, async {
+                        while let Some(Ok(msg)) = reader.next().await {
+                            if matches!(msg, actix_ws::Message::Close(_)) {
+                                break;
+                            }
                         }
-                    }
-                })
-                .await;
-            });
+                    })
+                    .await;
+                });
+            }
         }
-    }
+    })?;
     Ok(response)
 }
 

@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use actix_http::ws::Message;
 use actix_ws::CloseReason;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::FutureExt;
 use prometheus::IntCounterVec;
 use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::close;
+use crate::transport::owned::SocketWriter;
 use crate::transport::socket::SocketHandle;
 
 /// How many queued frames the writer takes at once.
@@ -329,7 +331,86 @@ impl OutboundReceiver {
     /// non-blocking try; only when that channel is full does the writer wait, and then it
     /// also watches for an abort. (Waiting on the abort signal for every frame cost ~10 % of
     /// the CPU of a max-rate fan-out.)
-    pub async fn run(mut self, mut ws: actix_ws::Session, deadline: WriteDeadline) -> WriterExit {
+    pub async fn run(self, writer: super::WsWriter, deadline: WriteDeadline) -> WriterExit {
+        match writer {
+            super::WsWriter::Owned(writer) => self.run_owned(writer, deadline).await,
+            super::WsWriter::Dispatcher(ws) => self.run_dispatcher(ws, deadline).await,
+        }
+    }
+
+    /// Gives a taken frame's bytes back to the queue's limits.
+    fn taken(&self, item: &Outgoing) {
+        match item {
+            Outgoing::Text(text) => {
+                self.shared
+                    .queued_bytes
+                    .fetch_sub(text.len(), Ordering::AcqRel);
+                self.shared.queued_frames.fetch_sub(1, Ordering::AcqRel);
+            }
+            Outgoing::Replay(text) => {
+                self.shared
+                    .replay_bytes
+                    .fetch_sub(text.len(), Ordering::AcqRel);
+            }
+            Outgoing::Pong(_) | Outgoing::Ping | Outgoing::Close(_) => {}
+        }
+    }
+
+    /// [`OutboundReceiver::run`] on a socket the broker owns: each batch taken from the
+    /// queue is encoded into one buffer and written with one deadline. Nothing is kept
+    /// between batches once the queue is empty (an idle connection holds no batch and no
+    /// write buffer). An abort is honoured between writes, never inside one: a frame cut
+    /// halfway would make the close frame after it unreadable.
+    async fn run_owned(mut self, mut writer: SocketWriter, deadline: WriteDeadline) -> WriterExit {
+        let shared = self.shared.clone();
+        let mut batch = Vec::new();
+        loop {
+            let received = tokio::select! {
+                biased;
+                reason = Self::aborted(&shared) => {
+                    return close_owned(&mut writer, Some(reason), &deadline).await;
+                }
+                n = self.rx.recv_many(&mut batch, WRITE_BATCH) => n,
+            };
+            if received == 0 {
+                return close_owned(&mut writer, None, &deadline).await;
+            }
+            let mut buf = BytesMut::new();
+            let mut close = None;
+            for item in batch.drain(..) {
+                self.taken(&item);
+                let msg = match item {
+                    Outgoing::Text(text) | Outgoing::Replay(text) => Message::Text(text),
+                    Outgoing::Pong(bytes) => Message::Pong(bytes),
+                    Outgoing::Ping => Message::Ping(Bytes::new()),
+                    Outgoing::Close(reason) => {
+                        close = Some(reason);
+                        break;
+                    }
+                };
+                writer.encode(msg, &mut buf);
+            }
+            if !buf.is_empty() {
+                match tokio::time::timeout(deadline.timeout, writer.write(&buf)).await {
+                    Err(_) => return deadline.stalled(),
+                    Ok(Err(_)) => return WriterExit::Disconnected,
+                    Ok(Ok(())) => {}
+                }
+            }
+            if let Some(reason) = close {
+                return close_owned(&mut writer, Some(reason), &deadline).await;
+            }
+            if self.rx.is_empty() {
+                batch = Vec::new();
+            }
+        }
+    }
+
+    async fn run_dispatcher(
+        mut self,
+        mut ws: actix_ws::Session,
+        deadline: WriteDeadline,
+    ) -> WriterExit {
         let shared = self.shared.clone();
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
@@ -344,6 +425,7 @@ impl OutboundReceiver {
                 return WriterExit::Closed(close::NORMAL);
             }
             for item in batch.drain(..) {
+                self.taken(&item);
                 let text = match item {
                     Outgoing::Close(reason) => {
                         let code = u16::from(reason.code);
@@ -370,15 +452,7 @@ impl OutboundReceiver {
                         }
                         continue;
                     }
-                    Outgoing::Text(text) => {
-                        shared.queued_bytes.fetch_sub(text.len(), Ordering::AcqRel);
-                        shared.queued_frames.fetch_sub(1, Ordering::AcqRel);
-                        text
-                    }
-                    Outgoing::Replay(text) => {
-                        shared.replay_bytes.fetch_sub(text.len(), Ordering::AcqRel);
-                        text
-                    }
+                    Outgoing::Text(text) | Outgoing::Replay(text) => text,
                 };
                 let written = match ws.text(text.clone()).now_or_never() {
                     Some(r) => r,
@@ -395,6 +469,22 @@ impl OutboundReceiver {
                 }
             }
         }
+    }
+}
+
+/// Sends the close frame (`None`: a normal close) within the deadline, the reset armed in
+/// case the peer never answers it.
+async fn close_owned(
+    writer: &mut SocketWriter,
+    reason: Option<CloseReason>,
+    deadline: &WriteDeadline,
+) -> WriterExit {
+    let code = reason.as_ref().map_or(close::NORMAL, |r| u16::from(r.code));
+    deadline.closing();
+    match tokio::time::timeout(deadline.timeout, writer.send(Message::Close(reason))).await {
+        Ok(Ok(())) => WriterExit::Closed(code),
+        Ok(Err(_)) => WriterExit::Disconnected,
+        Err(_) => deadline.stalled(),
     }
 }
 

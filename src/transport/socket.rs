@@ -15,6 +15,10 @@
 //! connection; sessions hold only a weak reference. A reset after the connection is gone is
 //! therefore a no-op and can never reach a socket that reused the descriptor number. The
 //! cost is one more file descriptor per connection (raise `ulimit -n` accordingly).
+//!
+//! switchboard's own server takes WebSocket connections out of the dispatcher
+//! ([`super::takeover`]) and needs no duplicate: the handle reaches the socket the session's
+//! reader and writer share, and the same reset ends both.
 
 use std::any::Any;
 use std::net::Shutdown;
@@ -25,6 +29,8 @@ use std::time::Duration;
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::Extensions;
 use actix_web::HttpRequest;
+
+use super::owned::{Io, SharedIo};
 
 /// The duplicate of an accepted connection's socket, kept in its connection data.
 struct ConnectionSocket(Arc<OwnedFd>);
@@ -40,11 +46,6 @@ pub fn on_connect(connection: &dyn Any, data: &mut Extensions) {
     }
 }
 
-/// A TLS connection's [`on_connect`], for an `HttpService` built by hand.
-pub fn on_connect_tls(tls: &TlsStream<actix_rt::net::TcpStream>, data: &mut Extensions) {
-    install(tls.get_ref().0, data);
-}
-
 fn install(tcp: &actix_rt::net::TcpStream, data: &mut Extensions) {
     match tcp.as_fd().try_clone_to_owned() {
         Ok(fd) => {
@@ -56,8 +57,27 @@ fn install(tcp: &actix_rt::net::TcpStream, data: &mut Extensions) {
 }
 
 /// A session's way to cut its connection's TCP socket.
-#[derive(Debug, Clone, Default)]
-pub struct SocketHandle(Weak<OwnedFd>);
+#[derive(Clone, Default)]
+pub struct SocketHandle(Target);
+
+#[derive(Clone, Default)]
+enum Target {
+    /// The server kept no way to reach the socket.
+    #[default]
+    None,
+    /// The duplicate [`on_connect`] keeps while the dispatcher owns the connection.
+    Duplicate(Weak<OwnedFd>),
+    /// The socket the broker took over ([`super::owned`]).
+    Owned(std::rc::Weak<std::cell::RefCell<dyn Io>>),
+}
+
+impl std::fmt::Debug for SocketHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketHandle")
+            .field("open", &self.is_open())
+            .finish()
+    }
+}
 
 impl SocketHandle {
     /// The handle of the connection `req` came in on (a no-op handle when the server did
@@ -65,31 +85,43 @@ impl SocketHandle {
     pub fn of(req: &HttpRequest) -> SocketHandle {
         SocketHandle(
             req.conn_data::<ConnectionSocket>()
-                .map(|socket| Arc::downgrade(&socket.0))
-                .unwrap_or_default(),
+                .map_or(Target::None, |socket| {
+                    Target::Duplicate(Arc::downgrade(&socket.0))
+                }),
         )
+    }
+
+    /// The handle of a socket taken over from the dispatcher.
+    pub(crate) fn owned(io: &SharedIo) -> SocketHandle {
+        SocketHandle(Target::Owned(std::rc::Rc::downgrade(io)))
     }
 
     /// Whether the connection is still open.
     pub fn is_open(&self) -> bool {
-        self.0.strong_count() > 0
+        match &self.0 {
+            Target::None => false,
+            Target::Duplicate(fd) => fd.strong_count() > 0,
+            Target::Owned(io) => io.strong_count() > 0,
+        }
     }
 
     /// Resets the connection now (RST, unsent data discarded); false when it was already
     /// gone.
     pub fn reset(&self) -> bool {
-        let Some(fd) = self.0.upgrade() else {
-            return false;
-        };
-        let socket = socket2::SockRef::from(&*fd);
-        // Linger 0 makes the final close send RST instead of waiting to flush data the
-        // peer will not read. Shutting the read side wakes the dispatcher, which reads
-        // end-of-stream and drops the connection; the write side is left alone, since a
-        // FIN sent first would turn the reset into a clean end for a peer with nothing
-        // unread.
-        let _ = socket.set_linger(Some(Duration::ZERO));
-        let _ = socket.shutdown(Shutdown::Read);
-        true
+        match &self.0 {
+            Target::None => false,
+            Target::Duplicate(fd) => fd.upgrade().is_some_and(|fd| {
+                reset(socket2::SockRef::from(&*fd));
+                true
+            }),
+            Target::Owned(io) => io.upgrade().is_some_and(|io| {
+                // Never borrowed across an await, so free whenever a task runs this.
+                if let Ok(io) = io.try_borrow() {
+                    reset(socket2::SockRef::from(io.tcp()));
+                }
+                true
+            }),
+        }
     }
 
     /// Resets the connection after `delay` unless it has closed by then (and then calls
@@ -109,6 +141,16 @@ impl SocketHandle {
     }
 }
 
+/// Linger 0 makes the final close send RST instead of waiting to flush data the peer will
+/// not read. Shutting the read side wakes whoever reads the socket (the dispatcher, or the
+/// session's reader), which reads end-of-stream and drops the connection; the write side is
+/// left alone, since a FIN sent first would turn the reset into a clean end for a peer with
+/// nothing unread.
+fn reset(socket: socket2::SockRef<'_>) {
+    let _ = socket.set_linger(Some(Duration::ZERO));
+    let _ = socket.shutdown(Shutdown::Read);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,7 +163,7 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         let owner = Arc::new(OwnedFd::from(server));
-        let handle = SocketHandle(Arc::downgrade(&owner));
+        let handle = SocketHandle(Target::Duplicate(Arc::downgrade(&owner)));
         assert!(handle.is_open());
         client.write_all(b"unread").expect("write");
         assert!(handle.reset());

@@ -3,7 +3,7 @@
 //! This file is the socket's lifecycle (start, admission, frames in, limits, close,
 //! heartbeats, shutdown); each client command lives in its own module beside it.
 //!
-//! Owns the inbound side of the socket (actix-ws frames fed in with `ctx.add_stream`), the
+//! Owns the inbound side of the socket (frames fed in with `ctx.add_stream`), the
 //! session's limits (frame size, rate, room count) and the sending half of its bounded
 //! outbound queue; a separate writer task drains that queue into the socket. Room traffic
 //! goes straight to the Room actors whose addresses the session keeps; application types go
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{Message as WsMessage, MessageStream, ProtocolError};
+use actix_ws::{Message as WsMessage, ProtocolError};
 use bytestring::ByteString;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::json;
@@ -41,8 +41,7 @@ use crate::protocol::types::{self, Command};
 use crate::protocol::{close, ErrorCode};
 use crate::transport::admission::Permit;
 use crate::transport::outbound::{WriteDeadline, WriterExit};
-use crate::transport::socket::SocketHandle;
-use crate::transport::{Assembler, InboundEvent, Outbound};
+use crate::transport::{Assembler, InboundEvent, Outbound, WebSocket};
 
 /// How long a session waits for the peer's close frame after sending its own.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -76,13 +75,6 @@ fn longest_history(config: &crate::config::Config) -> usize {
         .fold(config.history.size, usize::max)
 }
 
-/// The connection under a session: its place under the connection caps, and the handle
-/// that resets its socket when writes stall (`limits.write_timeout`).
-pub(crate) struct Connection {
-    pub permit: Permit,
-    pub socket: SocketHandle,
-}
-
 /// What the endpoint a session came in through decides for it.
 pub(crate) struct Binding {
     /// The endpoint (framing, publish rule, replay, room template).
@@ -98,10 +90,9 @@ impl Session {
         state: Arc<BrokerState>,
         identity: Identity,
         connection_id: ConnectionId,
-        ws: actix_ws::Session,
-        stream: MessageStream,
+        websocket: WebSocket,
         binding: Binding,
-        connection: Connection,
+        permit: Permit,
     ) -> Addr<Session> {
         let limits = &state.config.limits;
         let (out, rx) = Outbound::bounded(
@@ -120,17 +111,21 @@ impl Session {
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
         let max_frame = limits.max_frame_bytes;
+        let WebSocket {
+            reader,
+            writer,
+            socket,
+        } = websocket;
         let deadline = WriteDeadline {
-            socket: connection.socket,
+            socket,
             timeout: limits.write_timeout,
             resets: Some(state.metrics.connection_resets.clone()),
         };
-        let permit = connection.permit;
         Session::create(move |ctx| {
-            ctx.add_stream(stream.max_frame_size(max_frame));
+            ctx.add_stream(reader);
             let addr = ctx.address();
             actix_rt::spawn(async move {
-                let exit = rx.run(ws, deadline).await;
+                let exit = rx.run(writer, deadline).await;
                 addr.do_send(WriterExited(exit));
             });
             Session {

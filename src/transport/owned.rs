@@ -1,0 +1,375 @@
+//! A WebSocket on a socket the broker owns once the handshake is done.
+//!
+//! Under actix-http's h1 dispatcher an upgraded connection keeps the dispatcher, its 8 KiB
+//! read and 8 KiB write buffers and actix-ws's 32-frame channel for as long as it lives: most
+//! of what an idle connection costs. After a takeover ([`super::takeover`]) the broker holds
+//! the socket itself and sizes every buffer by the traffic:
+//!
+//! - [`SocketMessages`] reads into a buffer on the stack, so a connection waiting for data
+//!   holds no read buffer at all; bytes are kept on the heap only while they hold a frame
+//!   that has not fully arrived, and that buffer is released as soon as it is consumed.
+//! - [`SocketWriter`] encodes what is queued into a buffer made for that write and released
+//!   after it.
+//!
+//! The reader and the writer share the socket through an `Rc<RefCell<..>>`: both run on the
+//! connection's worker thread, and neither holds the borrow across an await (every borrow
+//! lasts one `poll_read` or `poll_write`), so the two never contend. The same reference lets
+//! the write deadline reset the socket ([`super::socket::SocketHandle`]).
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use actix_codec::{Decoder, Encoder};
+use actix_http::error::PayloadError;
+use actix_http::ws::{Codec, Frame, Message, ProtocolError};
+use actix_rt::net::TcpStream;
+use actix_tls::accept::rustls_0_23::TlsStream;
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::guard::FrameLimit;
+
+/// How much one read takes from the socket (on the stack, copied out at the size read).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection's byte stream: plain TCP or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + 'static {
+    /// The TCP socket underneath (for `SO_LINGER` and `shutdown` on a reset).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Io for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Io for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// The socket, shared by a connection's reader and writer.
+pub(crate) type SharedIo = Rc<RefCell<dyn Io>>;
+
+/// A connection handed over after its handshake: the socket, and whatever the client sent
+/// behind its request that the dispatcher had already read.
+pub struct Socket {
+    pub(crate) io: SharedIo,
+    pub(crate) leftover: BytesMut,
+}
+
+impl Socket {
+    pub(crate) fn new<T: Io>(io: T, leftover: BytesMut) -> Socket {
+        let io: SharedIo = Rc::new(RefCell::new(io));
+        Socket { io, leftover }
+    }
+
+    /// Splits into the inbound message stream (frames over `max_frame` refused) and the
+    /// writer.
+    pub(crate) fn split(self, max_frame: usize) -> (SocketMessages, SocketWriter) {
+        let leftover = (!self.leftover.is_empty()).then(|| self.leftover.freeze());
+        let chunks = ReadChunks {
+            io: self.io.clone(),
+            leftover,
+        };
+        (
+            SocketMessages {
+                chunks: FrameLimit::new(chunks, max_frame),
+                codec: Codec::new().max_size(max_frame),
+                buf: BytesMut::new(),
+                ended: false,
+            },
+            SocketWriter {
+                io: self.io,
+                codec: Codec::new(),
+            },
+        )
+    }
+}
+
+/// The socket's bytes as they arrive, each read copied out at its own size.
+struct ReadChunks {
+    io: SharedIo,
+    leftover: Option<Bytes>,
+}
+
+impl Stream for ReadChunks {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(bytes) = this.leftover.take() {
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        let mut stack = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut stack);
+        let mut io = this.io.borrow_mut();
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(None),
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(buf.filled())))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(PayloadError::Io(e)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The inbound side: whole frames as actix-ws's `Message`s, with the same errors actix-ws
+/// gives, so [`super::Assembler`] handles both transports alike.
+pub struct SocketMessages {
+    chunks: FrameLimit<ReadChunks>,
+    codec: Codec,
+    /// Bytes of a frame that has not fully arrived; empty (no allocation) between frames.
+    buf: BytesMut,
+    ended: bool,
+}
+
+impl Stream for SocketMessages {
+    type Item = Result<Message, ProtocolError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            // What has arrived is decoded before more is read: the frame guard ends the
+            // stream after the frames in front of a refused header, and those are delivered
+            // first.
+            if !this.buf.is_empty() {
+                match this.codec.decode(&mut this.buf) {
+                    Ok(Some(frame)) => {
+                        if this.buf.is_empty() {
+                            this.buf = BytesMut::new();
+                        }
+                        return Poll::Ready(Some(message(frame)));
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        this.ended = true;
+                        this.buf = BytesMut::new();
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.chunks).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    if this.buf.is_empty() {
+                        this.buf = BytesMut::from(bytes);
+                    } else {
+                        this.buf.extend_from_slice(&bytes);
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    this.ended = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(ProtocolError::Io(io::Error::other(err)))));
+                }
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// A frame as actix-ws would yield it (text that is not UTF-8 is an `InvalidData` error).
+fn message(frame: Frame) -> Result<Message, ProtocolError> {
+    Ok(match frame {
+        Frame::Text(bytes) => ByteString::try_from(bytes)
+            .map(Message::Text)
+            .map_err(|err| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, err)))?,
+        Frame::Binary(bytes) => Message::Binary(bytes),
+        Frame::Ping(bytes) => Message::Ping(bytes),
+        Frame::Pong(bytes) => Message::Pong(bytes),
+        Frame::Close(reason) => Message::Close(reason),
+        Frame::Continuation(item) => Message::Continuation(item),
+    })
+}
+
+/// The outbound side: encodes frames and writes them to the socket.
+pub struct SocketWriter {
+    io: SharedIo,
+    codec: Codec,
+}
+
+/// The most a control frame carries (RFC 6455 §5.5); a close frame's two of them are its
+/// code.
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+impl SocketWriter {
+    /// Appends `msg` to `buf` as one frame. Control frames are cut to what RFC 6455 allows
+    /// (a close reason at a character boundary), as strict clients refuse longer ones.
+    pub fn encode(&mut self, msg: Message, buf: &mut BytesMut) {
+        let msg = match msg {
+            Message::Close(Some(mut reason)) => {
+                if let Some(description) = reason.description.as_mut() {
+                    let mut end = description.len().min(MAX_CONTROL_PAYLOAD - 2);
+                    while !description.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    description.truncate(end);
+                }
+                Message::Close(Some(reason))
+            }
+            Message::Ping(bytes) if bytes.len() > MAX_CONTROL_PAYLOAD => {
+                Message::Ping(bytes.slice(..MAX_CONTROL_PAYLOAD))
+            }
+            Message::Pong(bytes) if bytes.len() > MAX_CONTROL_PAYLOAD => {
+                Message::Pong(bytes.slice(..MAX_CONTROL_PAYLOAD))
+            }
+            other => other,
+        };
+        // The server codec's encoder cannot fail on these messages (it errs only on a
+        // message too large for the peer, which a server does not check).
+        let _ = self.codec.encode(msg, buf);
+    }
+
+    /// Writes all of `bytes` and flushes (TLS keeps records until flushed).
+    pub async fn write(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        poll_fn(|cx| {
+            while written < bytes.len() {
+                let mut io = self.io.borrow_mut();
+                match Pin::new(&mut *io).poll_write(cx, &bytes[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let mut io = self.io.borrow_mut();
+            Pin::new(&mut *io).poll_flush(cx)
+        })
+        .await
+    }
+
+    /// Encodes and writes one message.
+    pub async fn send(&mut self, msg: Message) -> io::Result<()> {
+        let mut buf = BytesMut::new();
+        self.encode(msg, &mut buf);
+        self.write(&buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client frame: masked, as RFC 6455 requires of clients.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        actix_http::ws::Parser::write_message(
+            &mut buf,
+            payload,
+            actix_http::ws::OpCode::from(opcode),
+            fin,
+            true,
+        );
+        buf.to_vec()
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    #[actix_rt::test]
+    async fn frames_split_across_reads_and_the_leftover_arrive_whole_and_in_order() {
+        let (server, mut client) = pair().await;
+        let first = client_frame(0x1, true, b"from the handshake's read");
+        let socket = Socket::new(server, BytesMut::from(&first[..]));
+        let (mut messages, _writer) = socket.split(1 << 20);
+        let big = vec![b'x'; 100_000];
+        let second = client_frame(0x1, true, &big);
+        // The second frame arrives in two writes, cut inside its header.
+        client.write_all(&second[..1]).await.expect("write");
+        client.flush().await.expect("flush");
+        let got = messages.next().await.expect("a message").expect("valid");
+        assert!(matches!(got, Message::Text(t) if t == "from the handshake's read"));
+        client.write_all(&second[1..]).await.expect("write");
+        let got = messages.next().await.expect("a message").expect("valid");
+        assert!(matches!(got, Message::Text(t) if t.len() == 100_000));
+        assert_eq!(messages.buf.capacity(), 0, "nothing held between frames");
+        drop(client);
+        assert!(messages.next().await.is_none(), "end of stream");
+    }
+
+    #[actix_rt::test]
+    async fn a_frame_over_the_limit_is_refused_at_its_header_after_the_frames_before_it() {
+        let (server, mut client) = pair().await;
+        let (mut messages, _writer) = Socket::new(server, BytesMut::new()).split(1000);
+        let mut bytes = client_frame(0x1, true, b"good");
+        // Only the header of a frame declared at 1 MiB: it is refused without its payload.
+        bytes.extend_from_slice(&client_frame(0x2, true, &vec![0; 1 << 20])[..14]);
+        client.write_all(&bytes).await.expect("write");
+        let got = messages.next().await.expect("a message").expect("valid");
+        assert!(matches!(got, Message::Text(t) if t == "good"));
+        let err = messages
+            .next()
+            .await
+            .expect("an error")
+            .expect_err("refused");
+        let err = crate::transport::inbound::TransportError::from(err);
+        assert_eq!(
+            err.close_code(),
+            Some(crate::protocol::close::MESSAGE_TOO_BIG)
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_writer_sends_frames_a_client_decodes_and_cuts_long_control_frames() {
+        let (server, client) = pair().await;
+        let (_messages, mut writer) = Socket::new(server, BytesMut::new()).split(1000);
+        let mut buf = BytesMut::new();
+        writer.encode(Message::Text("hello".into()), &mut buf);
+        writer.encode(
+            Message::Close(Some(actix_http::ws::CloseReason {
+                code: actix_http::ws::CloseCode::Normal,
+                description: Some("é".repeat(100)),
+            })),
+            &mut buf,
+        );
+        writer.write(&buf).await.expect("write");
+        drop(writer);
+        let mut decoded = Vec::new();
+        let mut codec = Codec::new().client_mode();
+        let mut bytes = BytesMut::new();
+        let mut client = client;
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::io::AsyncReadExt::read(&mut client, &mut chunk)
+                .await
+                .expect("read");
+            bytes.extend_from_slice(&chunk[..n]);
+            while let Some(frame) = codec.decode(&mut bytes).expect("valid frames") {
+                decoded.push(frame);
+            }
+            if decoded.len() == 2 || n == 0 {
+                break;
+            }
+        }
+        assert!(matches!(&decoded[0], Frame::Text(t) if &t[..] == b"hello"));
+        match &decoded[1] {
+            Frame::Close(Some(reason)) => {
+                let description = reason.description.as_deref().unwrap_or("");
+                assert!(description.len() <= 123, "{}", description.len());
+                assert!(description.chars().all(|c| c == 'é'));
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
