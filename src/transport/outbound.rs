@@ -22,6 +22,9 @@ use crate::protocol::close;
 use crate::transport::owned::SocketWriter;
 use crate::transport::socket::SocketHandle;
 
+/// The longest header of a frame the server sends (2 bytes and an 8-byte length; unmasked).
+const MAX_HEADER: usize = 10;
+
 /// How many queued frames the writer takes at once.
 const WRITE_BATCH: usize = 64;
 
@@ -375,7 +378,17 @@ impl OutboundReceiver {
             if received == 0 {
                 return close_owned(&mut writer, None, &deadline).await;
             }
-            let mut buf = BytesMut::new();
+            // Sized once for the whole batch (payloads plus the longest header each), so a
+            // busy fan-out never regrows the buffer frame by frame.
+            let bytes: usize = batch
+                .iter()
+                .map(|item| match item {
+                    Outgoing::Text(text) | Outgoing::Replay(text) => text.len() + MAX_HEADER,
+                    Outgoing::Pong(bytes) => bytes.len() + MAX_HEADER,
+                    Outgoing::Ping | Outgoing::Close(_) => MAX_HEADER,
+                })
+                .sum();
+            let mut buf = BytesMut::with_capacity(bytes);
             let mut close = None;
             for item in batch.drain(..) {
                 self.taken(&item);
