@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 /// jemalloc, with background threads that return freed memory to the OS within seconds
 /// (dirty and muzzy pages decay over 10 s each), also while the broker is idle. glibc's
 /// malloc kept the memory of retired rooms (docs/SECURITY.md, "Memory under attack").
-#[cfg(all(unix, not(target_env = "musl")))]
+/// The `system-allocator` feature keeps glibc's malloc, for heap profilers that hook it.
+#[cfg(all(unix, not(target_env = "musl"), not(feature = "system-allocator")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use switchboard::config::Config;

@@ -1,7 +1,6 @@
 //! In-process engine: a ring buffer per room, idle rooms parked in a map until their TTL.
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -109,7 +108,11 @@ pub struct MemoryLog {
     ttl: Duration,
     ring: VecDeque<(u64, Instant, ByteString)>,
     ring_bytes: usize,
+    /// Unbounded as a cache, bounded by `seen_capacity` here: a cache made with its capacity
+    /// allocates the whole table up front (35 KiB for 1000 ids), in every room, even one
+    /// that never sees a client id.
     seen: LruCache<String, u64>,
+    seen_capacity: usize,
     seen_max_bytes: usize,
     seen_bytes: usize,
     /// Present users: their connection count and first arrival.
@@ -126,7 +129,8 @@ impl MemoryLog {
             ttl: policy.history_ttl,
             ring: VecDeque::new(),
             ring_bytes: 0,
-            seen: LruCache::new(NonZeroUsize::new(policy.dedup_size).unwrap_or(NonZeroUsize::MIN)),
+            seen: LruCache::unbounded(),
+            seen_capacity: policy.dedup_size.max(1),
             seen_max_bytes: policy.dedup_max_bytes,
             seen_bytes: 0,
             present: HashMap::new(),
@@ -154,7 +158,9 @@ impl MemoryLog {
         if let Some((old, _)) = self.seen.push(key, seq) {
             self.seen_bytes -= old.len();
         }
-        while self.seen_bytes > self.seen_max_bytes && self.seen.len() > 1 {
+        while self.seen.len() > self.seen_capacity
+            || (self.seen_bytes > self.seen_max_bytes && self.seen.len() > 1)
+        {
             if let Some((old, _)) = self.seen.pop_lru() {
                 self.seen_bytes -= old.len();
             }

@@ -203,6 +203,16 @@ pub struct SocketWriter {
 /// code.
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// The longest prefix of a close reason that fits a close frame beside its code, cut at a
+/// character boundary.
+pub(crate) fn close_reason_prefix(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 impl SocketWriter {
     /// Appends `msg` to `buf` as one frame. Control frames are cut to what RFC 6455 allows
     /// (a close reason at a character boundary), as strict clients refuse longer ones.
@@ -210,10 +220,7 @@ impl SocketWriter {
         let msg = match msg {
             Message::Close(Some(mut reason)) => {
                 if let Some(description) = reason.description.as_mut() {
-                    let mut end = description.len().min(MAX_CONTROL_PAYLOAD - 2);
-                    while !description.is_char_boundary(end) {
-                        end -= 1;
-                    }
+                    let end = close_reason_prefix(description).len();
                     description.truncate(end);
                 }
                 Message::Close(Some(reason))

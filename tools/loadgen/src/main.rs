@@ -38,6 +38,12 @@ struct Cli {
     /// `--url` on the same side of the scenario name (those after it replace those before).
     #[arg(long, global = true)]
     url: Vec<String>,
+    /// Local loopback address to connect from (e.g. 127.0.0.2). Repeat it to spread the
+    /// connections round-robin over several: each source address has its own range of
+    /// ephemeral ports (about 28,000 by default), so 100,000 connections to one broker need
+    /// four. Default: the kernel's choice.
+    #[arg(long, global = true)]
+    source: Vec<std::net::IpAddr>,
     /// Subprotocol to offer (default: switchboard.v1 / mqtt / none; "" for none).
     #[arg(long, global = true)]
     subprotocol: Option<String>,
@@ -203,6 +209,24 @@ fn main() {
                 std::process::exit(2);
             }
         }
+    }
+    if let Some(ip) = cli.source.iter().find(|ip| !ip.is_loopback()) {
+        eprintln!("loadgen: refusing non-loopback source {ip}: loopback only");
+        std::process::exit(2);
+    }
+    // Every (source, broker) pair is an endpoint of its own, so that the round-robin over
+    // endpoints spreads connections over both.
+    if !cli.source.is_empty() {
+        eps = cli
+            .source
+            .iter()
+            .flat_map(|ip| {
+                eps.iter().map(move |ep| Endpoint {
+                    source: Some(*ip),
+                    ..ep.clone()
+                })
+            })
+            .collect();
     }
     let ep = eps[0].clone();
     let broker_pids: Vec<String> = cli

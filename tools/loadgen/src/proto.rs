@@ -461,6 +461,8 @@ pub struct Endpoint {
     pub mqtt_keepalive: u16,
     /// tungstenite's read buffer per connection.
     pub read_buffer: usize,
+    /// The local address to connect from (`--source`), if not the kernel's choice.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Endpoint {
@@ -507,6 +509,7 @@ impl Endpoint {
             addr,
             mqtt_keepalive,
             read_buffer,
+            source: None,
         })
     }
 }
@@ -534,7 +537,22 @@ impl Conn {
     }
 
     async fn open_inner(ep: &Endpoint, client_id: &str) -> Result<Conn, Error> {
-        let tcp = TcpStream::connect(&ep.addr).await?;
+        let tcp = match ep.source {
+            None => TcpStream::connect(&ep.addr).await?,
+            Some(ip) => {
+                let dest = tokio::net::lookup_host(&ep.addr)
+                    .await?
+                    .find(|a| a.is_ipv4() == ip.is_ipv4())
+                    .ok_or("the source and the broker's address are of different families")?;
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                socket.connect(dest).await?
+            }
+        };
         tcp.set_nodelay(true)?;
         let mut req = ep.url.as_str().into_client_request()?;
         if let Some(p) = &ep.subprotocol {
