@@ -7,6 +7,10 @@
 #   BENCH_QUICK=1 scripts/bench.sh       # a smoke run of about a minute
 #   BENCH_TARGETS="switchboard nats"     # a subset of: switchboard nats mqtt nodews
 #   BENCH_SCENARIOS="fanout idle"        # a subset of: ramp fanout paced rooms churn idle
+#   BENCH_SCENARIOS=batch                # batched frames (not in the default list): fan-out
+#                                        # 1 -> 100 and 100 rooms x 10 at max rate, switchboard
+#                                        # with switchboard.v1.batch (label as is) and with
+#                                        # plain v1 (label-v1), the peers as usual
 #   BENCH_SCENARIOS=cluster              # scale-out (switchboard only, not in the default
 #                                        # list): 3 nodes over one Redis against 1 node
 #                                        # with the memory engine, fan-out and paced
@@ -120,7 +124,9 @@ for port in "${ports[@]}"; do
 done
 
 # switchboard's config: anonymous, loopback, a rate limit the publisher never hits, room for
-# the rooms scenario's publisher (200 rooms), and the same 10 s heartbeat as the peers.
+# the rooms scenario's publisher (200 rooms, and at max rate the echo of every message it
+# publishes plus its ack queued behind a window of 1,000: more than the default queue of
+# 1,024 frames), and the same 10 s heartbeat as the peers.
 sb_config() { # port
   cat <<EOF
 [server]
@@ -137,6 +143,7 @@ timeout = "$((HEARTBEAT_S * 3))s"
 messages_per_second = 10000000
 burst = 10000000
 max_rooms_per_session = 1000
+outbound_queue_messages = 16384
 EOF
 }
 sb_config $SB_PORT >"$OUT/switchboard.toml"
@@ -350,6 +357,7 @@ if [ "$QUICK" = 1 ]; then
   ROOMS=(rooms20x5 rooms --rooms 20 --per-room 5 --messages 2000 --rate 1000)
   CHURN=(churn churn --concurrency 20 --count 300 --duration 5)
   IDLE=(idle1000 idle --conns 1000 --rooms 100 --hold 3)
+  BATCH_RUNS=("fanout100 fanout --subs 100 --messages 2000" "rooms100x10 rooms --rooms 100 --per-room 10 --messages 5000")
 else
   RAMP=(ramp5000 idle --conns 5000 --rooms 100 --hold 0)
   FANOUT=(fanout1000 fanout --subs 1000 --messages 2000)
@@ -357,6 +365,7 @@ else
   ROOMS=(rooms200x5 rooms --rooms 200 --per-room 5 --messages 20000 --rate 4000)
   CHURN=(churn churn --concurrency 50 --count 20000 --duration 10)
   IDLE=(idle10000 idle --conns 10000 --rooms 100 --hold 60)
+  BATCH_RUNS=("fanout100 fanout --subs 100 --messages 100000" "rooms100x10 rooms --rooms 100 --per-room 10 --messages 100000")
 fi
 
 run() { # target label args...
@@ -431,6 +440,20 @@ for scenario in "${SCENARIOS[@]}"; do
     run_cluster "redis3-${PACED[0]}" "${PACED[@]:1}"
     run switchboard "memory1-${FANOUT[0]}" "${FANOUT[@]:1}"
     run switchboard "memory1-${PACED[0]}" "${PACED[@]:1}"
+    continue
+  fi
+  if [ "$scenario" = batch ]; then
+    for entry in "${BATCH_RUNS[@]}"; do
+      read -r -a spec <<<"$entry"
+      for target in "${TARGETS[@]}"; do
+        if [ "$target" = switchboard ]; then
+          run switchboard "${spec[0]}" --subprotocol switchboard.v1.batch "${spec[@]:1}"
+          run switchboard "${spec[0]}-v1" "${spec[@]:1}"
+        else
+          run "$target" "${spec[@]}"
+        fi
+      done
+    done
     continue
   fi
   case $scenario in

@@ -378,3 +378,87 @@ async fn namespace_options_restrict_publishing_and_anonymous_joins() {
     );
     anon.join("lobby").await;
 }
+
+/// The room messages a client reads after joining `room` from seq 0, one envelope per
+/// newline-separated line, and how many frames carried them.
+async fn replay_frames(
+    url: &str,
+    protocol: Option<&str>,
+    room: &str,
+    messages: usize,
+) -> (Vec<Value>, usize) {
+    use actix_http::ws::{Frame, Message};
+    use futures_util::{SinkExt, StreamExt};
+
+    let mut req = awc::Client::new().ws(url).max_frame_size(1 << 24);
+    if let Some(protocol) = protocol {
+        req = req.protocols([protocol]);
+    }
+    let (resp, mut framed) = req.connect().await.expect("connect");
+    let answered = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert_eq!(
+        answered.as_deref(),
+        protocol,
+        "the subprotocol the broker answers with"
+    );
+    let join = json!({"type": "room.join", "room": room, "payload": {"since_seq": 0}});
+    framed
+        .send(Message::Text(join.to_string().into()))
+        .await
+        .expect("send join");
+    let (mut envelopes, mut frames) = (Vec::new(), 0);
+    while envelopes.len() < messages {
+        let frame = tokio::time::timeout(Duration::from_secs(10), framed.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection is open")
+            .expect("a valid frame");
+        let Frame::Text(text) = frame else { continue };
+        let before = envelopes.len();
+        for line in std::str::from_utf8(&text).expect("UTF-8").split('\n') {
+            let envelope: Value = serde_json::from_str(line).expect("each line is one envelope");
+            if envelope["type"] == "room.message" {
+                envelopes.push(envelope);
+            }
+        }
+        if envelopes.len() > before {
+            frames += 1;
+        }
+    }
+    (envelopes, frames)
+}
+
+#[actix_rt::test]
+async fn the_batch_subprotocol_joins_queued_messages_and_v1_keeps_one_per_frame() {
+    const N: usize = 100;
+    let broker = TestBroker::start(test_config());
+    let mut publisher = broker.client("pub", &["r"]).await;
+    publisher.join("r").await;
+    publish_n(&mut publisher, "r", "m", N as u64).await;
+
+    // A replay queues the room's whole history at once: with batched frames it arrives in
+    // fewer frames than messages, in order, each line one envelope.
+    let url = broker.ws_url(Some(&token("batch", &["r"])));
+    let (messages, frames) = replay_frames(&url, Some("switchboard.v1.batch"), "r", N).await;
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+    assert!(
+        frames < N,
+        "{N} replayed messages came in {frames} frames: none joined"
+    );
+
+    // Without the subprotocol (or with plain v1), one message per frame, as before.
+    for protocol in [None, Some("switchboard.v1")] {
+        let url = broker.ws_url(Some(&token("v1", &["r"])));
+        let (messages, frames) = replay_frames(&url, protocol, "r", N).await;
+        assert_eq!(messages.len(), N);
+        assert_eq!(frames, N, "{protocol:?}: one frame per message");
+    }
+}

@@ -20,7 +20,7 @@ use super::peer;
 use crate::actors::session::{Binding, Session};
 use crate::auth::{AuthError, Identity};
 use crate::config::ServerConfig;
-use crate::endpoint::{Endpoint, Reject};
+use crate::endpoint::{Endpoint, Framing, Reject};
 use crate::protocol::{close, frame, ErrorCode};
 use crate::transport;
 use crate::transport::admission::Refused;
@@ -29,6 +29,10 @@ use crate::Broker;
 
 /// The subprotocol of protocol v1 (also assumed when the client names none).
 pub const SUBPROTOCOL: &str = "switchboard.v1";
+
+/// Protocol v1 with batched frames: when several messages wait for the socket, they go in
+/// one frame, newline-separated (docs/PROTOCOL.md). Offered on endpoints with v1 framing.
+pub const BATCH_SUBPROTOCOL: &str = "switchboard.v1.batch";
 
 /// How long a rejected connection waits for the client's close frame.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
@@ -106,10 +110,20 @@ pub async fn connect(
     }
     let max_frame = state.config.limits.max_frame_bytes;
     let state = state.clone();
-    let response = transport::accept(&req, body, &[SUBPROTOCOL], max_frame, move |ws| {
+    let protocols: &[&str] = if endpoint.config.framing == Framing::V1 {
+        &[SUBPROTOCOL, BATCH_SUBPROTOCOL]
+    } else {
+        &[SUBPROTOCOL]
+    };
+    let joined_frames = transport::select_protocol(&req, protocols) == Some(BATCH_SUBPROTOCOL);
+    let response = transport::accept(&req, body, protocols, max_frame, move |ws| {
         match admitted {
             Ok((identity, room)) => {
-                let binding = Binding { endpoint, room };
+                let binding = Binding {
+                    endpoint,
+                    room,
+                    joined_frames,
+                };
                 Session::start(state, identity, connection_id.into(), ws, binding, permit);
             }
             Err(refusal) => {

@@ -77,8 +77,9 @@ pub fn accept(
     Ok(HttpResponse::from(response.finish().map_into_boxed_body()))
 }
 
-/// The first subprotocol the client offers that is one of `protocols`.
-fn select_protocol<'a>(req: &'a HttpRequest, protocols: &[&str]) -> Option<&'a str> {
+/// The first subprotocol the client offers that is one of `protocols`: the one [`accept`]
+/// answers with.
+pub fn select_protocol<'a>(req: &'a HttpRequest, protocols: &[&str]) -> Option<&'a str> {
     req.headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .filter_map(|value| value.to_str().ok())

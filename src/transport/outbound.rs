@@ -36,6 +36,37 @@ const MAX_HEADER: usize = 10;
 /// How many queued frames the writer takes at once.
 const WRITE_BATCH: usize = 64;
 
+/// The largest frame the batched framing makes by joining messages (a longer message still
+/// goes alone, in a frame of its own).
+const JOINED_FRAME_MAX: usize = 64 * 1024;
+
+/// How many of the texts at the front of `queue` (at most `max`) go into one joined frame,
+/// and the frame's payload length with the newlines between them.
+fn joinable(queue: &VecDeque<Outgoing>, max: usize) -> (usize, usize) {
+    let mut count = 0;
+    let mut len = 0;
+    for item in queue.iter().take(max) {
+        let (Outgoing::Text(text) | Outgoing::Replay(text)) = item else {
+            break;
+        };
+        let with = len + usize::from(count > 0) + text.len();
+        if count > 0 && with > JOINED_FRAME_MAX {
+            break;
+        }
+        count += 1;
+        len = with;
+    }
+    (count, len)
+}
+
+/// The text of a queued message frame.
+fn text_of(item: &Outgoing) -> &[u8] {
+    match item {
+        Outgoing::Text(text) | Outgoing::Replay(text) => text.as_bytes(),
+        _ => &[],
+    }
+}
+
 /// The write deadline of one connection: how long a write may wait on a peer that does not
 /// read, and how long a close may take, before the TCP connection is reset.
 #[derive(Debug, Clone, Default)]
@@ -203,6 +234,8 @@ impl Drop for Outbound {
 /// Receiving half, owned by the writer task.
 pub struct OutboundReceiver {
     shared: Arc<Shared>,
+    /// Join queued messages into one frame (the `switchboard.v1.batch` subprotocol).
+    joined: bool,
 }
 
 impl Drop for OutboundReceiver {
@@ -250,7 +283,10 @@ impl Outbound {
             Outbound {
                 shared: shared.clone(),
             },
-            OutboundReceiver { shared },
+            OutboundReceiver {
+                shared,
+                joined: false,
+            },
         )
     }
 
@@ -393,6 +429,14 @@ impl OutboundReceiver {
         (frames, closed)
     }
 
+    /// Sends the messages queued together as one frame, newline-separated (the
+    /// `switchboard.v1.batch` subprotocol), up to 64 KiB a frame. A message alone in the
+    /// queue goes at once, as with one frame per message: joining never waits for company.
+    pub fn join_frames(mut self, joined: bool) -> Self {
+        self.joined = joined;
+        self
+    }
+
     /// Moves what is queued into `batch` (which is empty), or says why there is nothing.
     /// The two deques trade places, so a busy connection reuses their buffers; a connection
     /// found idle gives both back before it waits.
@@ -509,7 +553,27 @@ impl OutboundReceiver {
                     .sum();
                 let mut buf = BytesMut::with_capacity(bytes);
                 let mut close = None;
-                for item in taken.drain(..n) {
+                let mut left = n;
+                while left > 0 {
+                    if self.joined {
+                        let (count, len) = joinable(&taken, left);
+                        if count > 1 {
+                            writer.encode_joined(
+                                taken.iter().take(count).map(text_of),
+                                len,
+                                &mut buf,
+                            );
+                            for item in taken.drain(..count) {
+                                self.taken(&item);
+                            }
+                            left -= count;
+                            continue;
+                        }
+                    }
+                    let Some(item) = taken.pop_front() else {
+                        break;
+                    };
+                    left -= 1;
                     self.taken(&item);
                     let msg = match item {
                         Outgoing::Text(text) | Outgoing::Replay(text) => Message::Text(text),
@@ -538,6 +602,30 @@ impl OutboundReceiver {
                 }
             }
         }
+    }
+
+    /// `first` joined with the texts queued right behind it (the batched framing on the
+    /// actix-ws path, which takes a frame's text whole).
+    fn join_front(&self, first: ByteString, taken: &mut VecDeque<Outgoing>) -> ByteString {
+        let (count, len) = joinable(taken, WRITE_BATCH);
+        if count == 0 || first.len() + 1 + text_of(&taken[0]).len() > JOINED_FRAME_MAX {
+            return first;
+        }
+        let mut joined = String::with_capacity(first.len() + 1 + len);
+        joined.push_str(&first);
+        let mut total = first.len();
+        while let Some(Outgoing::Text(text) | Outgoing::Replay(text)) = taken.front() {
+            if total + 1 + text.len() > JOINED_FRAME_MAX {
+                break;
+            }
+            total += 1 + text.len();
+            joined.push('\n');
+            joined.push_str(text);
+            if let Some(item) = taken.pop_front() {
+                self.taken(&item);
+            }
+        }
+        ByteString::from(joined)
     }
 
     /// [`OutboundReceiver::run`] through actix-ws under a server without the takeover: each
@@ -593,6 +681,11 @@ impl OutboundReceiver {
                         continue;
                     }
                     Outgoing::Text(text) | Outgoing::Replay(text) => text,
+                };
+                let text = if self.joined {
+                    self.join_front(text, &mut taken)
+                } else {
+                    text
                 };
                 let written = match ws.text(text.clone()).now_or_never() {
                     Some(r) => r,
@@ -702,5 +795,92 @@ mod tests {
             matches!(queue.items.pop_front(), Some(Outgoing::Close(r)) if u16::from(r.code) == 1012)
         );
         assert!(queue.abort.is_none());
+    }
+
+    /// The frames a client reads from a writer that drains `queue` (texts, then a close)
+    /// over a real loopback TCP connection, joining frames or not.
+    async fn frames_written(texts: &[String], joined: bool) -> Vec<String> {
+        use actix_codec::Decoder;
+        use actix_http::ws::{Codec, Frame};
+        use std::io::Read;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = actix_rt::net::TcpStream::from_std(server).unwrap();
+        let (_reader, writer) =
+            crate::transport::owned::Socket::new(server, BytesMut::new()).split(1 << 20);
+        let (out, rx) = Outbound::bounded("t".into(), 1024, 1 << 24, (0, 0), None);
+        for text in texts {
+            out.send(text.clone().into()).unwrap();
+        }
+        out.close(close::NORMAL, "");
+        let deadline = WriteDeadline {
+            timeout: Duration::from_secs(5),
+            ..WriteDeadline::default()
+        };
+        let exit = rx
+            .join_frames(joined)
+            .run(super::super::WsWriter::Owned(writer), deadline)
+            .await;
+        assert_eq!(exit, WriterExit::Closed(close::NORMAL));
+
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut codec = Codec::new().client_mode().max_size(1 << 24);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        loop {
+            match codec.decode(&mut buf).unwrap() {
+                Some(Frame::Text(text)) => frames.push(String::from_utf8(text.to_vec()).unwrap()),
+                Some(Frame::Close(_)) => return frames,
+                Some(other) => panic!("unexpected frame {other:?}"),
+                None => {
+                    let mut chunk = [0u8; 64 * 1024];
+                    let n = client.read(&mut chunk).expect("the writer's frames");
+                    assert!(n > 0, "the connection ended before the close frame");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn batched_framing_joins_what_is_queued_and_never_exceeds_64_kib_a_frame() {
+        let texts: Vec<String> = (1..=3).map(|n| format!("{{\"n\":{n}}}")).collect();
+        assert_eq!(
+            frames_written(&texts, true).await,
+            vec!["{\"n\":1}\n{\"n\":2}\n{\"n\":3}".to_string()]
+        );
+        assert_eq!(
+            frames_written(&texts, false).await,
+            texts,
+            "one frame per message"
+        );
+        assert_eq!(
+            frames_written(&texts[..1], true).await,
+            texts[..1].to_vec(),
+            "a lone message goes as it is"
+        );
+        // Two messages of 40 KiB do not fit one joined frame; the third joins the second.
+        let big = |c: char| format!("\"{}\"", c.to_string().repeat(40 * 1024));
+        let texts = vec![big('a'), big('b'), "{}".to_string()];
+        let frames = frames_written(&texts, true).await;
+        assert_eq!(
+            frames,
+            vec![texts[0].clone(), format!("{}\n{{}}", texts[1])]
+        );
+        // More than one write's worth (64 frames) is joined across the writes.
+        let texts: Vec<String> = (0..200).map(|n| format!("{{\"n\":{n}}}")).collect();
+        let frames = frames_written(&texts, true).await;
+        let split: Vec<&str> = frames.iter().flat_map(|f| f.split('\n')).collect();
+        assert_eq!(split, texts.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            frames.len() < 10,
+            "{} frames for 200 queued messages",
+            frames.len()
+        );
     }
 }

@@ -238,6 +238,35 @@ impl SocketWriter {
         let _ = self.codec.encode(msg, buf);
     }
 
+    /// Appends `texts` as one text frame, newline-separated (the batched framing: compact
+    /// JSON never holds a raw newline, so the receiver splits on it). `len` is their total
+    /// length with the separators. Written here rather than by the codec, which takes one
+    /// contiguous payload and would cost a copy of the batch.
+    pub fn encode_joined<'a>(
+        &mut self,
+        texts: impl Iterator<Item = &'a [u8]>,
+        len: usize,
+        buf: &mut BytesMut,
+    ) {
+        // FIN and opcode 1 (text), then an unmasked length (RFC 6455 §5.2).
+        buf.extend_from_slice(&[0x81]);
+        if len < 126 {
+            buf.extend_from_slice(&[len as u8]);
+        } else if let Ok(len) = u16::try_from(len) {
+            buf.extend_from_slice(&[126]);
+            buf.extend_from_slice(&len.to_be_bytes());
+        } else {
+            buf.extend_from_slice(&[127]);
+            buf.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        for (i, text) in texts.enumerate() {
+            if i > 0 {
+                buf.extend_from_slice(b"\n");
+            }
+            buf.extend_from_slice(text);
+        }
+    }
+
     /// Writes all of `bytes` and flushes (TLS keeps records until flushed).
     pub async fn write(&self, bytes: &[u8]) -> io::Result<()> {
         let mut written = 0;

@@ -82,6 +82,8 @@ pub(crate) struct Binding {
     /// The endpoint's room for this connection, filled from its path and query; joined as
     /// soon as the session is admitted.
     pub room: Option<String>,
+    /// The client asked for batched frames (`switchboard.v1.batch`).
+    pub joined_frames: bool,
 }
 
 impl Session {
@@ -108,6 +110,7 @@ impl Session {
             ),
             Some(state.metrics.slow_consumer_closes.clone()),
         );
+        let rx = rx.join_frames(binding.joined_frames);
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
         let max_frame = limits.max_frame_bytes;
