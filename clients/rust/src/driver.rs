@@ -295,7 +295,7 @@ impl Driver {
 
     /// One connection attempt, serving commands meanwhile. `Ok(None)`: the client was
     /// closed while connecting.
-    async fn attempt_connection(&mut self) -> Result<Option<(Socket, Envelope)>, Ended> {
+    async fn attempt_connection(&mut self) -> Result<Option<Opened>, Ended> {
         let url = self.url.clone();
         let token = self.options.token.clone();
         let limit = self.options.connect_timeout;
@@ -327,7 +327,12 @@ impl Driver {
     }
 
     /// Serves one established connection until it ends.
-    async fn session(&mut self, (socket, established): (Socket, Envelope)) -> Next {
+    async fn session(&mut self, opened: Opened) -> Next {
+        let Opened {
+            socket,
+            established,
+            behind,
+        } = opened;
         let heartbeat = established
             .payload
             .as_ref()
@@ -341,6 +346,9 @@ impl Driver {
             .unwrap_or_default()
             .to_owned();
         self.on_established(connection_id.clone());
+        if let Some(behind) = behind {
+            self.on_text(&behind);
+        }
         let (mut sink, mut stream) = socket.split();
         let mut deadline = Instant::now() + silence;
         self.shared.set(State::Connected { connection_id });
@@ -368,7 +376,7 @@ impl Driver {
                 frame = stream.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) => {
                         deadline = Instant::now() + silence;
-                        self.on_frame(text.as_str());
+                        self.on_text(text.as_str());
                     }
                     Some(Ok(WsMessage::Close(frame))) => {
                         let reason = frame.as_ref().map(|f| f.reason.to_string()).unwrap_or_default();
@@ -605,6 +613,15 @@ impl Driver {
         self.publishes.remove(&order)
     }
 
+    /// A text frame: one envelope, or several newline-separated ones when the broker batches
+    /// frames (`switchboard.v1.batch`; compact JSON never holds a raw newline, so splitting
+    /// a plain v1 frame changes nothing).
+    fn on_text(&mut self, text: &str) {
+        for envelope in text.split('\n').filter(|line| !line.is_empty()) {
+            self.on_frame(envelope);
+        }
+    }
+
     fn on_frame(&mut self, text: &str) {
         // JSON-RPC answers come only to `call`s; the cheap substring test keeps the second
         // parse off the path of ordinary frames.
@@ -789,8 +806,20 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// An open connection: its socket, the broker's `system.connection.established`, and the
+/// envelopes that came batched behind it in the same frame, if any.
+struct Opened {
+    socket: Socket,
+    established: Envelope,
+    behind: Option<String>,
+}
+
+/// The subprotocols offered, batched frames first: a broker without batching answers with
+/// plain v1.
+const SUBPROTOCOLS: &str = "switchboard.v1.batch, switchboard.v1";
+
 /// Opens the WebSocket and reads `system.connection.established`.
-async fn open(url: &str, token: Option<String>) -> Result<(Socket, Envelope), Ended> {
+async fn open(url: &str, token: Option<String>) -> Result<Opened, Ended> {
     let lost = |reason: String| Ended { code: None, reason };
     let mut request = url
         .into_client_request()
@@ -798,7 +827,7 @@ async fn open(url: &str, token: Option<String>) -> Result<(Socket, Envelope), En
     let headers = request.headers_mut();
     headers.insert(
         "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("switchboard.v1"),
+        HeaderValue::from_static(SUBPROTOCOLS),
     );
     if let Some(token) = token {
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -811,10 +840,18 @@ async fn open(url: &str, token: Option<String>) -> Result<(Socket, Envelope), En
     loop {
         match socket.next().await {
             Some(Ok(WsMessage::Text(text))) => {
-                let frame: Envelope = serde_json::from_str(text.as_str())
+                let (first, behind) = match text.as_str().split_once('\n') {
+                    Some((first, behind)) => (first, Some(behind.to_owned())),
+                    None => (text.as_str(), None),
+                };
+                let frame: Envelope = serde_json::from_str(first)
                     .map_err(|e| lost(format!("first frame is not an envelope: {e}")))?;
                 if frame.msg_type == "system.connection.established" {
-                    return Ok((socket, frame));
+                    return Ok(Opened {
+                        socket,
+                        established: frame,
+                        behind,
+                    });
                 }
                 return Err(lost(format!(
                     "expected system.connection.established, got {}",

@@ -9,6 +9,10 @@ import { CloseCode, PERMANENT_CLOSE_CODES, SwitchboardError } from "./protocol.j
 import type { KeyValueStorage } from "./storage.js";
 import { defaultStorage, ResumeStore } from "./storage.js";
 
+/** The subprotocols offered, batched frames first: a broker without batching answers with
+ * plain v1. */
+const SUBPROTOCOLS = ["switchboard.v1.batch", "switchboard.v1"];
+
 /** The subset of the WebSocket API the client uses; browsers' and the `ws` package's fit. */
 export interface SocketLike {
   send(data: string): void;
@@ -158,7 +162,7 @@ export class WebSocketClient extends ClientCore {
     if (generation !== this.generation) return;
     let socket: SocketLike;
     try {
-      socket = new Ctor(withToken(this.options.url, token), ["switchboard.v1"]);
+      socket = new Ctor(withToken(this.options.url, token), SUBPROTOCOLS);
     } catch (err) {
       this.finish(new SwitchboardError("bad_request", `cannot open ${this.options.url}: ${String(err)}`));
       return;
@@ -176,8 +180,18 @@ export class WebSocketClient extends ClientCore {
     };
   }
 
+  /** A text frame: one envelope, or several newline-separated ones when the broker batches
+   * frames (`switchboard.v1.batch`; compact JSON never holds a raw newline, so splitting a
+   * plain v1 frame changes nothing). */
   private onFrame(data: unknown): void {
     if (typeof data !== "string") return;
+    if (!data.includes("\n")) return this.onEnvelope(data);
+    for (const line of data.split("\n")) {
+      if (line) this.onEnvelope(line);
+    }
+  }
+
+  private onEnvelope(data: string): void {
     let frame: Envelope;
     try {
       frame = JSON.parse(data) as Envelope;

@@ -123,6 +123,8 @@ describe.runIf(brokerAvailable())("against the real broker", () => {
     expect(got.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     expect(got.map((m) => (m.payload as { i: number }).i)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     expect(reader.connectionId).not.toBe(oldConnection);
+    // The broker batches frames for this client (the replay above came through it).
+    expect(socketOf(reader).protocol).toBe("switchboard.v1.batch");
     expect(resumed).toHaveLength(1);
     expect(resumed[0]).toMatchObject({ previous_connection_id: oldConnection, rooms: { [room]: { recovered: true } } });
     expect(sub.recovered).toBe(true);

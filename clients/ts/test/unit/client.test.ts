@@ -50,7 +50,7 @@ describe("connection state machine", () => {
     const ready = client.connect();
     await settle();
     expect(MockSocket.last().url).toBe("ws://broker.test/ws");
-    expect(MockSocket.last().protocols).toEqual(["switchboard.v1"]);
+    expect(MockSocket.last().protocols).toEqual(["switchboard.v1.batch", "switchboard.v1"]);
     MockSocket.last().established("c1");
     await ready;
     expect(client.connectionId).toBe("c1");
@@ -233,6 +233,19 @@ describe("rooms, resume and exactly-once delivery", () => {
     expect(got).toEqual([1, 2, 3, 4, 5]);
     expect(busSeqs).toEqual([1, 2, 3, 4, 5]);
     expect(sub.lastSeq).toBe(5);
+  });
+
+  it("reads every envelope of a batched frame, in order", async () => {
+    const { client } = await connected();
+    const sub = client.subscribe("chat:1");
+    const got: number[] = [];
+    sub.on("message", (m) => got.push(m.seq));
+    const socket = MockSocket.last();
+    socket.joined("chat:1", 0);
+    socket.deliverBatch([1, 2, 3].map((seq) => ({ type: "room.message", id: `m${seq}`, room: "chat:1", seq, payload: seq })));
+    socket.deliverBatch([{ type: "system.ping", id: "p" }]);
+    expect(got).toEqual([1, 2, 3]);
+    expect(socket.sentOfType("system.pong")).toHaveLength(1);
   });
 
   it("surfaces recovered: false on the client, the subscription and its field", async () => {

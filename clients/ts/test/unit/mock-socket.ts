@@ -41,6 +41,11 @@ export class MockSocket implements SocketLike {
     this.onmessage?.({ data: JSON.stringify(frame) });
   }
 
+  /** Several envelopes in one frame, newline-separated (switchboard.v1.batch). */
+  deliverBatch(frames: Envelope[]): void {
+    this.onmessage?.({ data: frames.map((f) => JSON.stringify(f)).join("\n") });
+  }
+
   established(connectionId: string, heartbeatMs = 30_000): void {
     this.onopen?.({});
     this.deliver({
