@@ -145,6 +145,11 @@ pub struct ServerConfig {
     pub tls_cert: String,
     /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
     pub tls_key: String,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, without context
+    /// takeover: no deflate state is kept per connection (docs/PERFORMANCE.md). Off by
+    /// default: compression costs CPU on every message, and loopback or LAN clients gain
+    /// nothing from it.
+    pub permessage_deflate: bool,
 }
 
 /// `[auth]`
@@ -687,6 +692,7 @@ impl Default for ServerConfig {
             ws_path: "/ws".into(),
             tls_cert: String::new(),
             tls_key: String::new(),
+            permessage_deflate: false,
         }
     }
 }

@@ -19,6 +19,7 @@ mod auth;
 mod bridge;
 mod cli;
 mod client_restart;
+mod compression;
 mod connection_caps;
 mod console;
 mod core;

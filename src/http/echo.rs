@@ -17,7 +17,8 @@ pub async fn echo(
     broker: web::Data<Broker>,
 ) -> Result<HttpResponse, ApiError> {
     let max = broker.config().conformance.echo_max_message_bytes;
-    let response = transport::accept(&req, body, &[], max, move |ws| {
+    let deflate = broker.config().server.permessage_deflate;
+    let response = transport::accept(&req, body, &[], max, deflate, move |ws| {
         actix_rt::spawn(async move {
             let WebSocket {
                 mut reader,

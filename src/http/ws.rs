@@ -116,7 +116,8 @@ pub async fn connect(
         &[SUBPROTOCOL]
     };
     let joined_frames = transport::select_protocol(&req, protocols) == Some(BATCH_SUBPROTOCOL);
-    let response = transport::accept(&req, body, protocols, max_frame, move |ws| {
+    let deflate = state.config.server.permessage_deflate;
+    let response = transport::accept(&req, body, protocols, max_frame, deflate, move |ws| {
         match admitted {
             Ok((identity, room)) => {
                 let binding = Binding {

@@ -32,6 +32,9 @@ use futures_util::Stream;
 /// The longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
 const MAX_HEADER: usize = 14;
 
+/// The first reserved bit, as [`Header::rsv`] holds it.
+const RSV1: u8 = 0x40;
+
 /// A stream adapter that fails as soon as a frame header exceeds the size limit.
 pub struct FrameLimit<S> {
     inner: S,
@@ -87,6 +90,13 @@ impl Refusal {
 pub struct FramingViolation(pub &'static str);
 
 impl<S> FrameLimit<S> {
+    /// Accepts RSV1 on the first frame of a data message: permessage-deflate was negotiated.
+    /// Such a message's text is checked once inflated, not here.
+    pub fn compressed_messages(mut self, negotiated: bool) -> Self {
+        self.tracker.deflate = negotiated;
+        self
+    }
+
     /// Wraps `inner`, refusing frames or messages over `max_bytes`.
     pub fn new(inner: S, max_bytes: usize) -> Self {
         FrameLimit {
@@ -203,6 +213,8 @@ struct HeaderTracker {
     text: Option<Utf8Stream>,
     /// How the current frame's payload is checked: it belongs to a text message.
     text_frame: Option<TextFrame>,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
 }
 
 /// The text payload bytes of the current frame, followed as they pass.
@@ -314,8 +326,10 @@ impl HeaderTracker {
     /// Whether a header is refused, and why; otherwise follows the message it belongs to.
     fn check(&mut self, h: &Header, max: u64) -> Option<Refusal> {
         let violation = |what| Some(Refusal::Violation(what));
-        if h.rsv != 0 {
-            // No extension is negotiated, so no reserved bit may be set.
+        // RSV1 marks a compressed message when permessage-deflate is on; no extension
+        // gives RSV2 or RSV3 a meaning.
+        let compressed = h.rsv == RSV1 && self.deflate;
+        if h.rsv != 0 && !compressed {
             return violation("a frame with reserved bits set");
         }
         if !h.masked {
@@ -323,6 +337,8 @@ impl HeaderTracker {
         }
         match h.opcode {
             3..=7 | 0xB..=0xF => violation("a frame with a reserved opcode"),
+            // Only a message's first frame says it is compressed (RFC 7692 §6).
+            0 | 8..=0xA if compressed => violation("RSV1 on a control or continuation frame"),
             // Control frames: whole, short, and never part of the message they may interrupt.
             8..=0xA if !h.fin => violation("a fragmented control frame"),
             8..=0xA if h.len > 125 => violation("a control frame longer than 125 bytes"),
@@ -334,7 +350,7 @@ impl HeaderTracker {
                     return violation("a new message inside a fragmented one");
                 }
                 self.message_total = (!h.fin).then_some(h.len);
-                self.text = (h.opcode == 1).then(Utf8Stream::default);
+                self.text = (h.opcode == 1 && !compressed).then(Utf8Stream::default);
                 self.start_text_frame(h);
                 None
             }

@@ -4,6 +4,7 @@
 //! outbound queue with the task that writes it.
 
 pub mod admission;
+pub mod deflate;
 pub mod guard;
 pub mod inbound;
 pub mod outbound;
@@ -40,14 +41,17 @@ pub struct WebSocket {
 }
 
 /// Accepts a WebSocket handshake, choosing the first of the client's subprotocols that is in
-/// `protocols`, with frames and messages over `max_frame` bytes refused. Answers 101; `open`
-/// runs with the WebSocket once the socket is the route's (after the 101 is written when the
-/// server takes connections over, at once under actix-ws otherwise).
+/// `protocols`, with frames and messages over `max_frame` bytes refused, and
+/// permessage-deflate when `deflate` allows it and the client offers it (on switchboard's own
+/// server only: actix-ws has no compression). Answers 101; `open` runs with the WebSocket
+/// once the socket is the route's (after the 101 is written when the server takes
+/// connections over, at once under actix-ws otherwise).
 pub fn accept(
     req: &HttpRequest,
     body: web::Payload,
     protocols: &[&str],
     max_frame: usize,
+    deflate: bool,
     open: impl FnOnce(WebSocket) + 'static,
 ) -> Result<HttpResponse, actix_web::Error> {
     let Some(takeover) = Takeover::of(req) else {
@@ -65,9 +69,13 @@ pub fn accept(
     if let Some(protocol) = select_protocol(req, protocols) {
         response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
     }
+    let deflate = deflate.then(|| deflate::negotiate(req)).flatten();
+    if let Some(agreed) = deflate {
+        response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, agreed.response()));
+    }
     takeover.accept(move |socket| {
         let handle = SocketHandle::owned(&socket.io);
-        let (reader, writer) = socket.split(max_frame);
+        let (reader, writer) = socket.split(max_frame, deflate);
         open(WebSocket {
             reader: WsReader::Owned(reader),
             writer: WsWriter::Owned(writer),

@@ -810,7 +810,7 @@ mod tests {
         server.set_nonblocking(true).unwrap();
         let server = actix_rt::net::TcpStream::from_std(server).unwrap();
         let (_reader, writer) =
-            crate::transport::owned::Socket::new(server, BytesMut::new()).split(1 << 20);
+            crate::transport::owned::Socket::new(server, BytesMut::new()).split(1 << 20, None);
         let (out, rx) = Outbound::bounded("t".into(), 1024, 1 << 24, (0, 0), None);
         for text in texts {
             out.send(text.clone().into()).unwrap();

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 
 use actix_codec::{Decoder, Encoder};
 use actix_http::error::PayloadError;
-use actix_http::ws::{Codec, Frame, Message, ProtocolError};
+use actix_http::ws::{Codec, Frame, Item, Message, ProtocolError};
 use actix_rt::net::TcpStream;
 use actix_tls::accept::rustls_0_23::TlsStream;
 use bytes::{Bytes, BytesMut};
@@ -33,6 +33,7 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::deflate::{self, Deflate, InflateError};
 use super::guard::FrameLimit;
 
 /// How much one read takes from the socket (on the stack, copied out at the size read).
@@ -72,9 +73,14 @@ impl Socket {
         Socket { io, leftover }
     }
 
-    /// Splits into the inbound message stream (frames over `max_frame` refused) and the
-    /// writer.
-    pub(crate) fn split(self, max_frame: usize) -> (SocketMessages, SocketWriter) {
+    /// Splits into the inbound message stream (frames and messages over `max_frame`
+    /// refused, compressed ones too once inflated) and the writer; `deflate` when
+    /// permessage-deflate was negotiated.
+    pub(crate) fn split(
+        self,
+        max_frame: usize,
+        deflate: Option<Deflate>,
+    ) -> (SocketMessages, SocketWriter) {
         let leftover = (!self.leftover.is_empty()).then(|| self.leftover.freeze());
         let chunks = ReadChunks {
             io: self.io.clone(),
@@ -82,14 +88,19 @@ impl Socket {
         };
         (
             SocketMessages {
-                chunks: FrameLimit::new(chunks, max_frame),
+                chunks: FrameLimit::new(chunks, max_frame).compressed_messages(deflate.is_some()),
                 codec: Codec::new().max_size(max_frame),
                 buf: BytesMut::new(),
                 ended: false,
+                inflate: deflate.is_some(),
+                max_message: max_frame,
+                next_compressed: false,
+                compressed: None,
             },
             SocketWriter {
                 io: self.io,
                 codec: Codec::new(),
+                deflate,
             },
         )
     }
@@ -129,6 +140,16 @@ pub struct SocketMessages {
     /// Bytes of a frame that has not fully arrived; empty (no allocation) between frames.
     buf: BytesMut,
     ended: bool,
+    /// permessage-deflate was negotiated: RSV1 on a message's first frame means compressed.
+    inflate: bool,
+    /// The largest message, inflated.
+    max_message: usize,
+    /// The frame at the front of `buf` had RSV1 set (cleared before the codec, which
+    /// refuses reserved bits).
+    next_compressed: bool,
+    /// A fragmented compressed message being gathered: whether it is text, and its
+    /// compressed bytes so far (inflated once its last fragment is in).
+    compressed: Option<(bool, BytesMut)>,
 }
 
 impl Stream for SocketMessages {
@@ -141,12 +162,26 @@ impl Stream for SocketMessages {
             // stream after the frames in front of a refused header, and those are delivered
             // first.
             if !this.buf.is_empty() {
+                if this.inflate && !this.next_compressed && this.buf[0] & RSV1 != 0 {
+                    // The frame guard let RSV1 through only on a message's first frame.
+                    this.buf[0] &= !RSV1;
+                    this.next_compressed = true;
+                }
                 match this.codec.decode(&mut this.buf) {
                     Ok(Some(frame)) => {
                         if this.buf.is_empty() {
                             this.buf = BytesMut::new();
                         }
-                        return Poll::Ready(Some(message(frame)));
+                        let compressed = std::mem::take(&mut this.next_compressed);
+                        match this.compressed_frame(compressed, frame) {
+                            Some(Ok(message)) => return Poll::Ready(Some(Ok(message))),
+                            Some(Err(err)) => {
+                                this.ended = true;
+                                this.buf = BytesMut::new();
+                                return Poll::Ready(Some(Err(err)));
+                            }
+                            None => continue,
+                        }
                     }
                     Ok(None) => {}
                     Err(err) => {
@@ -179,6 +214,66 @@ impl Stream for SocketMessages {
     }
 }
 
+/// RSV1 in a frame's first byte.
+const RSV1: u8 = 0x40;
+
+impl SocketMessages {
+    /// A decoded frame as a message, inflating a compressed one; `None` while a fragmented
+    /// compressed message is still being gathered.
+    fn compressed_frame(
+        &mut self,
+        compressed: bool,
+        frame: Frame,
+    ) -> Option<Result<Message, ProtocolError>> {
+        let (text, bytes) = match frame {
+            Frame::Text(bytes) if compressed => (true, bytes),
+            Frame::Binary(bytes) if compressed => (false, bytes),
+            Frame::Continuation(Item::FirstText(bytes)) if compressed => {
+                self.compressed = Some((true, BytesMut::from(&bytes[..])));
+                return None;
+            }
+            Frame::Continuation(Item::FirstBinary(bytes)) if compressed => {
+                self.compressed = Some((false, BytesMut::from(&bytes[..])));
+                return None;
+            }
+            Frame::Continuation(Item::Continue(bytes)) if self.compressed.is_some() => {
+                if let Some((_, gathered)) = self.compressed.as_mut() {
+                    gathered.extend_from_slice(&bytes);
+                }
+                return None;
+            }
+            Frame::Continuation(Item::Last(bytes)) if self.compressed.is_some() => {
+                let (text, mut gathered) = self.compressed.take()?;
+                gathered.extend_from_slice(&bytes);
+                (text, gathered.freeze())
+            }
+            frame => return Some(message(frame)),
+        };
+        Some(inflated(text, &bytes, self.max_message))
+    }
+}
+
+/// A compressed message, inflated: text is checked for UTF-8 here (the frame guard cannot
+/// read compressed text), a message inflating past `max` is refused (1009).
+fn inflated(text: bool, compressed: &[u8], max: usize) -> Result<Message, ProtocolError> {
+    let bytes = match deflate::inflate(compressed, max) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(InflateError::TooBig) => return Err(ProtocolError::Overflow),
+        Err(err @ InflateError::Corrupt) => {
+            return Err(ProtocolError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                err,
+            )))
+        }
+    };
+    if !text {
+        return Ok(Message::Binary(bytes));
+    }
+    ByteString::try_from(bytes)
+        .map(Message::Text)
+        .map_err(|err| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, err)))
+}
+
 /// A frame as actix-ws would yield it (text that is not UTF-8 is an `InvalidData` error).
 fn message(frame: Frame) -> Result<Message, ProtocolError> {
     Ok(match frame {
@@ -197,6 +292,94 @@ fn message(frame: Frame) -> Result<Message, ProtocolError> {
 pub struct SocketWriter {
     io: SharedIo,
     codec: Codec,
+    /// permessage-deflate was negotiated: messages of [`deflate::MIN_COMPRESSED`] bytes or
+    /// more go compressed.
+    deflate: Option<Deflate>,
+}
+
+const FIN: u8 = 0x80;
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+
+/// A server frame's header: `first` (FIN, RSV1 and the opcode), then the unmasked payload
+/// length (RFC 6455 §5.2).
+fn frame_header(first: u8, len: usize, buf: &mut BytesMut) {
+    buf.extend_from_slice(&[first]);
+    if len < 126 {
+        buf.extend_from_slice(&[len as u8]);
+    } else if let Ok(len) = u16::try_from(len) {
+        buf.extend_from_slice(&[126]);
+        buf.extend_from_slice(&len.to_be_bytes());
+    } else {
+        buf.extend_from_slice(&[127]);
+        buf.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// Appends one message, deflated from its `pieces`, as a single frame with RSV1 set.
+fn encode_compressed<'a>(
+    deflate: Deflate,
+    opcode: u8,
+    pieces: impl Iterator<Item = &'a [u8]>,
+    buf: &mut BytesMut,
+) {
+    let mut body = BytesMut::new();
+    deflate::compress(deflate, pieces, &mut body);
+    frame_header(FIN | RSV1 | opcode, body.len(), buf);
+    buf.extend_from_slice(&body);
+}
+
+/// Room messages up to this size are kept compressed for the next member (see
+/// [`shared_compressed_text`]).
+const SHARED_MAX: usize = 16 * 1024;
+
+/// How many recent compressed messages a worker thread keeps.
+const SHARED_ENTRIES: usize = 16;
+
+thread_local! {
+    /// The last messages this thread compressed: the message (held, so that its address
+    /// cannot be reused by another while it is here), the window, and the encoded frame.
+    static RECENT: RefCell<std::collections::VecDeque<(ByteString, u8, Bytes)>> =
+        const { RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// `text` as one compressed frame, compressed once for all the connections of this thread
+/// that send it. Without context takeover a message compresses to the same bytes for every
+/// member of a room, and a room hands each member the same shared buffer: the buffer's
+/// address (and length) identifies the message, so a fan-out to N members on a thread costs
+/// one compression, not N.
+fn shared_compressed_text(deflate: Deflate, text: &ByteString) -> Bytes {
+    let compress = || {
+        let mut frame = BytesMut::new();
+        encode_compressed(
+            deflate,
+            OPCODE_TEXT,
+            std::iter::once(&text.as_bytes()[..]),
+            &mut frame,
+        );
+        frame.freeze()
+    };
+    if text.len() > SHARED_MAX {
+        return compress();
+    }
+    let bits = deflate.server_window_bits;
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let same = |(held, held_bits, _): &&(ByteString, u8, Bytes)| {
+            *held_bits == bits
+                && held.len() == text.len()
+                && held.as_bytes().as_ptr() == text.as_bytes().as_ptr()
+        };
+        if let Some((_, _, frame)) = recent.iter().find(same) {
+            return frame.clone();
+        }
+        let frame = compress();
+        if recent.len() == SHARED_ENTRIES {
+            recent.pop_front();
+        }
+        recent.push_back((text.clone(), bits, frame.clone()));
+        frame
+    })
 }
 
 /// The most a control frame carries (RFC 6455 §5.5); a close frame's two of them are its
@@ -233,6 +416,21 @@ impl SocketWriter {
             }
             other => other,
         };
+        if let Some(deflate) = self.deflate {
+            let data = match &msg {
+                Message::Text(text) => Some((OPCODE_TEXT, &text.as_bytes()[..])),
+                Message::Binary(bytes) => Some((OPCODE_BINARY, &bytes[..])),
+                _ => None,
+            };
+            if let Some((opcode, payload)) = data {
+                if payload.len() >= deflate::MIN_COMPRESSED {
+                    if let Message::Text(text) = &msg {
+                        return buf.extend_from_slice(&shared_compressed_text(deflate, text));
+                    }
+                    return encode_compressed(deflate, opcode, std::iter::once(payload), buf);
+                }
+            }
+        }
         // The server codec's encoder cannot fail on these messages (it errs only on a
         // message too large for the peer, which a server does not check).
         let _ = self.codec.encode(msg, buf);
@@ -248,22 +446,21 @@ impl SocketWriter {
         len: usize,
         buf: &mut BytesMut,
     ) {
-        // FIN and opcode 1 (text), then an unmasked length (RFC 6455 §5.2).
-        buf.extend_from_slice(&[0x81]);
-        if len < 126 {
-            buf.extend_from_slice(&[len as u8]);
-        } else if let Ok(len) = u16::try_from(len) {
-            buf.extend_from_slice(&[126]);
-            buf.extend_from_slice(&len.to_be_bytes());
-        } else {
-            buf.extend_from_slice(&[127]);
-            buf.extend_from_slice(&(len as u64).to_be_bytes());
+        let mut first = true;
+        let pieces = texts.flat_map(|text| {
+            let separator: &[u8] = if std::mem::take(&mut first) {
+                b""
+            } else {
+                b"\n"
+            };
+            [separator, text]
+        });
+        if let Some(deflate) = self.deflate.filter(|_| len >= deflate::MIN_COMPRESSED) {
+            return encode_compressed(deflate, OPCODE_TEXT, pieces, buf);
         }
-        for (i, text) in texts.enumerate() {
-            if i > 0 {
-                buf.extend_from_slice(b"\n");
-            }
-            buf.extend_from_slice(text);
+        frame_header(FIN | OPCODE_TEXT, len, buf);
+        for piece in pieces {
+            buf.extend_from_slice(piece);
         }
     }
 
@@ -328,7 +525,7 @@ mod tests {
         let (server, mut client) = pair().await;
         let first = client_frame(0x1, true, b"from the handshake's read");
         let socket = Socket::new(server, BytesMut::from(&first[..]));
-        let (mut messages, _writer) = socket.split(1 << 20);
+        let (mut messages, _writer) = socket.split(1 << 20, None);
         let big = vec![b'x'; 100_000];
         let second = client_frame(0x1, true, &big);
         // The second frame arrives in two writes, cut inside its header.
@@ -347,7 +544,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_frame_over_the_limit_is_refused_at_its_header_after_the_frames_before_it() {
         let (server, mut client) = pair().await;
-        let (mut messages, _writer) = Socket::new(server, BytesMut::new()).split(1000);
+        let (mut messages, _writer) = Socket::new(server, BytesMut::new()).split(1000, None);
         let mut bytes = client_frame(0x1, true, b"good");
         // Only the header of a frame declared at 1 MiB: it is refused without its payload.
         bytes.extend_from_slice(&client_frame(0x2, true, &vec![0; 1 << 20])[..14]);
@@ -369,7 +566,7 @@ mod tests {
     #[actix_rt::test]
     async fn the_writer_sends_frames_a_client_decodes_and_cuts_long_control_frames() {
         let (server, client) = pair().await;
-        let (_messages, mut writer) = Socket::new(server, BytesMut::new()).split(1000);
+        let (_messages, mut writer) = Socket::new(server, BytesMut::new()).split(1000, None);
         let mut buf = BytesMut::new();
         writer.encode(Message::Text("hello".into()), &mut buf);
         writer.encode(
@@ -407,5 +604,31 @@ mod tests {
             }
             other => panic!("expected a close, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_room_message_is_compressed_once_per_thread_and_never_confused_with_another() {
+        let deflate = Deflate {
+            server_window_bits: 15,
+        };
+        let message = ByteString::from("{\"type\":\"room.message\"}".repeat(20));
+        let first = shared_compressed_text(deflate, &message);
+        let again = shared_compressed_text(deflate, &message.clone());
+        assert_eq!(
+            first.as_ptr(),
+            again.as_ptr(),
+            "the same buffer: compressed once"
+        );
+        // Another message of the same length, in a buffer of its own: compressed for itself.
+        let other = ByteString::from("{\"type\":\"room.messagf\"}".repeat(20));
+        let theirs = shared_compressed_text(deflate, &other);
+        assert_ne!(theirs, first);
+        let inflate = |frame: &Bytes| {
+            assert_eq!(frame[0], 0x80 | RSV1 | OPCODE_TEXT);
+            let start = if frame[1] == 126 { 4 } else { 2 };
+            deflate::inflate(&frame[start..], 1 << 20).unwrap()
+        };
+        assert_eq!(inflate(&first), message.as_bytes().to_vec());
+        assert_eq!(inflate(&theirs), other.as_bytes().to_vec());
     }
 }

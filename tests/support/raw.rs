@@ -13,6 +13,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServerFrame {
     /// FIN bit.
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     /// Opcode (1 text, 2 binary, 8 close, 9 ping, 10 pong).
     pub opcode: u8,
     /// Payload bytes.
@@ -199,6 +201,7 @@ fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
         return None;
     }
     let fin = buf[0] & 0x80 != 0;
+    let rsv1 = buf[0] & 0x40 != 0;
     let opcode = buf[0] & 0x0f;
     let (len, mut at) = match buf[1] & 0x7f {
         126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
@@ -220,6 +223,7 @@ fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     Some((
         ServerFrame {
             fin,
+            rsv1,
             opcode,
             payload,
         },

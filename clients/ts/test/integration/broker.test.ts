@@ -125,6 +125,8 @@ describe.runIf(brokerAvailable())("against the real broker", () => {
     expect(reader.connectionId).not.toBe(oldConnection);
     // The broker batches frames for this client (the replay above came through it).
     expect(socketOf(reader).protocol).toBe("switchboard.v1.batch");
+    // And compresses them: Node's `ws` offers permessage-deflate, the test broker accepts.
+    expect(socketOf(reader).extensions).toContain("permessage-deflate");
     expect(resumed).toHaveLength(1);
     expect(resumed[0]).toMatchObject({ previous_connection_id: oldConnection, rooms: { [room]: { recovered: true } } });
     expect(sub.recovered).toBe(true);

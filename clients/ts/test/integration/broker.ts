@@ -60,7 +60,9 @@ export class Broker {
     extra: ExtraConfig = {},
   ) {
     const sections: ExtraConfig = {
-      server: [`bind = "127.0.0.1:${port}"`, "workers = 1", 'drain_delay = "0s"', 'shutdown_timeout = "2s"'],
+      // permessage-deflate on, as a public deployment would have it: Node's `ws` and
+      // Chromium offer it, so these tests read and write compressed frames.
+      server: [`bind = "127.0.0.1:${port}"`, "workers = 1", 'drain_delay = "0s"', 'shutdown_timeout = "2s"', "permessage_deflate = true"],
       auth: [`hs256_secret = "${SECRET}"`],
       api: [`keys = ["${API_KEY}"]`],
       webhooks: ['outbox_path = ""'],
