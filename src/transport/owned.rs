@@ -92,10 +92,13 @@ impl Socket {
                 codec: Codec::new().max_size(max_frame),
                 buf: BytesMut::new(),
                 ended: false,
-                inflate: deflate.is_some(),
-                max_message: max_frame,
-                next_compressed: false,
-                compressed: None,
+                inflating: deflate.map(|_| {
+                    Box::new(Inflating {
+                        max_message: max_frame,
+                        next_compressed: false,
+                        gathered: None,
+                    })
+                }),
             },
             SocketWriter {
                 io: self.io,
@@ -140,16 +143,21 @@ pub struct SocketMessages {
     /// Bytes of a frame that has not fully arrived; empty (no allocation) between frames.
     buf: BytesMut,
     ended: bool,
-    /// permessage-deflate was negotiated: RSV1 on a message's first frame means compressed.
-    inflate: bool,
+    /// Set when permessage-deflate was negotiated (RSV1 on a message's first frame means
+    /// compressed); boxed, so that connections without it do not carry its room.
+    inflating: Option<Box<Inflating>>,
+}
+
+/// The inbound side's permessage-deflate state.
+struct Inflating {
     /// The largest message, inflated.
     max_message: usize,
-    /// The frame at the front of `buf` had RSV1 set (cleared before the codec, which
+    /// The frame at the front of the buffer had RSV1 set (cleared before the codec, which
     /// refuses reserved bits).
     next_compressed: bool,
     /// A fragmented compressed message being gathered: whether it is text, and its
     /// compressed bytes so far (inflated once its last fragment is in).
-    compressed: Option<(bool, BytesMut)>,
+    gathered: Option<(bool, BytesMut)>,
 }
 
 impl Stream for SocketMessages {
@@ -162,18 +170,23 @@ impl Stream for SocketMessages {
             // stream after the frames in front of a refused header, and those are delivered
             // first.
             if !this.buf.is_empty() {
-                if this.inflate && !this.next_compressed && this.buf[0] & RSV1 != 0 {
-                    // The frame guard let RSV1 through only on a message's first frame.
-                    this.buf[0] &= !RSV1;
-                    this.next_compressed = true;
+                if let Some(inflating) = this.inflating.as_mut() {
+                    if !inflating.next_compressed && this.buf[0] & RSV1 != 0 {
+                        // The frame guard let RSV1 through only on a message's first frame.
+                        this.buf[0] &= !RSV1;
+                        inflating.next_compressed = true;
+                    }
                 }
                 match this.codec.decode(&mut this.buf) {
                     Ok(Some(frame)) => {
                         if this.buf.is_empty() {
                             this.buf = BytesMut::new();
                         }
-                        let compressed = std::mem::take(&mut this.next_compressed);
-                        match this.compressed_frame(compressed, frame) {
+                        let inflated = match this.inflating.as_mut() {
+                            Some(inflating) => inflating.frame(frame),
+                            None => Some(message(frame)),
+                        };
+                        match inflated {
                             Some(Ok(message)) => return Poll::Ready(Some(Ok(message))),
                             Some(Err(err)) => {
                                 this.ended = true;
@@ -217,33 +230,30 @@ impl Stream for SocketMessages {
 /// RSV1 in a frame's first byte.
 const RSV1: u8 = 0x40;
 
-impl SocketMessages {
+impl Inflating {
     /// A decoded frame as a message, inflating a compressed one; `None` while a fragmented
     /// compressed message is still being gathered.
-    fn compressed_frame(
-        &mut self,
-        compressed: bool,
-        frame: Frame,
-    ) -> Option<Result<Message, ProtocolError>> {
+    fn frame(&mut self, frame: Frame) -> Option<Result<Message, ProtocolError>> {
+        let compressed = std::mem::take(&mut self.next_compressed);
         let (text, bytes) = match frame {
             Frame::Text(bytes) if compressed => (true, bytes),
             Frame::Binary(bytes) if compressed => (false, bytes),
             Frame::Continuation(Item::FirstText(bytes)) if compressed => {
-                self.compressed = Some((true, BytesMut::from(&bytes[..])));
+                self.gathered = Some((true, BytesMut::from(&bytes[..])));
                 return None;
             }
             Frame::Continuation(Item::FirstBinary(bytes)) if compressed => {
-                self.compressed = Some((false, BytesMut::from(&bytes[..])));
+                self.gathered = Some((false, BytesMut::from(&bytes[..])));
                 return None;
             }
-            Frame::Continuation(Item::Continue(bytes)) if self.compressed.is_some() => {
-                if let Some((_, gathered)) = self.compressed.as_mut() {
+            Frame::Continuation(Item::Continue(bytes)) if self.gathered.is_some() => {
+                if let Some((_, gathered)) = self.gathered.as_mut() {
                     gathered.extend_from_slice(&bytes);
                 }
                 return None;
             }
-            Frame::Continuation(Item::Last(bytes)) if self.compressed.is_some() => {
-                let (text, mut gathered) = self.compressed.take()?;
+            Frame::Continuation(Item::Last(bytes)) if self.gathered.is_some() => {
+                let (text, mut gathered) = self.gathered.take()?;
                 gathered.extend_from_slice(&bytes);
                 (text, gathered.freeze())
             }
