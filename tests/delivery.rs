@@ -19,7 +19,7 @@ fn with_namespace(name: &str, ns: NamespaceConfig) -> switchboard::Config {
 }
 
 /// Publishes `n` messages to `room` from `c` and waits for each ack; returns the last seq.
-async fn publish_n(c: &mut Client, room: &str, prefix: &str, n: u64) -> u64 {
+pub(crate) async fn publish_n(c: &mut Client, room: &str, prefix: &str, n: u64) -> u64 {
     let mut last = 0;
     for i in 0..n {
         c.publish(room, &format!("{prefix}{i}"), json!(i)).await;
@@ -381,7 +381,7 @@ async fn namespace_options_restrict_publishing_and_anonymous_joins() {
 
 /// The room messages a client reads after joining `room` from seq 0, one envelope per
 /// newline-separated line, and how many frames carried them.
-async fn replay_frames(
+pub(crate) async fn replay_frames(
     url: &str,
     protocol: Option<&str>,
     room: &str,

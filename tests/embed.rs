@@ -1,6 +1,7 @@
 //! The embedding API: the broker mounted in a host actix-web app next to its own routes,
 //! with an extra protocol-v1 endpoint and the host's handler actor.
 
+use crate::delivery::{publish_n, replay_frames};
 use crate::support;
 
 use std::net::TcpListener;
@@ -77,6 +78,25 @@ async fn host_app_routes_and_the_mounted_broker_share_one_server() {
         assert_eq!(reply["correlation_id"], "t1");
         assert_eq!(reply["payload"]["echo"]["k"], path);
     }
+
+    // Under the host's own server the socket stays with actix-ws, and batched frames are
+    // joined there too.
+    let url = |sub: &str| format!("ws://{addr}/ws?token={}", support::token(sub, &["r"]));
+    let mut publisher = Client::connect(&url("pub")).await;
+    publisher.recv_type("system.connection.established").await;
+    publisher.join("r").await;
+    publish_n(&mut publisher, "r", "m", 100).await;
+    let (messages, frames) =
+        replay_frames(&url("batch"), Some("switchboard.v1.batch"), "r", 100).await;
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    assert!(
+        frames < 100,
+        "100 replayed messages came in {frames} frames: none joined"
+    );
     handle.stop(false).await;
 }
 

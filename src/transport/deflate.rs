@@ -19,7 +19,6 @@ use std::cell::RefCell;
 
 use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_EXTENSIONS};
 use actix_web::HttpRequest;
-use bytes::BytesMut;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// Messages shorter than this are sent uncompressed.
@@ -39,16 +38,14 @@ pub struct Deflate {
 impl Deflate {
     /// The `Sec-WebSocket-Extensions` answer.
     pub fn response(&self) -> HeaderValue {
-        let value = if self.server_window_bits < 15 {
-            format!(
-                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
-                 server_max_window_bits={}",
-                self.server_window_bits
-            )
-        } else {
-            "permessage-deflate; server_no_context_takeover; client_no_context_takeover".into()
-        };
-        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+        const AGREED: &str =
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        if self.server_window_bits >= 15 {
+            return HeaderValue::from_static(AGREED);
+        }
+        let bits = self.server_window_bits;
+        HeaderValue::from_str(&format!("{AGREED}; server_max_window_bits={bits}"))
+            .expect("ASCII: a constant and a number")
     }
 }
 
@@ -142,24 +139,23 @@ fn with_decompressor<R>(f: impl FnOnce(&mut Decompress) -> R) -> R {
     })
 }
 
-/// Appends the deflated `pieces` (one message, its parts in order) to `out`, without the
-/// trailing empty block.
-pub fn compress<'a>(deflate: Deflate, pieces: impl Iterator<Item = &'a [u8]>, out: &mut BytesMut) {
+/// The deflated `pieces` (one message, its parts in order), without the trailing empty
+/// block.
+pub fn compress<'a>(deflate: Deflate, pieces: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     with_compressor(deflate.server_window_bits, |compressor| {
-        let mut scratch = Vec::new();
+        let mut out = Vec::new();
         for piece in pieces {
-            deflate_into(compressor, piece, FlushCompress::None, &mut scratch);
+            deflate_into(compressor, piece, FlushCompress::None, &mut out);
         }
-        deflate_into(compressor, &[], FlushCompress::Sync, &mut scratch);
-        let end = scratch.len().saturating_sub(TAIL.len());
-        if scratch[end..] == TAIL {
-            out.extend_from_slice(&scratch[..end]);
-        } else {
-            out.extend_from_slice(&scratch);
+        deflate_into(compressor, &[], FlushCompress::Sync, &mut out);
+        if out.ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
         }
-    });
+        out
+    })
 }
 
+/// Feeds all of `input` to the compressor, growing `out` as it fills.
 fn deflate_into(
     compressor: &mut Compress,
     mut input: &[u8],
@@ -167,24 +163,16 @@ fn deflate_into(
     out: &mut Vec<u8>,
 ) {
     loop {
-        if out.capacity() - out.len() < 64 {
-            out.reserve(input.len() / 2 + 1024);
-        }
+        out.reserve(input.len() / 2 + 64);
         let before = compressor.total_in();
-        let produced_before = out.len();
         // The in-memory compressor fails only on invalid parameters, which are fixed here.
-        let status = compressor.compress_vec(input, out, flush);
-        let consumed = (compressor.total_in() - before) as usize;
-        input = &input[consumed..];
-        let done = match flush {
-            FlushCompress::None => input.is_empty(),
-            // A sync flush is complete once a call leaves room in the output unused.
-            _ => input.is_empty() && out.len() < out.capacity(),
-        };
-        if done || matches!(status, Ok(Status::StreamEnd) | Err(_)) {
+        if compressor.compress_vec(input, out, flush).is_err() {
             return;
         }
-        if consumed == 0 && out.len() == produced_before && out.len() < out.capacity() {
+        input = &input[(compressor.total_in() - before) as usize..];
+        // Done when all the input is taken and the compressor left room unused: it had
+        // nothing more to write (a full buffer may hide more output of the flush).
+        if input.is_empty() && out.len() < out.capacity() {
             return;
         }
     }
@@ -289,14 +277,12 @@ mod tests {
     fn a_message_survives_compression_at_every_window_and_a_bomb_is_refused() {
         let text = "{\"type\":\"room.message\",\"payload\":\"hello hello hello hello\"}".repeat(50);
         for bits in 9..=15 {
-            let mut out = BytesMut::new();
             let pieces = [text.as_bytes(), b"\n", text.as_bytes()];
-            compress(
+            let out = compress(
                 Deflate {
                     server_window_bits: bits,
                 },
                 pieces.into_iter(),
-                &mut out,
             );
             assert!(
                 out.len() < text.len() / 2,
@@ -307,13 +293,11 @@ mod tests {
             assert_eq!(back, format!("{text}\n{text}").into_bytes());
         }
         // 1 MiB of zeros deflates to a few kilobytes; inflating it past 64 KiB is refused.
-        let mut bomb = BytesMut::new();
-        compress(
+        let bomb = compress(
             Deflate {
                 server_window_bits: 15,
             },
             std::iter::once(&[0u8; 1 << 20][..]),
-            &mut bomb,
         );
         assert!(bomb.len() < 16 * 1024, "{} bytes", bomb.len());
         assert_eq!(inflate(&bomb, 1 << 20).unwrap().len(), 1 << 20);
@@ -324,14 +308,12 @@ mod tests {
         );
         assert_eq!(inflate(&[], 1024), Ok(Vec::new()));
         // Exactly the limit is allowed; one byte more is not.
-        let mut exact = BytesMut::new();
         let limit = 100_000;
-        compress(
+        let exact = compress(
             Deflate {
                 server_window_bits: 15,
             },
             std::iter::once(&vec![b'x'; limit][..]),
-            &mut exact,
         );
         assert_eq!(inflate(&exact, limit).map(|v| v.len()), Ok(limit));
         assert_eq!(inflate(&exact, limit - 1), Err(InflateError::TooBig));

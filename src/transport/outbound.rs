@@ -60,10 +60,10 @@ fn joinable(queue: &VecDeque<Outgoing>, max: usize) -> (usize, usize) {
 }
 
 /// The text of a queued message frame.
-fn text_of(item: &Outgoing) -> &[u8] {
+fn text_of(item: &Outgoing) -> &str {
     match item {
-        Outgoing::Text(text) | Outgoing::Replay(text) => text.as_bytes(),
-        _ => &[],
+        Outgoing::Text(text) | Outgoing::Replay(text) => text,
+        _ => "",
     }
 }
 
@@ -559,7 +559,10 @@ impl OutboundReceiver {
                         let (count, len) = joinable(&taken, left);
                         if count > 1 {
                             writer.encode_joined(
-                                taken.iter().take(count).map(text_of),
+                                taken
+                                    .iter()
+                                    .take(count)
+                                    .map(|item| text_of(item).as_bytes()),
                                 len,
                                 &mut buf,
                             );
@@ -604,26 +607,17 @@ impl OutboundReceiver {
         }
     }
 
-    /// `first` joined with the texts queued right behind it (the batched framing on the
-    /// actix-ws path, which takes a frame's text whole).
-    fn join_front(&self, first: ByteString, taken: &mut VecDeque<Outgoing>) -> ByteString {
-        let (count, len) = joinable(taken, WRITE_BATCH);
-        if count == 0 || first.len() + 1 + text_of(&taken[0]).len() > JOINED_FRAME_MAX {
-            return first;
-        }
-        let mut joined = String::with_capacity(first.len() + 1 + len);
-        joined.push_str(&first);
-        let mut total = first.len();
-        while let Some(Outgoing::Text(text) | Outgoing::Replay(text)) = taken.front() {
-            if total + 1 + text.len() > JOINED_FRAME_MAX {
-                break;
+    /// The `count` texts at the front of `taken` (their joined length `len`) as one
+    /// newline-separated text, given back to the queue's limits (the batched framing on
+    /// the actix-ws path, which takes a frame's text whole).
+    fn join(&self, taken: &mut VecDeque<Outgoing>, count: usize, len: usize) -> ByteString {
+        let mut joined = String::with_capacity(len);
+        for (i, item) in taken.drain(..count).enumerate() {
+            self.taken(&item);
+            if i > 0 {
+                joined.push('\n');
             }
-            total += 1 + text.len();
-            joined.push('\n');
-            joined.push_str(text);
-            if let Some(item) = taken.pop_front() {
-                self.taken(&item);
-            }
+            joined.push_str(text_of(&item));
         }
         ByteString::from(joined)
     }
@@ -652,7 +646,22 @@ impl OutboundReceiver {
                 }
                 Taken::Abort(reason) => return abort_close(ws, reason, &deadline).await,
             }
-            while let Some(item) = taken.pop_front() {
+            while !taken.is_empty() {
+                let (count, len) = if self.joined {
+                    joinable(&taken, WRITE_BATCH)
+                } else {
+                    (0, 0)
+                };
+                if count > 1 {
+                    let text = self.join(&mut taken, count, len);
+                    match self.send_text(&mut ws, text, &deadline).await {
+                        Ok(()) => continue,
+                        Err(exit) => return exit,
+                    }
+                }
+                let Some(item) = taken.pop_front() else {
+                    break;
+                };
                 self.taken(&item);
                 let text = match item {
                     Outgoing::Close(reason) => {
@@ -682,26 +691,31 @@ impl OutboundReceiver {
                     }
                     Outgoing::Text(text) | Outgoing::Replay(text) => text,
                 };
-                let text = if self.joined {
-                    self.join_front(text, &mut taken)
-                } else {
-                    text
-                };
-                let written = match ws.text(text.clone()).now_or_never() {
-                    Some(r) => r,
-                    // actix-ws's channel is full (the peer reads slowly): wait, unless aborted.
-                    None => tokio::select! {
-                        biased;
-                        reason = self.aborted() => return abort_close(ws, reason, &deadline).await,
-                        r = ws.text(text) => r,
-                        _ = tokio::time::sleep(deadline.timeout) => return deadline.stalled(),
-                    },
-                };
-                if written.is_err() {
-                    return WriterExit::Disconnected;
+                if let Err(exit) = self.send_text(&mut ws, text, &deadline).await {
+                    return exit;
                 }
             }
         }
+    }
+
+    /// One text frame into actix-ws's channel: one non-blocking try, then, when the channel
+    /// is full (the peer reads slowly), a wait that an abort or the deadline ends.
+    async fn send_text(
+        &self,
+        ws: &mut actix_ws::Session,
+        text: ByteString,
+        deadline: &WriteDeadline,
+    ) -> Result<(), WriterExit> {
+        let written = match ws.text(text.clone()).now_or_never() {
+            Some(r) => r,
+            None => tokio::select! {
+                biased;
+                reason = self.aborted() => return Err(abort_close(ws.clone(), reason, deadline).await),
+                r = ws.text(text) => r,
+                _ = tokio::time::sleep(deadline.timeout) => return Err(deadline.stalled()),
+            },
+        };
+        written.map_err(|_| WriterExit::Disconnected)
     }
 }
 

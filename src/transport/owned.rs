@@ -333,8 +333,7 @@ fn encode_compressed<'a>(
     pieces: impl Iterator<Item = &'a [u8]>,
     buf: &mut BytesMut,
 ) {
-    let mut body = BytesMut::new();
-    deflate::compress(deflate, pieces, &mut body);
+    let body = deflate::compress(deflate, pieces);
     frame_header(FIN | RSV1 | opcode, body.len(), buf);
     buf.extend_from_slice(&body);
 }
@@ -427,18 +426,15 @@ impl SocketWriter {
             other => other,
         };
         if let Some(deflate) = self.deflate {
-            let data = match &msg {
-                Message::Text(text) => Some((OPCODE_TEXT, &text.as_bytes()[..])),
-                Message::Binary(bytes) => Some((OPCODE_BINARY, &bytes[..])),
-                _ => None,
-            };
-            if let Some((opcode, payload)) = data {
-                if payload.len() >= deflate::MIN_COMPRESSED {
-                    if let Message::Text(text) = &msg {
-                        return buf.extend_from_slice(&shared_compressed_text(deflate, text));
-                    }
-                    return encode_compressed(deflate, opcode, std::iter::once(payload), buf);
+            match &msg {
+                Message::Text(text) if text.len() >= deflate::MIN_COMPRESSED => {
+                    return buf.extend_from_slice(&shared_compressed_text(deflate, text));
                 }
+                Message::Binary(bytes) if bytes.len() >= deflate::MIN_COMPRESSED => {
+                    let payload = std::iter::once(&bytes[..]);
+                    return encode_compressed(deflate, OPCODE_BINARY, payload, buf);
+                }
+                _ => {}
             }
         }
         // The server codec's encoder cannot fail on these messages (it errs only on a
