@@ -171,7 +171,14 @@ impl Decoder {
             Target::Switchboard => {
                 // One envelope per frame in v1; a batching subprotocol may put several,
                 // newline-separated, in one frame (compact JSON never contains a raw newline).
-                for env in data.split(|&b| b == b'\n').filter(|e| !e.is_empty()) {
+                let mut start = 0;
+                let ends = memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len()));
+                for end in ends {
+                    let env = &data[start..end];
+                    start = end + 1;
+                    if env.is_empty() {
+                        continue;
+                    }
                     let ev = switchboard_event(env);
                     if matches!(ev, Event::Ping) {
                         self.replies
@@ -264,14 +271,21 @@ fn nodews_event(data: &[u8]) -> Event<'_> {
 }
 
 mod nats {
+    use std::sync::LazyLock;
+
+    use memchr::memmem;
+
     use super::{Event, Message};
+
+    /// Built once: `memmem::find` would build a searcher for every line.
+    static CRLF: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n"));
 
     /// Parses complete protocol lines (and MSG bodies); returns the bytes consumed.
     pub fn parse(data: &[u8], replies: &mut Vec<Message>, f: &mut impl FnMut(Event<'_>)) -> usize {
         let mut pos = 0;
         while pos < data.len() {
             let rest = &data[pos..];
-            let Some(eol) = memchr::memmem::find(rest, b"\r\n") else {
+            let Some(eol) = CRLF.find(rest) else {
                 break;
             };
             let line = &rest[..eol];
@@ -514,6 +528,31 @@ impl Endpoint {
     }
 }
 
+/// Defers the choice of the local port (IPv4) from `bind` to `connect`, where the kernel needs the
+/// port to be free only for this destination. Without it, `bind` reserves a port for every
+/// destination at once, searching the whole range for one at each call: tens of thousands
+/// of connections from one source address then cost seconds of kernel time each batch.
+fn bind_address_no_port(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's own and open; the option value is a c_int that
+    // lives across the call, and its size is given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// One WebSocket connection speaking `target`'s protocol.
 pub struct Conn {
     /// The socket.
@@ -549,6 +588,9 @@ impl Conn {
                 } else {
                     tokio::net::TcpSocket::new_v6()?
                 };
+                if ip.is_ipv4() {
+                    bind_address_no_port(&socket)?;
+                }
                 socket.bind(std::net::SocketAddr::new(ip, 0))?;
                 socket.connect(dest).await?
             }
@@ -782,7 +824,8 @@ mod tests {
             &[
                 Message::Text("{\"type\":\"room.message\",\"payload\":{\"t\":1}}".into()),
                 Message::Text("{\"id\":\"x\",\"type\":\"room.joined\"}".into()),
-                Message::Text("{\"type\":\"system.ping\"}\n{\"type\":\"ack\"}".into()),
+                // Batched: several envelopes, newline-separated; empty lines are skipped.
+                Message::Text("{\"type\":\"system.ping\"}\n\n{\"type\":\"ack\"}\n".into()),
             ],
         );
         assert_eq!(

@@ -6,10 +6,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use memchr::memmem;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -192,7 +194,9 @@ fn digits(data: &[u8]) -> Option<(u64, usize)> {
 
 /// Finds the payload in a delivery and reads its send time and sequence number.
 pub fn parse_stamp(data: &[u8]) -> Option<(u64, u64)> {
-    let at = memchr::memmem::find(data, STAMP)? + STAMP.len();
+    // Built once: `memmem::find` would build a searcher for every delivery.
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(STAMP));
+    let at = FINDER.find(data)? + STAMP.len();
     let (t, n) = digits(&data[at..])?;
     let rest = data[at + n..].strip_prefix(b",\"s\":")?;
     let (s, _) = digits(rest)?;
