@@ -5,7 +5,7 @@
 //! Joins pass through here; room traffic never does (sessions keep the room's address).
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -27,7 +27,9 @@ use crate::webhooks::Webhooks;
 /// The Registry actor.
 pub struct Registry {
     sessions: HashMap<ConnectionId, SessionEntry>,
-    users: HashMap<Arc<str>, HashSet<ConnectionId>>,
+    /// Open sessions per user: a count, since the sessions themselves are in `sessions`
+    /// (a set per user would cost every connection an allocation of its own).
+    users: HashMap<Arc<str>, usize>,
     rooms: HashMap<Arc<str>, RoomEntry>,
     /// Rooms counted against `limits.max_rooms` (all but the automatic ones).
     counted_rooms: usize,
@@ -41,7 +43,9 @@ pub struct Registry {
 }
 
 struct SessionEntry {
-    control: Recipient<Control>,
+    /// Weak: the session lives by its own socket, and a strong recipient would cost every
+    /// connection two allocations of actix's sender state (about 100 bytes).
+    control: actix::WeakRecipient<Control>,
     user: Arc<str>,
     /// When it registered, for the session list an operator reads.
     connected_at: std::time::SystemTime,
@@ -80,6 +84,16 @@ impl Registry {
     pub fn sending_out(mut self, outlets: Outlets) -> Registry {
         self.outlets = outlets;
         self
+    }
+
+    /// One session of `user` ended.
+    fn forget_user_session(&mut self, user: &str) {
+        if let Some(open) = self.users.get_mut(user) {
+            *open -= 1;
+            if *open == 0 {
+                self.users.remove(user);
+            }
+        }
     }
 
     fn update_gauges(&self) {
@@ -191,7 +205,7 @@ impl Handler<Register> for Registry {
 
     fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
         let max = self.config.limits.max_sessions_per_user;
-        let open = self.users.get(&msg.user).map_or(0, HashSet::len);
+        let open = self.users.get(&msg.user).copied().unwrap_or(0);
         if max > 0 && open >= max {
             self.metrics.limit_refused("sessions_per_user");
             return Err(format!(
@@ -202,19 +216,25 @@ impl Handler<Register> for Registry {
             .notify_if_wanted(event::SESSION_CONNECTED, None, || {
                 WebhookEvent::session(event::SESSION_CONNECTED, &msg.connection_id, &msg.user)
             });
-        self.users
-            .entry(msg.user.clone())
-            .or_default()
-            .insert(msg.connection_id.clone());
         self.engine.session_here(&msg.connection_id, true);
-        self.sessions.insert(
+        let user = msg.user.clone();
+        let replaced = self.sessions.insert(
             msg.connection_id,
             SessionEntry {
-                control: msg.control,
+                control: msg.control.downgrade(),
                 user: msg.user,
                 connected_at: std::time::SystemTime::now(),
             },
         );
+        // A connection id registered again replaces its entry; it is counted once.
+        match replaced {
+            None => *self.users.entry(user).or_default() += 1,
+            Some(old) if old.user != user => {
+                self.forget_user_session(&old.user);
+                *self.users.entry(user).or_default() += 1;
+            }
+            Some(_) => {}
+        }
         self.update_gauges();
         Ok(())
     }
@@ -244,12 +264,7 @@ impl Handler<Unregister> for Registry {
                         &entry.user,
                     )
                 });
-            if let Some(conns) = self.users.get_mut(&entry.user) {
-                conns.remove(&msg.connection_id);
-                if conns.is_empty() {
-                    self.users.remove(&entry.user);
-                }
-            }
+            self.forget_user_session(&entry.user);
             let ttl = self.config.resume.ttl;
             if !ttl.is_zero() && !msg.rooms.is_empty() {
                 self.engine
@@ -377,7 +392,12 @@ impl Handler<ListSessions> for Registry {
     type Result = MessageResult<ListSessions>;
 
     fn handle(&mut self, _: ListSessions, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.sessions.values().map(|e| e.control.clone()).collect())
+        MessageResult(
+            self.sessions
+                .values()
+                .filter_map(|e| e.control.upgrade())
+                .collect(),
+        )
     }
 }
 
@@ -508,9 +528,9 @@ impl Handler<DisconnectSession> for Registry {
 
     fn handle(&mut self, msg: DisconnectSession, _: &mut Self::Context) -> Self::Result {
         if let Some(entry) = self.sessions.get(msg.connection_id.as_str()) {
-            entry
-                .control
-                .do_send(Control::Disconnect { reason: msg.reason });
+            if let Some(control) = entry.control.upgrade() {
+                control.do_send(Control::Disconnect { reason: msg.reason });
+            }
             return Box::pin(std::future::ready(Ok(true)));
         }
         let order = ControlOrder::Disconnect {
@@ -534,8 +554,9 @@ impl Handler<ControlOrder> for Registry {
                 connection_id,
                 reason,
             } => {
-                if let Some(entry) = self.sessions.get(connection_id.as_str()) {
-                    entry.control.do_send(Control::Disconnect { reason });
+                let entry = self.sessions.get(connection_id.as_str());
+                if let Some(control) = entry.and_then(|e| e.control.upgrade()) {
+                    control.do_send(Control::Disconnect { reason });
                 }
             }
         }
@@ -619,6 +640,32 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_id_registered_again_counts_once_for_its_latest_user() {
+        let (registry, _, _) = registry(Config::default());
+        let unregister = |conn: &str| Unregister {
+            connection_id: conn.into(),
+            rooms: Vec::new(),
+        };
+        for (conn, user) in [
+            ("c1", "alice"),
+            ("c1", "alice"),
+            ("c2", "alice"),
+            ("c2", "bob"),
+        ] {
+            assert_eq!(registry.send(register(conn, user)).await.unwrap(), Ok(()));
+        }
+        let counts = registry.send(GetCounts).await.unwrap();
+        assert_eq!((counts.sessions, counts.users), (2, 2));
+        registry.send(unregister("c1")).await.unwrap();
+        registry.send(unregister("c1")).await.unwrap();
+        let counts = registry.send(GetCounts).await.unwrap();
+        assert_eq!((counts.sessions, counts.users), (1, 1));
+        registry.send(unregister("c2")).await.unwrap();
+        let counts = registry.send(GetCounts).await.unwrap();
+        assert_eq!((counts.sessions, counts.users), (0, 0));
     }
 
     #[actix_rt::test]

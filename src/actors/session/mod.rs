@@ -10,7 +10,6 @@
 //! through the Router's route table snapshot. The session never blocks on anyone: handler
 //! calls run as spawned futures, and everything it sends is a non-blocking queue push.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,9 +28,10 @@ mod publish;
 mod raw;
 mod request;
 mod resume;
+mod rooms;
 
 use super::registry::{Register, Unregister};
-use super::room::{JoinFrom, Leave, Room};
+use super::room::{JoinFrom, Leave};
 use super::ConnectionId;
 use crate::auth::Identity;
 use crate::broker::BrokerState;
@@ -52,7 +52,7 @@ pub struct Session {
     identity: Arc<Identity>,
     state: Arc<BrokerState>,
     out: Outbound,
-    rooms: HashMap<String, Addr<Room>>,
+    rooms: rooms::SessionRooms,
     limiter: DefaultDirectRateLimiter,
     violations: u32,
     violation_window: Instant,
@@ -135,7 +135,7 @@ impl Session {
                 id: connection_id,
                 identity: Arc::new(identity),
                 out,
-                rooms: HashMap::new(),
+                rooms: rooms::SessionRooms::default(),
                 limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
                 violations: 0,
                 violation_window: Instant::now(),
