@@ -110,8 +110,8 @@ left=$TOTAL
 for i in $(seq 0 $((PROCS - 1))); do
   n=$((left < per ? left : per))
   left=$((left - n))
-  # Each load generator connects from its own loopback address, so the kernel's search for
-  # a free ephemeral port does not wade through the other load generators' ports.
+  # Each load generator connects from its own loopback address, so no two share a range of
+  # ephemeral ports.
   taskset -c 1 "$LG_BIN" --target switchboard --url "ws://127.0.0.1:$((BASE_PORT + i))/ws" \
     --source "127.0.0.$((2 + i))" \
     --broker-pid "${PIDS[$i]}" --label "idle-proc$i" --json-out "$RESULTS" \
