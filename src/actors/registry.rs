@@ -226,15 +226,12 @@ impl Handler<Register> for Registry {
                 connected_at: std::time::SystemTime::now(),
             },
         );
-        // A connection id registered again replaces its entry; it is counted once.
-        match replaced {
-            None => *self.users.entry(user).or_default() += 1,
-            Some(old) if old.user != user => {
-                self.forget_user_session(&old.user);
-                *self.users.entry(user).or_default() += 1;
-            }
-            Some(_) => {}
+        // A connection id registered again replaces its entry: it is counted once, for its
+        // latest user.
+        if let Some(old) = replaced {
+            self.forget_user_session(&old.user);
         }
+        *self.users.entry(user).or_default() += 1;
         self.update_gauges();
         Ok(())
     }
