@@ -6,6 +6,7 @@
 //! application actor in for a message type.
 
 pub(crate) mod rooms;
+mod threads;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,7 +169,7 @@ impl Broker {
             n => n,
         };
         let room_arbiters: Vec<ArbiterHandle> =
-            (0..shard_count).map(|_| Arbiter::new().handle()).collect();
+            (0..shard_count).map(|_| threads::room_arbiter()).collect();
         let metrics = Arc::new(Metrics::new());
         let filters = Filters::default();
         let tls = crate::webhooks::tls::client_config(&config.webhooks)?;
