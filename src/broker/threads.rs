@@ -12,9 +12,11 @@
 //! of the CPU, but its wake-ups do not preempt the running thread. The room thread then runs
 //! when the worker blocks or its time slice ends, and handles every publish queued by then in
 //! one go. On an idle core nothing changes (there is nobody to preempt), so latency on a
-//! machine with cores to spare is the same; under load, a publish waits at most for the
-//! worker to finish what it is doing, which also fills the members' queues with more than one
-//! message per write. Unprivileged processes may select it; the nice value is kept.
+//! machine with cores to spare is the same. On a busy core a publish waits until the thread
+//! running there blocks or uses up its time slice (a few milliseconds), whether that is a
+//! worker or another process; the wait lets more publishes gather, so the members' queues
+//! get more than one message per write. Unprivileged processes may select the policy; the
+//! nice value is kept.
 
 use actix::{Arbiter, ArbiterHandle};
 
