@@ -151,6 +151,13 @@ struct Held {
 }
 
 impl Held {
+    /// What `item` alone holds.
+    fn of(item: &Outgoing) -> Held {
+        let mut held = Held::default();
+        held.count(item);
+        held
+    }
+
     /// Adds what `item` holds.
     fn count(&mut self, item: &Outgoing) {
         match item {
@@ -669,9 +676,7 @@ impl OutboundReceiver {
                 let Some(item) = taken.pop_front() else {
                     break;
                 };
-                let mut released = Held::default();
-                released.count(&item);
-                self.give_back(released);
+                self.give_back(Held::of(&item));
                 let text = match item {
                     Outgoing::Close(reason) => {
                         let code = u16::from(reason.code);
